@@ -1,0 +1,1 @@
+"""OpenSEG HAN process: reads a ZigBee Smart Energy meter through an XBee SE radio, read-only."""

@@ -1,0 +1,1 @@
+"""The only code both the HAN and LAN processes import: channel messages and the config file."""

@@ -1,0 +1,151 @@
+"""The gateway's one TOML configuration file, one section per process (INTERFACE.md).
+
+Both processes read the same file through this module so that a key means the same thing to both.
+Every key, its type, default and bounds are in the tables below; an unknown key, a wrong type or an
+impossible value raises ConfigError naming the key, and the process stops before it opens anything.
+Relative paths are resolved against the directory of the config file, so an installation folder can
+be moved as a whole.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+import zoneinfo
+from dataclasses import dataclass
+from typing import Any
+
+PRODUCTION_MIN_POLL_S = 7.0   # the utility's rule: never more than one query per 7 s on the HAN
+BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+_REQUIRED = object()
+
+# section -> key -> (type, default, check). check(value) returns an error text or None.
+def _positive(v): return None if v > 0 else "must be greater than 0"
+def _port(v): return None if 1 <= v <= 65535 else "must be a TCP port 1-65535"
+def _baud(v): return None if v in BAUDRATES else f"must be one of {', '.join(map(str, BAUDRATES))}"
+def _nonempty(v): return None if v.strip() else "must not be empty"
+def _uid(v): return None if 0 <= v < 2**32 else "must be a uid 0-4294967295"
+def _retention(v): return None if 0 <= v <= 3660 else "must be 0-3660 days"
+
+
+def _address(v):
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return "must be an IP address such as 127.0.0.1 or 0.0.0.0"
+    return None
+
+
+def _zone(v):
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return "must be an IANA time zone such as Europe/Paris or America/New_York"
+    return None
+
+
+SCHEMA: dict[str, dict[str, tuple[type, Any, Any]]] = {
+    "han": {
+        "serial_port": (str, _REQUIRED, _nonempty),
+        "baudrate": (int, 9600, _baud),
+        "poll_interval_s": (float, PRODUCTION_MIN_POLL_S, _positive),
+        "allow_fast_poll": (bool, False, None),
+        "response_timeout_s": (float, 3.0, _positive),
+        # Smart Energy meters APS-encrypt their replies; an unencrypted one is distrusted by default.
+        "require_aps_encryption": (bool, True, None),
+        "status_every_s": (float, 30.0, _positive),
+    },
+    "channel": {
+        "socket_path": (str, _REQUIRED, _nonempty),
+        # The uid the LAN side accepts datagrams from; default: the LAN process's own uid (dev setup).
+        "han_uid": (int, None, _uid),
+    },
+    "lan": {
+        "bind": (str, "127.0.0.1", _address),
+        "port": (int, 8443, _port),
+        "certificate": (str, "tls/cert.pem", _nonempty),
+        "private_key": (str, "tls/key.pem", _nonempty),
+        "users_file": (str, "users.toml", _nonempty),
+        "time_zone": (str, "UTC", _zone),
+        "state_dir": (str, "state", _nonempty),
+        "history_retention_days": (int, 35, _retention),
+        # Data older than this is reported `stale` (default: three production poll intervals).
+        "stale_after_s": (float, 30.0, _positive),
+    },
+}
+PATH_KEYS = {("han", "serial_port"), ("channel", "socket_path"), ("lan", "certificate"),
+             ("lan", "private_key"), ("lan", "users_file"), ("lan", "state_dir")}
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    han: dict[str, Any]
+    channel: dict[str, Any]
+    lan: dict[str, Any]
+
+
+def _typed(section: str, key: str, value: Any, typ: type) -> Any:
+    name = f"[{section}] {key}"
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ is int and isinstance(value, bool) or not isinstance(value, typ):
+        raise ConfigError(f"{name}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def parse(data: dict[str, Any], path: str = "<config>") -> Config:
+    base = os.path.dirname(os.path.abspath(path))
+    out: dict[str, dict[str, Any]] = {}
+    for section in data:
+        if section not in SCHEMA:
+            raise ConfigError(f"[{section}]: unknown section (known: {', '.join(SCHEMA)})")
+    for section, keys in SCHEMA.items():
+        given = data.get(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"[{section}]: must be a table")
+        for key in given:
+            if key not in keys:
+                raise ConfigError(f"[{section}] {key}: unknown key (known: {', '.join(keys)})")
+        values = {}
+        for key, (typ, default, check) in keys.items():
+            if key not in given:
+                if default is _REQUIRED:
+                    raise ConfigError(f"[{section}] {key}: missing")
+                value = default
+            else:
+                value = _typed(section, key, given[key], typ)
+                if check and (problem := check(value)):
+                    raise ConfigError(f"[{section}] {key}: {problem} (got {value!r})")
+            if (section, key) in PATH_KEYS:
+                value = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+            values[key] = value
+        out[section] = values
+    han = out["han"]
+    if han["poll_interval_s"] < PRODUCTION_MIN_POLL_S and not han["allow_fast_poll"]:
+        raise ConfigError(
+            f"[han] poll_interval_s: {han['poll_interval_s']} s is faster than the utility's limit of "
+            f"one query per {PRODUCTION_MIN_POLL_S:g} s (set allow_fast_poll = true only in a lab)")
+    if han["response_timeout_s"] >= han["poll_interval_s"]:
+        raise ConfigError("[han] response_timeout_s: must be shorter than poll_interval_s "
+                          f"({han['response_timeout_s']} >= {han['poll_interval_s']})")
+    if len(out["channel"]["socket_path"].encode()) > 107:
+        raise ConfigError("[channel] socket_path: longer than the 107 bytes an AF_UNIX address holds")
+    return Config(path=os.path.abspath(path), **out)
+
+
+def load(path: str) -> Config:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(data, path)

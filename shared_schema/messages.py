@@ -1,0 +1,162 @@
+"""The HAN -> LAN channel messages: one msgpack map per AF_UNIX datagram.
+
+This module is the single definition both processes import. The HAN side calls `encode` (which
+validates before packing, so a bug on the HAN side cannot put a malformed message on the wire); the
+LAN side calls `decode` on every datagram, which bounds the unpacker before it allocates anything and
+then checks every field against the tables below. Anything that fails raises `MessageError`, whose
+text names the field, so the receiver can count and log the drop.
+
+The schema is data (FIELDS), not code, so a reviewer can read the whole contract in one screen.
+Raw meter values travel unscaled together with the meter's own multiplier/divisor/unit, so the LAN
+side can keep the meter's full resolution (ESPI powerOfTenMultiplier) instead of a rounded float.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgpack
+
+VERSION = 1
+MAX_DATAGRAM = 2048          # a status message is ~400 bytes; anything larger is not ours
+
+KINDS = ("reading", "gap", "status")
+
+# HAN states as INTERFACE.md names them.
+HAN_STATES = ("joining", "discovering", "polling", "meter-unreachable",
+              "meter-address-mismatch", "radio-down")
+
+# Why a slot produced no reading. The first four are lost queries (a query was sent and failed);
+# the last two are slots that passed while no query could be sent at all.
+LOST_CAUSES = ("timeout", "tx-failed", "zcl-status", "malformed")
+GAP_CAUSES = LOST_CAUSES + ("not-polling", "late")
+
+UINT48_MAX = (1 << 48) - 1
+INT24_MIN, INT24_MAX = -(1 << 23), (1 << 23) - 1
+UINT24_MAX = (1 << 24) - 1
+UINT64_MAX = (1 << 64) - 1
+
+
+class MessageError(ValueError):
+    """A datagram or message that does not match the schema; the text names the field."""
+
+
+# Field tables. Each entry: name -> (type, constraint, required).
+#   type: "uint" (int >= 0), "int", "float" (int or finite float), "str", "bool", "map", "enum"
+#   constraint: (lo, hi) for numbers, max length for str, allowed tuple for enum, sub-table for map
+COMMON = {
+    "v": ("uint", (VERSION, VERSION), True),
+    "seq": ("uint", (0, UINT64_MAX), True),
+    "kind": ("enum", KINDS, True),
+    "sent": ("float", (0.0, 1e11), True),          # wall clock (epoch s) when the HAN sent it
+}
+
+METER = {
+    "ieee": ("str", 23, True),                      # "00:13:a2:00:40:0a:01:02"
+    "nwk": ("uint", (0, 0xFFFF), True),
+    "endpoint": ("uint", (1, 240), True),
+}
+
+SCALING = {
+    "multiplier": ("uint", (1, UINT24_MAX), True),  # the HAN already maps a zero to 1
+    "divisor": ("uint", (1, UINT24_MAX), True),
+    "unit": ("uint", (0, 0xFF), True),              # ZCL UnitOfMeasure; 0 = kW & kWh
+    "summation_formatting": ("uint", (0, 0xFF), True),
+    "demand_formatting": ("uint", (0, 0xFF), True),
+}
+
+FIELDS: dict[str, dict[str, tuple]] = {
+    "reading": {
+        "slot": ("uint", (0, UINT64_MAX), True),
+        "due": ("float", (0.0, 1e11), True),        # wall time the slot was due
+        "time": ("float", (0.0, 1e11), True),       # wall time the reply arrived: the value's time tag
+        "rtt_s": ("float", (0.0, 3600.0), True),    # request -> reply, so the tag's uncertainty is known
+        "summation": ("uint", (0, UINT48_MAX), False),   # raw CurrentSummationDelivered, absent if invalid
+        "demand": ("int", (INT24_MIN + 1, INT24_MAX), False),  # raw InstantaneousDemand, absent if invalid
+        "scaling": ("map", SCALING, True),
+    },
+    "gap": {
+        "slot": ("uint", (0, UINT64_MAX), True),
+        "due": ("float", (0.0, 1e11), True),
+        "cause": ("enum", GAP_CAUSES, True),
+    },
+    "status": {
+        "state": ("enum", HAN_STATES, True),
+        "detail": ("str", 200, True),               # plain words, e.g. the AI code explained
+        "meter": ("map", METER, False),             # absent until discovery found it
+        "radio_ieee": ("str", 23, False),
+        "queries_total": ("uint", (0, UINT64_MAX), True),
+        "queries_lost": ("uint", (0, UINT64_MAX), True),
+        "lost_by_cause": ("map", {c: ("uint", (0, UINT64_MAX), True) for c in LOST_CAUSES}, True),
+        "frames_bad": ("uint", (0, UINT64_MAX), True),       # corrupt frames read from the radio
+        "guard_refused": ("uint", (0, UINT64_MAX), True),    # frames the egress guard stopped
+        "channel_dropped": ("uint", (0, UINT64_MAX), True),  # messages the sender could not deliver
+        "started": ("float", (0.0, 1e11), True),             # wall time the HAN process started
+        "poll_interval_s": ("float", (0.001, 86400.0), True),
+    },
+}
+
+
+def _check(table: dict[str, tuple], msg: Any, where: str) -> None:
+    if not isinstance(msg, dict):
+        raise MessageError(f"{where or 'message'}: not a map")
+    for key in msg:
+        if key not in table:
+            raise MessageError(f"{where}{key}: unknown field")
+    for key, (typ, con, required) in table.items():
+        if key not in msg:
+            if required:
+                raise MessageError(f"{where}{key}: missing")
+            continue
+        val = msg[key]
+        name = where + key
+        if typ in ("uint", "int"):
+            if not isinstance(val, int) or isinstance(val, bool) or not con[0] <= val <= con[1]:
+                raise MessageError(f"{name}: expected integer in [{con[0]}, {con[1]}]")
+        elif typ == "float":
+            if (not isinstance(val, (int, float)) or isinstance(val, bool) or not math.isfinite(val)
+                    or not con[0] <= val <= con[1]):
+                raise MessageError(f"{name}: expected number in [{con[0]}, {con[1]}]")
+        elif typ == "str":
+            if not isinstance(val, str) or len(val) > con:
+                raise MessageError(f"{name}: expected text of at most {con} characters")
+        elif typ == "enum":
+            if val not in con:
+                raise MessageError(f"{name}: expected one of {', '.join(con)}")
+        elif typ == "map":
+            _check(con, val, name + ".")
+
+
+def validate(msg: Any) -> dict:
+    """Return msg unchanged if it is a valid message of any kind; raise MessageError otherwise."""
+    if not isinstance(msg, dict):
+        raise MessageError("message: not a map")
+    kind = msg.get("kind")
+    if kind not in FIELDS:
+        raise MessageError(f"kind: expected one of {', '.join(KINDS)}")
+    _check({**COMMON, **FIELDS[kind]}, msg, "")
+    if kind == "reading" and "summation" not in msg and "demand" not in msg:
+        raise MessageError("reading: carries neither summation nor demand")
+    return msg
+
+
+def encode(msg: dict) -> bytes:
+    validate(msg)
+    data = msgpack.packb(msg, use_bin_type=True)
+    if len(data) > MAX_DATAGRAM:
+        raise MessageError(f"message: {len(data)} bytes exceeds {MAX_DATAGRAM}")
+    return data
+
+
+def decode(data: bytes) -> dict:
+    """Unpack one datagram with every msgpack size bounded, then validate it."""
+    if len(data) > MAX_DATAGRAM:
+        raise MessageError(f"datagram: {len(data)} bytes exceeds {MAX_DATAGRAM}")
+    try:
+        msg = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True,
+            max_str_len=256, max_bin_len=0,
+            max_array_len=0, max_map_len=32, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise MessageError(f"datagram: not a msgpack map ({type(exc).__name__})") from None
+    return validate(msg)
