@@ -1,0 +1,100 @@
+"""The channel message schema and the config file: what passes, and that every refusal names its field."""
+import math
+
+import msgpack
+import pytest
+from hypothesis import given, strategies as st
+
+from shared_schema import config, messages
+
+SCALING = {"multiplier": 3, "divisor": 10000, "unit": 0, "summation_formatting": 0x33,
+           "demand_formatting": 0x24}
+READING = {"v": 1, "seq": 7, "kind": "reading", "sent": 1.7e9, "slot": 3, "due": 1.7e9 - 0.1,
+           "time": 1.7e9 - 0.05, "rtt_s": 0.04, "summation": 123456789, "demand": -1200, "scaling": SCALING}
+GAP = {"v": 1, "seq": 8, "kind": "gap", "sent": 1.7e9, "slot": 4, "due": 1.7e9, "cause": "timeout"}
+STATUS = {"v": 1, "seq": 9, "kind": "status", "sent": 1.7e9, "state": "polling", "detail": "ok",
+          "meter": {"ieee": "00:0d:6f:00:0a:bc:de:f0", "nwk": 0, "endpoint": 9},
+          "queries_total": 10, "queries_lost": 1,
+          "lost_by_cause": {"timeout": 1, "tx-failed": 0, "zcl-status": 0, "malformed": 0},
+          "frames_bad": 2, "guard_refused": 0, "channel_dropped": 0, "started": 1.7e9 - 100,
+          "poll_interval_s": 7.0}
+
+
+@pytest.mark.parametrize("msg", [READING, GAP, STATUS])
+def test_round_trip(msg):
+    assert messages.decode(messages.encode(msg)) == msg
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"v": 2}, "v"), ({"seq": -1}, "seq"), ({"summation": 1 << 48}, "summation"),
+    ({"demand": -0x800000}, "demand"), ({"time": math.nan}, "time"), ({"extra": 1}, "extra"),
+    ({"scaling": {**SCALING, "divisor": 0}}, "scaling.divisor"), ({"slot": True}, "slot"),
+    ({"kind": "write"}, "kind"),
+])
+def test_bad_fields_are_named(change, field):
+    with pytest.raises(messages.MessageError, match=f"^{field}"):
+        messages.encode({**READING, **change})
+
+
+def test_reading_needs_a_value():
+    msg = {k: v for k, v in READING.items() if k not in ("summation", "demand")}
+    with pytest.raises(messages.MessageError, match="neither"):
+        messages.validate(msg)
+
+
+def test_decode_bounds_sizes():
+    with pytest.raises(messages.MessageError, match="exceeds"):
+        messages.decode(b"\x80" * (messages.MAX_DATAGRAM + 1))
+    with pytest.raises(messages.MessageError, match="not a msgpack map"):
+        messages.decode(msgpack.packb({"v": 1, "detail": "x" * 300}))
+    with pytest.raises(messages.MessageError):
+        messages.decode(msgpack.packb([1, 2, 3]))
+
+
+@given(st.binary(max_size=300))
+def test_decode_arbitrary_bytes_raises_only_message_error(data):
+    try:
+        messages.decode(data)
+    except messages.MessageError:
+        pass
+
+
+def test_config_defaults_and_relative_paths(tmp_path):
+    path = tmp_path / "gateway.toml"
+    path.write_text('[han]\nserial_port = "/dev/ttyUSB0"\n[channel]\nsocket_path = "run/r.sock"\n')
+    cfg = config.load(str(path))
+    assert cfg.han["poll_interval_s"] == 7.0 and cfg.han["baudrate"] == 9600
+    assert cfg.channel["socket_path"] == str(tmp_path / "run/r.sock")
+    assert cfg.lan["certificate"] == str(tmp_path / "tls/cert.pem")
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[han]\nserial_port = "x"\npoll_interval_s = 1.0\n[channel]\nsocket_path = "s"\n', "poll_interval_s"),
+    ('[han]\nserial_port = "x"\nbaudrate = 1234\n[channel]\nsocket_path = "s"\n', "baudrate"),
+    ('[han]\nserial_port = "x"\nbaud = 9600\n[channel]\nsocket_path = "s"\n', "baud"),
+    ('[han]\nserial_port = 5\n[channel]\nsocket_path = "s"\n', "serial_port"),
+    ('[han]\nserial_port = "x"\n[channel]\n', "socket_path"),
+    ('[han]\nserial_port = "x"\n[channel]\nsocket_path = "s"\n[lan]\nport = 70000\n', "port"),
+    ('[han]\nserial_port = "x"\n[channel]\nsocket_path = "s"\n[lan]\nport = true\n', "port"),
+    ('[han]\nserial_port = "x"\n[channel]\nsocket_path = "s"\n[lan]\ntime_zone = "Mars/Base"\n', "time_zone"),
+    ('[han]\nserial_port = "x"\n[channel]\nsocket_path = "s"\n[web]\n', "web"),
+    ('[han]\nserial_port = "x"\nresponse_timeout_s = 9.0\n[channel]\nsocket_path = "s"\n', "response_timeout_s"),
+    ('[han\n', "not valid TOML"),
+])
+def test_config_errors_name_the_key(tmp_path, text, key):
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=key):
+        config.load(str(path))
+
+
+def test_fast_poll_needs_the_lab_switch(tmp_path):
+    path = tmp_path / "gateway.toml"
+    path.write_text('[han]\nserial_port = "x"\npoll_interval_s = 0.5\nresponse_timeout_s = 0.2\n'
+                    'allow_fast_poll = true\n[channel]\nsocket_path = "s"\n')
+    assert config.load(str(path)).han["poll_interval_s"] == 0.5
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(config.ConfigError, match="no such config file"):
+        config.load(str(tmp_path / "nope.toml"))

@@ -1,0 +1,96 @@
+"""ZCL Read Attributes and ZDO discovery codecs: byte-exact frames, sentinels, hostile payloads."""
+import struct
+
+import pytest
+from hypothesis import given, strategies as st
+
+from han_reader import zcl, zdo
+
+
+def record(attr, type_id, value_bytes):
+    return struct.pack("<HBB", attr, 0, type_id) + value_bytes
+
+
+def test_read_attributes_request_is_byte_exact():
+    assert zcl.read_attributes(0x2A, zcl.POLL_READ) == bytes([0x00, 0x2A, 0x00, 0x00, 0x00, 0x00, 0x04])
+    with pytest.raises(ValueError):
+        zcl.read_attributes(1, ())
+
+
+def test_parse_poll_response_with_signed_demand_and_48_bit_summation():
+    payload = bytes([0x18, 0x07, 0x01]) + record(0x0000, 0x25, (0xFFFFFFFFFFFE).to_bytes(6, "little")) \
+        + record(0x0400, 0x2A, (-1500).to_bytes(3, "little", signed=True))
+    rsp = zcl.parse_response(payload)
+    assert rsp.seq == 7 and rsp.command == zcl.CMD_READ_ATTRIBUTES_RESPONSE
+    assert rsp.results[0x0000].value == 0xFFFFFFFFFFFE
+    assert rsp.results[0x0400].value == -1500
+
+
+def test_invalid_sentinels_are_not_values():
+    payload = bytes([0x08, 0x01, 0x01]) + record(0x0000, 0x25, b"\xff" * 6) \
+        + record(0x0400, 0x2A, (-0x800000).to_bytes(3, "little", signed=True))
+    rsp = zcl.parse_response(payload)
+    assert rsp.results[0x0000].value is None and rsp.results[0x0000].status == 0
+    assert rsp.results[0x0400].value is None
+
+
+def test_unsupported_attribute_and_default_response():
+    rsp = zcl.parse_response(bytes([0x18, 3, 0x01, 0x00, 0x03, 0x86]))
+    assert rsp.results[0x0300] == zcl.AttributeResult(0x0300, 0x86)
+    rsp = zcl.parse_response(bytes([0x18, 4, 0x0B, 0x00, 0xC3]))
+    assert rsp.default_status == 0xC3 and rsp.results == {}
+
+
+@pytest.mark.parametrize("payload, message", [
+    (bytes([0x18, 1]), "shorter"),
+    (bytes([0x19, 1, 0x01]), "global"),
+    (bytes([0x10, 1, 0x01]), "server to client"),
+    (bytes([0x18, 1, 0x0A]), "unexpected"),
+    (bytes([0x18, 1, 0x01, 0x00, 0x00, 0x00, 0x25, 1, 2]), "truncated value"),
+    (bytes([0x18, 1, 0x01, 0x00, 0x04, 0x00, 0x25]) + bytes(6), "expected 0x2a"),
+    (bytes([0x18, 1, 0x01, 0x00, 0x00, 0x00, 0x42, 1]), "unsupported type"),
+])
+def test_malformed_responses_raise_zcl_error(payload, message):
+    with pytest.raises(zcl.ZclError, match=message):
+        zcl.parse_response(payload)
+
+
+@given(st.binary(max_size=64))
+def test_any_payload_parses_or_raises_zcl_error(payload):
+    try:
+        zcl.parse_response(payload)
+    except zcl.ZclError:
+        pass
+
+
+def test_manufacturer_specific_header_is_skipped():
+    rsp = zcl.parse_response(bytes([0x1C, 0x34, 0x12, 9, 0x01]) + record(0x0301, 0x22, b"\x03\x00\x00"))
+    assert rsp.seq == 9 and rsp.results[0x0301].value == 3
+
+
+def test_zdo_requests_are_byte_exact():
+    assert zdo.ieee_addr_req(5, 0x0000) == bytes([5, 0, 0, 0, 0])
+    assert zdo.match_desc_req(6, 0xFFFD, 0x0109, (0x0702,)) == bytes([6, 0xFD, 0xFF, 0x09, 0x01, 1, 0x02, 0x07, 0])
+    assert zdo.active_ep_req(7, 0x1234) == bytes([7, 0x34, 0x12])
+    assert zdo.simple_desc_req(8, 0x1234, 9) == bytes([8, 0x34, 0x12, 9])
+
+
+def test_zdo_responses():
+    rsp = zdo.parse_ieee_addr_rsp(bytes([5, 0]) + (0x000D6F000ABCDEF0).to_bytes(8, "little") + b"\x00\x00")
+    assert rsp == zdo.IeeeAddrRsp(5, 0, 0x000D6F000ABCDEF0, 0x0000)
+    assert zdo.parse_ieee_addr_rsp(bytes([5, 0x81])).status == 0x81
+    rsp = zdo.parse_match_desc_rsp(bytes([6, 0, 0x34, 0x12, 2, 9, 11]))
+    assert rsp == zdo.MatchDescRsp(6, 0, 0x1234, (9, 11))
+    with pytest.raises(zdo.ZdoError):
+        zdo.parse_match_desc_rsp(bytes([6, 0, 0x34, 0x12, 3, 9]))
+    with pytest.raises(zdo.ZdoError):
+        zdo.parse_match_desc_rsp(bytes([6, 0, 0x34, 0x12, 1, 0]))
+
+
+@given(st.binary(max_size=32))
+def test_zdo_parsers_raise_only_zdo_error(payload):
+    for parse in (zdo.parse_ieee_addr_rsp, zdo.parse_match_desc_rsp):
+        try:
+            parse(payload)
+        except zdo.ZdoError:
+            pass
