@@ -1,0 +1,315 @@
+"""A whole gateway on one machine: emulator + `openseg-han` + `openseg-lan`, for `make run` and tests.
+
+Every piece is started as the real console command, exactly as a user or systemd would start it, so the
+stack exercises the real serial path over a pty, the real channel socket and real TLS. `make run` uses
+the production poll interval; tests pass a short one (the config then gets `allow_fast_poll = true`).
+
+    python -m openseg_emulator.devstack --dir run     # what `make run` does
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Callable
+
+BIN = Path(sys.executable).parent
+
+
+def _command(name: str) -> str:
+    """The console script installed beside this interpreter (the venv), else the one on PATH."""
+    local = BIN / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dump_toml(data: dict) -> str:
+    """Enough TOML for the flat gateway.toml (sections of strings, numbers and booleans)."""
+    lines = []
+    for section, table in data.items():
+        lines.append(f"[{section}]")
+        for key, value in table.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, (int, float)):
+                text = repr(value)
+            elif isinstance(value, str):
+                text = json.dumps(value)     # a JSON string is a valid TOML basic string
+            else:
+                raise TypeError(f"{section}.{key}: cannot write {type(value).__name__}")
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Stack:
+    """Starts and stops emulator, HAN and LAN in `workdir`; a context manager for tests."""
+
+    def __init__(self, workdir: Path | str, *, poll_interval_s: float = 7.0,
+                 response_timeout_s: float | None = None, emulator_args: list[str] | tuple = (),
+                 lan_port: int | None = None, han_overrides: dict | None = None,
+                 lan_overrides: dict | None = None, capture_logs: bool = True,
+                 load_w: float | None = None):
+        self.workdir = Path(workdir).resolve()
+        self.gateway_dir = self.workdir / "gateway"
+        self.config_path = self.gateway_dir / "gateway.toml"
+        self.link = self.workdir / "xbee"
+        self.frame_log = self.workdir / "frames.jsonl"
+        self.load_file = self.workdir / "load_w"
+        self.log_dir = self.workdir / "logs"
+        self.poll_interval_s = poll_interval_s
+        self.response_timeout_s = response_timeout_s or min(3.0, poll_interval_s * 0.4)
+        self.emulator_args = list(emulator_args)
+        self.lan_port = lan_port
+        self.han_overrides = han_overrides or {}
+        self.lan_overrides = lan_overrides or {}
+        self.capture_logs = capture_logs
+        self.load_w = load_w      # None: the emulator's household profile; else a load set_load_w changes
+        self.emulator: subprocess.Popen | None = None
+        self.han: subprocess.Popen | None = None
+        self.lan: subprocess.Popen | None = None
+        self.login: dict[str, str] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> "Stack":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(exist_ok=True)
+        self._init_gateway()
+        self.start_emulator()
+        self.start_lan()
+        self.start_han()
+
+    def stop(self) -> None:
+        for name in ("han", "lan", "emulator"):
+            self._stop(name)
+
+    def _init_gateway(self) -> None:
+        login_file = self.workdir / "login.json"
+        if not self.config_path.exists():
+            port = self.lan_port or free_port()
+            out = subprocess.run(
+                [_command("openseg-admin"), "init", "--dir", str(self.gateway_dir), "--serial",
+                 str(self.link), "--lan-port", str(port)],
+                check=True, capture_output=True, text=True, timeout=60).stdout
+            login = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+            missing = {"url", "username", "password", "subscription"} - login.keys()
+            if missing:
+                raise RuntimeError(f"openseg-admin init printed no {', '.join(sorted(missing))}: {out!r}")
+            # Dev convenience only: the password is kept so `make run` can show it again.
+            fd = os.open(login_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(login, f)
+        self.login = json.loads(login_file.read_text())
+        with open(self.config_path, "rb") as f:
+            cfg = tomllib.load(f)
+        han = cfg.setdefault("han", {})
+        han.update({"serial_port": str(self.link), "poll_interval_s": float(self.poll_interval_s),
+                    "response_timeout_s": float(self.response_timeout_s)})
+        if self.poll_interval_s < 7.0:
+            han["allow_fast_poll"] = True
+        han.update(self.han_overrides)
+        cfg.setdefault("lan", {}).update(self.lan_overrides)
+        self.config_path.write_text(dump_toml(cfg))
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        stderr = open(self.log_dir / f"{name}.log", "ab") if self.capture_logs else None
+        try:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr or None,
+                                    stderr=stderr or None, start_new_session=True)
+        finally:
+            if stderr:
+                stderr.close()
+
+    def _stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = getattr(self, name)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        setattr(self, name, None)
+
+    def start_emulator(self) -> None:
+        argv = [_command("openseg-emulator"), "--link", str(self.link), "--frame-log", str(self.frame_log)]
+        if self.load_w is not None:
+            if not self.load_file.exists():
+                self.load_file.write_text(f"{self.load_w}\n")
+            argv += ["--load-file", str(self.load_file)]
+        self.emulator = self._spawn("emulator", argv + self.emulator_args)
+        wait_until(lambda: self.link.exists() or self._died("emulator"), 15, "the emulator's pty link")
+        self._died("emulator", raise_=True)
+
+    def start_lan(self) -> None:
+        self.lan = self._spawn("lan", [_command("openseg-lan"), "--config", str(self.config_path)])
+        wait_until(lambda: self._port_open() or self._died("lan"), 30, "openseg-lan to listen")
+        self._died("lan", raise_=True)
+
+    def start_han(self) -> None:
+        self.han = self._spawn("han", [_command("openseg-han"), "--config", str(self.config_path)])
+
+    def stop_han(self, sig: int = signal.SIGTERM) -> None:
+        self._stop("han", sig)
+
+    def stop_lan(self, sig: int = signal.SIGTERM) -> None:
+        self._stop("lan", sig)
+
+    def signal_emulator(self, sig: int) -> None:
+        assert self.emulator is not None
+        self.emulator.send_signal(sig)
+
+    def set_load_w(self, watts: float) -> None:
+        """Change the emulated load (the emulator re-reads the file on SIGHUP); needs load_w=."""
+        if self.load_w is None:
+            raise RuntimeError("start the Stack with load_w= to be able to change the load")
+        self.load_file.write_text(f"{watts}\n")
+        self.signal_emulator(signal.SIGHUP)
+
+    def _died(self, name: str, raise_: bool = False) -> bool:
+        proc = getattr(self, name)
+        dead = proc is None or proc.poll() is not None
+        if dead and raise_:
+            log = (self.log_dir / f"{name}.log")
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{name} exited early (code {proc and proc.returncode}):\n{tail}")
+        return dead
+
+    def _port_open(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    # -- client side -----------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self.login["url"].rstrip("/")
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    @property
+    def username(self) -> str:
+        return self.login["username"]
+
+    @property
+    def password(self) -> str:
+        return self.login["password"]
+
+    @property
+    def subscription(self) -> str:
+        return self.login["subscription"]
+
+    @property
+    def cafile(self) -> str:
+        return str(self.gateway_dir / "tls" / "cert.pem")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.cafile)
+        ctx.check_hostname = False     # the dev certificate names localhost; we connect by address
+        return ctx
+
+    def get(self, path: str, *, auth: tuple[str, str] | None = None,
+            timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+        user, password = auth or (self.username, self.password)
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ssl_context(),
+                                           timeout=timeout)
+        try:
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            conn.request("GET", path, headers={"Authorization": f"Basic {token}"})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def get_json(self, path: str) -> tuple[int, dict]:
+        status, _, body = self.get(path)
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, {}
+
+    def frames(self) -> list[dict]:
+        if not self.frame_log.exists():
+            return []
+        return [json.loads(line) for line in self.frame_log.read_text().splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run emulator + openseg-han + openseg-lan together.")
+    parser.add_argument("--dir", default="run", help="working folder (created once, then reused)")
+    parser.add_argument("--poll-interval", type=float, default=7.0, help="seconds between meter reads")
+    parser.add_argument("--lan-port", type=int, default=8443)
+    args = parser.parse_args(argv)
+    stack = Stack(args.dir, poll_interval_s=args.poll_interval, lan_port=args.lan_port,
+                  capture_logs=False)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    with stack:
+        print(f"\nOpenSEG is running (emulated meter on {stack.link}).", flush=True)
+        print(f"  url:          {stack.url}/")
+        print(f"  username:     {stack.username}")
+        print(f"  password:     {stack.password}")
+        print(f"  subscription: {stack.subscription}")
+        print(f"  certificate:  {stack.cafile}")
+        print(f"\n  curl --cacert {stack.cafile} -u {stack.username}:{stack.password} \\\n"
+              f"       {stack.url}/espi/1_1/resource/Batch/Subscription/{stack.subscription}")
+        print("\nCtrl-C stops everything.\n", flush=True)
+        try:
+            while not stop:
+                for name in ("emulator", "lan", "han"):
+                    proc = getattr(stack, name)
+                    if proc is not None and proc.poll() is not None:
+                        print(f"{name} exited with code {proc.returncode}; stopping", file=sys.stderr)
+                        return 1
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
