@@ -4,8 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUNDIR := run
+# Debian packages the tests drive for real: the browser for the page, curl as a second TLS client.
+SYSTEM_PACKAGES := chromium curl
 
-.PHONY: install run test clean
+.PHONY: install system-deps run test clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +17,22 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Installs only what is missing, and only where it can (root with apt-get); otherwise it says what to
+# install and the tests that need it fail with that message instead of skipping silently.
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "please install:$$missing (Debian: sudo apt-get install$$missing)"; \
+	  fi; \
+	fi
+
+test: $(STAMP) system-deps
 	$(BIN)/pytest -q
 
 run: $(STAMP)
