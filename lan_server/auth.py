@@ -1,0 +1,221 @@
+"""HTTP Basic authentication for the LAN server: who is asking, and may they ask now.
+
+Order of checks for a request, and why:
+1. A cache of recently *verified* credentials (an HMAC under a per-process key, never the password)
+   answers a client that already logged in, in microseconds, so the page polling every few seconds
+   never runs the KDF. It is consulted before the throttle, so a device that knows the password
+   keeps working while someone else is being throttled for guessing.
+2. Throttles per client address (IPv6 per /64) and per user name refuse with 429 *before* the KDF,
+   so guessing costs the attacker time and costs the gateway nothing. The per-address limit is
+   lower than the per-user one: a single guessing host is stopped long before the user is.
+3. The KDF runs for unknown users too (against a dummy hash), so timing does not reveal which
+   names exist, and at most `kdf_concurrency` at a time, so a burst of guesses cannot make the
+   gateway allocate 32 MiB per worker thread.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import hashlib
+import hmac
+import ipaddress
+import logging
+import math
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from . import passwords
+from .users_file import NAME_RE, User, UsersStore
+
+REALM = "OpenSEG"
+WWW_AUTHENTICATE = f'Basic realm="{REALM}", charset="UTF-8"'
+
+log = logging.getLogger("openseg.lan.auth")
+
+
+def parse_basic(header: str | None) -> tuple[str, str] | None:
+    """(user, password) from an `Authorization: Basic ...` header, or None if absent/malformed."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not token or len(token) > 4096:
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        return None
+    return user, password
+
+
+def client_key(address: str) -> str:
+    """The unit a throttle counts: an IPv4 address, or an IPv6 /64 (one household's prefix)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class Throttle:
+    """At most `limit` failed attempts per key within a sliding `window_s`.
+
+    An attempt is counted when it starts (so a burst of parallel guesses cannot all slip past
+    the check before the first one fails) and forgiven if it turns out correct."""
+
+    def __init__(self, limit: int, window_s: float, *, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 4096):
+        if limit < 1 or window_s <= 0:
+            raise ValueError("throttle limit must be >= 1 and window_s > 0")
+        self.limit, self.window_s = limit, window_s
+        self._clock = clock
+        self._max_keys = max_keys
+        self._lock = threading.Lock()
+        self._attempts: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
+
+    def _recent(self, key: str, now: float) -> collections.deque[float] | None:
+        q = self._attempts.get(key)
+        if q is not None:
+            while q and q[0] <= now - self.window_s:
+                q.popleft()
+        return q
+
+    def acquire(self, key: str) -> tuple[float, float | None]:
+        """(retry_after_s, None) when blocked, else (0, stamp) with the attempt counted."""
+        with self._lock:
+            now = self._clock()
+            q = self._recent(key, now)
+            if q is not None and len(q) >= self.limit:
+                return max(q[0] + self.window_s - now, 0.001), None
+            if q is None:
+                self._make_room(now)
+                q = self._attempts[key] = collections.deque()
+            self._attempts.move_to_end(key)
+            q.append(now)
+            return 0.0, now
+
+    def forgive(self, key: str, stamp: float) -> None:
+        with self._lock:
+            q = self._attempts.get(key)
+            if q is not None:
+                try:
+                    q.remove(stamp)
+                except ValueError:
+                    pass
+
+    def _make_room(self, now: float) -> None:
+        if len(self._attempts) < self._max_keys:
+            return
+        for key in [k for k, q in self._attempts.items() if not q or q[-1] <= now - self.window_s]:
+            del self._attempts[key]
+        while len(self._attempts) >= self._max_keys:
+            self._attempts.popitem(last=False)      # least recently failed
+
+
+class VerifiedCache:
+    """Credentials that passed the KDF recently. Stores HMAC(process key, name, password) and the
+    hash they were verified against, so a password change or removal takes effect at once."""
+
+    def __init__(self, ttl_s: float, *, clock: Callable[[], float] = time.monotonic, max_entries: int = 256):
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._max = max_entries
+        self._key = secrets.token_bytes(32)
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[bytes, str, float]] = {}
+
+    def _digest(self, name: str, password: str) -> bytes:
+        return hmac.new(self._key, f"{name}\0{password}".encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).digest()
+
+    def hit(self, user: User, password: str) -> bool:
+        entry = self._entries.get(user.name)
+        if entry is None:
+            return False
+        digest, pw_hash, expires = entry
+        return (self._clock() < expires and pw_hash == user.password_hash
+                and hmac.compare_digest(digest, self._digest(user.name, password)))
+
+    def add(self, user: User, password: str) -> None:
+        if self.ttl_s <= 0:
+            return
+        now = self._clock()
+        with self._lock:
+            if len(self._entries) >= self._max:
+                for name in [n for n, e in self._entries.items() if e[2] <= now]:
+                    del self._entries[name]
+                if len(self._entries) >= self._max:
+                    self._entries.pop(next(iter(self._entries)))
+            self._entries[user.name] = (self._digest(user.name, password), user.password_hash,
+                                        now + self.ttl_s)
+
+
+@dataclass(frozen=True)
+class Decision:
+    user: User | None = None            # set when authenticated
+    retry_after_s: int = 0              # > 0 when throttled (429)
+
+    @property
+    def ok(self) -> bool:
+        return self.user is not None
+
+
+class Authenticator:
+    """Defaults are for production; tests pass smaller limits and a fake clock."""
+
+    def __init__(self, users: UsersStore, *, address_limit: int = 10, user_limit: int = 30,
+                 window_s: float = 600.0, cache_ttl_s: float = 300.0, kdf_concurrency: int = 2,
+                 clock: Callable[[], float] = time.monotonic,
+                 verify: Callable[[str, str], bool] = passwords.verify_password):
+        if address_limit >= user_limit:
+            raise ValueError("address_limit must be below user_limit, so one guessing host is "
+                             "stopped before the user it guesses at is")
+        self.users = users
+        self.by_address = Throttle(address_limit, window_s, clock=clock)
+        self.by_user = Throttle(user_limit, window_s, clock=clock)
+        self.cache = VerifiedCache(cache_ttl_s, clock=clock)
+        self._kdf_slots = threading.BoundedSemaphore(kdf_concurrency)
+        self._verify = verify
+        self._dummy_hash = passwords.hash_password(secrets.token_urlsafe(16))
+
+    def check(self, remote_addr: str, authorization: str | None) -> Decision:
+        creds = parse_basic(authorization)
+        if creds is None:
+            return Decision()
+        name, password = creds
+        user = self.users.get(name)
+        if user is not None and self.cache.hit(user, password):
+            return Decision(user=user)
+
+        addr_key = client_key(remote_addr)
+        user_key = name if NAME_RE.fullmatch(name) else "\0invalid-name"
+        wait, addr_stamp = self.by_address.acquire(addr_key)
+        if addr_stamp is None:
+            log.debug("throttled: address %s (retry after %.0f s)", addr_key, wait)
+            return Decision(retry_after_s=math.ceil(wait))
+        wait, user_stamp = self.by_user.acquire(user_key)
+        if user_stamp is None:
+            self.by_address.forgive(addr_key, addr_stamp)
+            log.debug("throttled: user %r (retry after %.0f s)", name, wait)
+            return Decision(retry_after_s=math.ceil(wait))
+
+        with self._kdf_slots:
+            good = self._verify(password, user.password_hash if user else self._dummy_hash)
+        if good and user is not None:
+            self.by_address.forgive(addr_key, addr_stamp)
+            self.by_user.forgive(user_key, user_stamp)
+            self.cache.add(user, password)
+            return Decision(user=user)
+        log.warning("login failed: user %s from %s", name if user_key == name else "(invalid name)",
+                    remote_addr)
+        return Decision()

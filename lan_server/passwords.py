@@ -1,0 +1,90 @@
+"""LAN user passwords: scrypt hashes, verification and generation.
+
+scrypt is memory-hard and in the standard library (hashlib), so no extra dependency. The parameters
+(N=2^15, r=8, p=3: 32 MiB per hash, ~0.2 s on a desktop core, ~1 s on a small ARM board) are one of
+OWASP's equivalent scrypt settings; the server caches verified credentials (auth.py), so a correct
+client pays this once per cache lifetime, not per request. Parameters are stored in each hash, so
+they can be raised later without invalidating existing users.
+
+Hash format: scrypt$ln=15,r=8,p=3$<salt base64>$<key base64>
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+
+LOG2_N, R, P = 15, 8, 3
+SALT_BYTES, KEY_BYTES = 16, 32
+# Bounds for parameters read back from a users file, so a corrupt or hostile file cannot make the
+# server allocate gigabytes or spin for minutes on one login.
+_LN_RANGE, _R_RANGE, _P_RANGE = (10, 20), (1, 16), (1, 16)
+
+MIN_PASSWORD_LEN = 10       # for passwords a person chooses (--password-stdin)
+MAX_PASSWORD_LEN = 1024
+
+# Generated passwords: 4 groups of 5 from an alphabet without look-alikes (0/O, 1/l/I), so a person
+# can type one on a phone; 20 symbols from 54 is ~115 bits.
+_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+_FORMAT = re.compile(r"scrypt\$ln=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)")
+
+
+class HashFormatError(ValueError):
+    pass
+
+
+def generate_password() -> str:
+    return "-".join("".join(secrets.choice(_ALPHABET) for _ in range(5)) for _ in range(4))
+
+
+def check_chosen_password(password: str) -> str | None:
+    """Why a password a person typed is unacceptable, or None."""
+    if len(password) < MIN_PASSWORD_LEN:
+        return f"password must be at least {MIN_PASSWORD_LEN} characters"
+    if len(password) > MAX_PASSWORD_LEN:
+        return f"password must be at most {MAX_PASSWORD_LEN} characters"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in password):
+        return "password must not contain control characters"
+    return None
+
+
+def _kdf(password: str, salt: bytes, ln: int, r: int, p: int) -> bytes:
+    n = 1 << ln
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
+                          maxmem=2 * 128 * r * n + (1 << 20), dklen=KEY_BYTES)
+
+
+def hash_password(password: str, *, ln: int = LOG2_N, r: int = R, p: int = P) -> str:
+    salt = secrets.token_bytes(SALT_BYTES)
+    key = _kdf(password, salt, ln, r, p)
+    b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
+    return f"scrypt$ln={ln},r={r},p={p}${b64(salt)}${b64(key)}"
+
+
+def parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes]:
+    m = _FORMAT.fullmatch(stored)
+    if not m:
+        raise HashFormatError("not an OpenSEG scrypt hash (scrypt$ln=..,r=..,p=..$salt$key)")
+    ln, r, p = (int(m.group(i)) for i in (1, 2, 3))
+    for name, value, (lo, hi) in (("ln", ln, _LN_RANGE), ("r", r, _R_RANGE), ("p", p, _P_RANGE)):
+        if not lo <= value <= hi:
+            raise HashFormatError(f"scrypt parameter {name}={value} outside {lo}-{hi}")
+    try:
+        salt = base64.b64decode(m.group(4), validate=True)
+        key = base64.b64decode(m.group(5), validate=True)
+    except ValueError:
+        raise HashFormatError("salt or key is not valid base64") from None
+    if len(salt) < 8 or len(key) < 16:
+        raise HashFormatError("salt or key too short")
+    return ln, r, p, salt, key
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Constant-time check of `password` against a stored hash (which must already be valid)."""
+    ln, r, p, salt, key = parse_hash(stored)
+    if len(password) > MAX_PASSWORD_LEN:
+        # Still do the work, so an over-long guess is not a faster way to learn anything.
+        password = password[:MAX_PASSWORD_LEN] + "\0"
+    return hmac.compare_digest(_kdf(password, salt, ln, r, p), key)

@@ -1,0 +1,361 @@
+"""Passwords, the users file and the authenticator, in-process with a fake clock.
+
+The e2e tests (test_lan_server.py) show the same behaviour through a real openseg-lan; these pin down
+the properties that are invisible from outside: the KDF is not run when a request is throttled or
+cached, parallel guesses cannot overshoot the limit, a password change invalidates the cache at once.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+
+import pytest
+
+from lan_server import passwords, users_file
+from lan_server.auth import Authenticator, Throttle, VerifiedCache, client_key, parse_basic
+from lan_server.users_file import User, UsersFileError, UsersStore
+
+FAST = dict(ln=10, r=8, p=1)       # cheap parameters for tests that hash many times
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+# -- passwords ---------------------------------------------------------------------------------------
+def test_hash_verify_roundtrip_and_default_parameters():
+    stored = passwords.hash_password("correct horse battery")
+    assert stored.startswith(f"scrypt$ln={passwords.LOG2_N},r={passwords.R},p={passwords.P}$")
+    assert passwords.LOG2_N >= 15 and passwords.R >= 8       # >= 32 MiB per hash: memory-hard
+    assert passwords.verify_password("correct horse battery", stored)
+    assert not passwords.verify_password("correct horse batterz", stored)
+    assert not passwords.verify_password("", stored)
+
+
+def test_same_password_hashes_differently():
+    assert passwords.hash_password("abcdefghijk", **FAST) != passwords.hash_password("abcdefghijk", **FAST)
+
+
+@pytest.mark.parametrize("bad", [
+    "", "plain", "scrypt$ln=15,r=8,p=1$c2FsdHNhbHQ=",                          # missing key
+    "scrypt$ln=40,r=8,p=1$c2FsdHNhbHRzYWx0$" + "A" * 44,                      # absurd memory
+    "scrypt$ln=15,r=99,p=1$c2FsdHNhbHRzYWx0$" + "A" * 44,
+    "scrypt$ln=15,r=8,p=1$!!!$" + "A" * 44,
+    "bcrypt$ln=15,r=8,p=1$c2FsdHNhbHRzYWx0$" + "A" * 44,
+])
+def test_malformed_or_hostile_hashes_are_rejected(bad):
+    with pytest.raises(passwords.HashFormatError):
+        passwords.parse_hash(bad)
+
+
+def test_generated_passwords_are_unique_strong_and_typeable():
+    seen = {passwords.generate_password() for _ in range(200)}
+    assert len(seen) == 200
+    for pw in seen:
+        groups = pw.split("-")
+        assert len(groups) == 4 and all(len(g) == 5 for g in groups)
+        assert not set(pw) & set("0O1lI")
+        assert passwords.check_chosen_password(pw) is None
+
+
+def test_chosen_password_rules():
+    assert passwords.check_chosen_password("short")
+    assert passwords.check_chosen_password("x" * 2000)
+    assert passwords.check_chosen_password("has\ttab-inside-it")
+    assert passwords.check_chosen_password("long enough pass") is None
+
+
+# -- Basic header, client key ----------------------------------------------------------------------------
+def test_parse_basic():
+    assert parse_basic(basic("alice", "pw:with:colons")) == ("alice", "pw:with:colons")
+    assert parse_basic(basic("zoë", "pässword")) == ("zoë", "pässword")
+    assert parse_basic("basic " + base64.b64encode(b"a:b").decode()) == ("a", "b")
+    for bad in (None, "", "Basic", "Bearer abc", "Basic !!!!", "Basic " + base64.b64encode(b"nocolon").decode(),
+                "Basic " + base64.b64encode(b"\xff\xfe:x").decode(), "Basic " + "A" * 5000):
+        assert parse_basic(bad) is None, bad
+
+
+def test_client_key_groups_ipv6_by_64():
+    assert client_key("192.0.2.7") == "192.0.2.7"
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert client_key("2001:db8:1:2::5") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::5") != client_key("2001:db8:1:2::5")
+
+
+# -- throttle and cache -------------------------------------------------------------------------------
+def test_throttle_sliding_window():
+    clock = Clock()
+    t = Throttle(3, 60.0, clock=clock)
+    for _ in range(3):
+        wait, stamp = t.acquire("k")
+        assert wait == 0 and stamp is not None
+        clock.t += 1
+    wait, stamp = t.acquire("k")
+    assert stamp is None and 56 < wait <= 58          # oldest attempt (t=1000) leaves at t=1060
+    assert t.acquire("other")[1] is not None          # keys are independent
+    clock.t = 1060.5
+    assert t.acquire("k")[1] is not None              # one slot freed
+
+
+def test_throttle_forgive_removes_only_that_attempt():
+    clock = Clock()
+    t = Throttle(2, 60.0, clock=clock)
+    _, s1 = t.acquire("k")
+    clock.t += 1
+    _, s2 = t.acquire("k")
+    t.forgive("k", s2)
+    assert t.acquire("k")[1] is not None
+    assert t.acquire("k")[1] is None
+
+
+def test_throttle_memory_is_bounded():
+    t = Throttle(1, 60.0, clock=Clock(), max_keys=100)
+    for i in range(1000):
+        t.acquire(f"k{i}")
+    assert len(t._attempts) <= 100
+
+
+def test_verified_cache():
+    clock = Clock()
+    cache = VerifiedCache(10.0, clock=clock)
+    u = User("alice", "sub1", "scrypt$hash-a")
+    assert not cache.hit(u, "pw")
+    cache.add(u, "pw")
+    assert cache.hit(u, "pw")
+    assert not cache.hit(u, "pw2")
+    assert not cache.hit(User("alice", "sub1", "scrypt$hash-b"), "pw")     # password was changed
+    clock.t += 10.0
+    assert not cache.hit(u, "pw")
+    assert "pw" not in repr(cache._entries)
+
+
+# -- authenticator -----------------------------------------------------------------------------------
+class CountingVerify:
+    def __init__(self, delay: float = 0.0):
+        self.calls: list[str] = []
+        self.delay = delay
+        self._lock = threading.Lock()
+
+    def __call__(self, password: str, stored: str) -> bool:
+        with self._lock:
+            self.calls.append(stored)
+        time.sleep(self.delay)
+        return passwords.verify_password(password, stored)
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = tmp_path / "users.toml"
+    users = {n: User(n, f"sub-{n}", passwords.hash_password(f"{n}-password", **FAST)) for n in ("alice", "bob")}
+    path.write_text(users_file.render(users))
+    return UsersStore(str(path), clock=Clock())
+
+
+def make_auth(store, **kw):
+    verify = CountingVerify(kw.pop("delay", 0.0))
+    clock = kw.pop("clock", Clock())
+    kw = {"address_limit": 3, "user_limit": 6, "window_s": 60.0, "cache_ttl_s": 30.0, **kw}
+    return Authenticator(store, clock=clock, verify=verify, **kw), verify, clock
+
+
+def test_no_or_malformed_credentials_are_401_without_kdf(store):
+    auth, verify, _ = make_auth(store)
+    assert not auth.check("10.0.0.1", None).ok
+    assert not auth.check("10.0.0.1", "Basic ???").ok
+    assert verify.calls == []
+
+
+def test_right_password_then_cached(store):
+    auth, verify, clock = make_auth(store)
+    d = auth.check("10.0.0.1", basic("alice", "alice-password"))
+    assert d.ok and d.user.subscription == "sub-alice"
+    assert len(verify.calls) == 1
+    for _ in range(5):
+        assert auth.check("10.0.0.9", basic("alice", "alice-password")).ok
+    assert len(verify.calls) == 1                         # served from the cache: no KDF
+    clock.t += 31
+    assert auth.check("10.0.0.1", basic("alice", "alice-password")).ok
+    assert len(verify.calls) == 2                         # cache entry expired
+
+
+def test_unknown_user_costs_a_kdf_too(store):
+    auth, verify, _ = make_auth(store)
+    assert not auth.check("10.0.0.1", basic("mallory", "whatever1")).ok
+    assert not auth.check("10.0.0.1", basic("bad name!", "whatever1")).ok
+    assert len(verify.calls) == 2
+    assert all(c == auth._dummy_hash for c in verify.calls)
+
+
+def test_address_throttle_before_kdf_and_other_address_gets_in(store):
+    auth, verify, _ = make_auth(store)
+    for _ in range(3):
+        d = auth.check("10.0.0.1", basic("alice", "guess-guess"))
+        assert not d.ok and d.retry_after_s == 0
+    d = auth.check("10.0.0.1", basic("alice", "guess-guess"))
+    assert not d.ok and d.retry_after_s > 0
+    d = auth.check("10.0.0.1", basic("alice", "alice-password"))     # even the right one: no KDF now
+    assert d.retry_after_s > 0
+    assert len(verify.calls) == 3
+    assert auth.check("10.0.0.2", basic("alice", "alice-password")).ok
+
+
+def test_user_throttle_across_addresses(store):
+    auth, verify, _ = make_auth(store)
+    for i in range(6):
+        auth.check(f"10.0.1.{i // 2}", basic("alice", "guess-guess"))     # 2 per address: under 3
+    calls = len(verify.calls)
+    d = auth.check("10.0.2.1", basic("alice", "alice-password"))
+    assert d.retry_after_s > 0                                           # user throttled, no KDF
+    assert auth.check("10.0.2.1", basic("bob", "bob-password")).ok        # other users unaffected
+    assert len(verify.calls) == calls + 1
+
+
+def test_verified_password_keeps_working_while_its_user_is_under_attack(store):
+    auth, verify, _ = make_auth(store)
+    assert auth.check("10.0.0.100", basic("alice", "alice-password")).ok   # the household's display
+    for i in range(6):
+        auth.check(f"10.0.1.{i // 2}", basic("alice", "guess-guess"))
+    calls = len(verify.calls)
+    assert auth.check("10.0.1.9", basic("alice", "guess-guess")).retry_after_s > 0
+    assert auth.check("10.0.0.100", basic("alice", "alice-password")).ok   # cache, not throttled
+    assert len(verify.calls) == calls
+
+
+def test_successes_do_not_count_and_throttle_expires(store):
+    auth, _, clock = make_auth(store, cache_ttl_s=0)
+    for _ in range(10):
+        assert auth.check("10.0.0.1", basic("alice", "alice-password")).ok
+    for _ in range(3):
+        auth.check("10.0.0.1", basic("alice", "guess-guess"))
+    assert auth.check("10.0.0.1", basic("alice", "alice-password")).retry_after_s > 0
+    clock.t += 61
+    assert auth.check("10.0.0.1", basic("alice", "alice-password")).ok
+
+
+def test_parallel_guesses_cannot_overshoot_the_limit(store):
+    auth, verify, _ = make_auth(store, delay=0.05, kdf_concurrency=8)
+    barrier = threading.Barrier(12)
+
+    def guess():
+        barrier.wait()
+        auth.check("10.0.0.1", basic("alice", "guess-guess"))
+
+    threads = [threading.Thread(target=guess) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(verify.calls) == 3
+
+
+def test_kdf_concurrency_is_bounded(store):
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def verify(password, stored):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return False
+
+    auth = Authenticator(store, address_limit=50, user_limit=100, kdf_concurrency=2, verify=verify)
+    threads = [threading.Thread(target=auth.check, args=(f"10.0.0.{i}", basic("alice", "x" * 12)))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 2
+
+
+def test_address_limit_must_be_below_user_limit(store):
+    with pytest.raises(ValueError):
+        Authenticator(store, address_limit=10, user_limit=10)
+
+
+# -- users file -----------------------------------------------------------------------------------------
+def test_users_file_render_parse_roundtrip():
+    users = {"alice": User("alice", "s-1", passwords.hash_password("alice-password", **FAST)),
+             "Bob.2": User("Bob.2", "X_9", passwords.hash_password("bob-password", **FAST))}
+    assert users_file.parse(users_file.render(users)) == users
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[users.alice]\nsubscription = 's'\n", "exactly the keys"),
+    ("[users.\"a b\"]\nsubscription = 's'\npassword_hash = 'x'\n", "invalid user name"),
+    ("[users.alice]\nsubscription = 'a/b'\npassword_hash = 'x'\n", "invalid subscription"),
+    ("[users.alice]\nsubscription = 's'\npassword_hash = 'md5$x'\n", "password_hash"),
+    ("[other]\n", "unknown key"),
+    ("[users.alice\n", "not valid TOML"),
+])
+def test_users_file_errors_name_the_problem(text, needle):
+    with pytest.raises(UsersFileError, match=needle):
+        users_file.parse(text)
+
+
+def test_name_and_subscription_rules():
+    for good in ("alice", "a", "Bob.smith", "x_y-z", "a" * 32):
+        assert users_file.check_name(good) is None
+    for bad in ("", ".hidden", "-x", "a b", "a:b", "a/b", "é", "a" * 33, 'a"b', "a\nb"):
+        assert users_file.check_name(bad), bad
+    for good in ("1", "e4d19b95a9a024b4", "sub_1-A"):
+        assert users_file.check_subscription(good) is None
+    for bad in ("", "a.b", "a/b", "../x", "a b", "x" * 65, "%2e"):
+        assert users_file.check_subscription(bad), bad
+
+
+def test_store_reloads_on_change_at_most_once_per_interval(tmp_path):
+    path = tmp_path / "users.toml"
+    alice = User("alice", "s1", passwords.hash_password("alice-password", **FAST))
+    path.write_text(users_file.render({"alice": alice}))
+    clock = Clock()
+    store = UsersStore(str(path), clock=clock, check_interval_s=1.0)
+    carol = User("carol", "s3", passwords.hash_password("carol-password", **FAST))
+    users_file.write_atomic(str(path), users_file.render({"alice": alice, "carol": carol}))
+    assert store.get("carol") is None                  # not yet checked again
+    clock.t += 1.0
+    assert store.get("carol") == carol
+    # a broken file keeps the last good users (and is logged)
+    path.write_text("[users.alice\n")
+    clock.t += 1.0
+    assert store.get("carol") == carol
+    users_file.write_atomic(str(path), users_file.render({"alice": alice}))
+    clock.t += 1.0
+    assert store.get("carol") is None and store.get("alice") == alice
+
+
+def test_password_change_invalidates_cache_immediately(tmp_path):
+    path = tmp_path / "users.toml"
+    path.write_text(users_file.render({"alice": User("alice", "s1", passwords.hash_password("old-password", **FAST))}))
+    clock = Clock()
+    store = UsersStore(str(path), clock=clock)
+    auth = Authenticator(store, clock=clock, address_limit=3, user_limit=6)
+    assert auth.check("10.0.0.1", basic("alice", "old-password")).ok
+    users_file.write_atomic(str(path), users_file.render(
+        {"alice": User("alice", "s1", passwords.hash_password("new-password", **FAST))}))
+    clock.t += 1.0
+    assert not auth.check("10.0.0.1", basic("alice", "old-password")).ok
+    assert auth.check("10.0.0.1", basic("alice", "new-password")).ok
+
+
+def test_write_atomic_mode_and_no_leftovers(tmp_path):
+    path = tmp_path / "users.toml"
+    old = os.umask(0)
+    try:
+        users_file.write_atomic(str(path), "x = 1\n")
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["users.toml"]
