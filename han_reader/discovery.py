@@ -1,0 +1,278 @@
+"""Power-up: is the radio set up right, has it joined, where is the meter, and how are its values scaled.
+
+Each step is one function that asks the radio and returns what it learnt in plain words; the main loop
+decides what to do with it (state, retry, backoff) and `--check` prints the same findings. The meter is
+the Simple Metering server the coordinator (0x0000) offers — in Smart Energy the utility's meter is the
+network's coordinator and trust centre — at whatever endpoint its Match_Desc response names.
+
+A radio in the wrong API mode is a configuration error the process cannot fix by retrying, so it is
+raised as `RadioMisconfigured` (exit code 3). A meter that measures something other than electricity is
+never polled: discovery keeps reporting the refusal in the status detail and retries slowly, since the
+installer may yet pair the gateway with the right meter and should see why nothing is read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import xbee_frames, zcl, zdo
+from .radio import Radio
+from .xbee_frames import ExplicitRx, TxStatus
+
+METER_NWK = 0x0000
+API_MODE_ESCAPED = 2
+AO_EXPLICIT_RX = 0x01
+DEVICE_TYPE_ELECTRIC = 0x00
+# MeteringDeviceType (SE 1.x): what a non-electric meter calls itself, for the refusal message.
+DEVICE_TYPES = {0: "electric", 1: "gas", 2: "water", 3: "thermal", 4: "pressure", 5: "heat", 6: "cooling"}
+
+
+class RadioMisconfigured(Exception):
+    """The radio answers but not in the mode this gateway speaks; a person must change its settings."""
+
+
+class RadioSilent(Exception):
+    """The radio does not answer AT queries at all (wrong baud rate, transparent mode, or no radio)."""
+
+
+# ---- the radio itself ---------------------------------------------------------------------------
+
+def _value(rsp) -> int | None:
+    if rsp is None or rsp.status != 0 or not rsp.value:
+        return None
+    return int.from_bytes(rsp.value, "big")
+
+
+def check_api_modes(radio: Radio, timeout: float) -> tuple[int, int]:
+    """AP must be 2 (escaped API) and AO bit 0 set (explicit RX frames). Returns (AP, AO)."""
+    ap_rsp = radio.at_query("AP", timeout)
+    if ap_rsp is None:
+        raise RadioSilent(f"the radio did not answer the AP query within {timeout:g} s (is it in API mode "
+                          f"and at the configured baud rate?)")
+    ao_rsp = radio.at_query("AO", timeout)
+    if ao_rsp is None:
+        raise RadioSilent(f"the radio did not answer the AO query within {timeout:g} s")
+    ap, ao = _value(ap_rsp), _value(ao_rsp)
+    if ap != API_MODE_ESCAPED:
+        raise RadioMisconfigured(
+            f"radio API mode is AP={_show(ap)}, this gateway needs AP=2 (API with escaping); set it with "
+            f"XCTU and write it to the radio")
+    if ao is None or not ao & AO_EXPLICIT_RX:
+        raise RadioMisconfigured(
+            f"radio API options are AO={_show(ao)}, this gateway needs bit 0 set (explicit receive "
+            f"indicator, frame 0x91); set AO=1 or AO=3 with XCTU and write it to the radio")
+    return ap, ao
+
+
+def _show(value: int | None) -> str:
+    return "unreadable" if value is None else str(value)
+
+
+def radio_ieee(radio: Radio, timeout: float) -> int | None:
+    """The radio's own IEEE address (SH:SL): what the utility needs, with the install code, to admit it."""
+    high, low = _value(radio.at_query("SH", timeout)), _value(radio.at_query("SL", timeout))
+    if high is None or low is None:
+        return None
+    return (high << 32) | low
+
+
+def association(radio: Radio, timeout: float) -> int | None:
+    """The AI code (0x00 = joined and authenticated), or None if the radio did not answer."""
+    return _value(radio.at_query("AI", timeout))
+
+
+def describe_ai(code: int | None) -> str:
+    if code is None:
+        return "the radio did not answer the AI query"
+    words = xbee_frames.AI_CODES.get(code, "an association state the XBee manual does not list")
+    return f"AI=0x{code:02X}: {words}"
+
+
+def describe_firmware(vr: int | None) -> tuple[str, bool]:
+    """Words for a VR value, and whether it is Smart Energy router firmware (what a gateway should run)."""
+    if vr is None:
+        return "unknown (the radio did not answer VR)", False
+    family = vr >> 8
+    kinds = {0x31: "Smart Energy coordinator", 0x33: "Smart Energy router", 0x34: "Smart Energy wall router",
+             0x39: "Smart Energy end device"}
+    if family in (0x33, 0x34):
+        return f"0x{vr:04X} ({kinds[family]} firmware)", True
+    if family in kinds:
+        return f"0x{vr:04X} ({kinds[family]} firmware): NOT Smart Energy router firmware", False
+    return f"0x{vr:04X}: NOT Smart Energy firmware (load an XBee SE router firmware with XCTU)", False
+
+
+# ---- finding the meter --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Meter:
+    ieee: int
+    nwk: int
+    endpoint: int
+
+    def describe(self) -> str:
+        return f"{xbee_frames.format_ieee(self.ieee)} at 0x{self.nwk:04X} endpoint {self.endpoint}"
+
+
+@dataclass(frozen=True)
+class Discovery:
+    outcome: str                      # "found", "meter-address-mismatch" or "meter-unreachable"
+    detail: str
+    meter: Meter | None = None
+    others: tuple[tuple[int, tuple[int, ...]], ...] = field(default=())   # (nwk, endpoints) not 0x0000
+
+
+def find_meter(radio: Radio, timeout: float) -> Discovery:
+    """IEEE_addr_req to the coordinator, then a Match_Desc broadcast for Simple Metering servers."""
+    ieee, ieee_problem = _coordinator_ieee(radio, timeout)
+    matches = _match_simple_metering(radio, timeout)
+    at_coordinator = [eps for nwk, eps in matches if nwk == METER_NWK]
+    others = tuple((nwk, eps) for nwk, eps in matches if nwk != METER_NWK)
+    if ieee is not None and at_coordinator:
+        meter = Meter(ieee, METER_NWK, at_coordinator[0][0])
+        return Discovery("found", f"meter {meter.describe()}", meter, others)
+    if others and not at_coordinator:
+        where = ", ".join(f"0x{nwk:04X} endpoint {'/'.join(map(str, eps))}" for nwk, eps in others)
+        return Discovery("meter-address-mismatch",
+                         f"a Simple Metering server answered from {where}, not from the coordinator 0x0000; "
+                         f"not polling it", None, others)
+    if ieee is None:
+        return Discovery("meter-unreachable", f"the coordinator 0x0000 {ieee_problem}", None, others)
+    return Discovery("meter-unreachable", "the coordinator 0x0000 answered IEEE_addr_req but no node offers "
+                     "Simple Metering (0x0702) on the Smart Energy profile", None, others)
+
+
+def _coordinator_ieee(radio: Radio, timeout: float) -> tuple[int | None, str]:
+    seq = radio.next_zdo_seq()
+    frame_id = radio.send_explicit(xbee_frames.COORDINATOR_64, METER_NWK, zdo.ENDPOINT, zdo.ENDPOINT,
+                                   zdo.IEEE_ADDR_REQ, zdo.PROFILE, zdo.ieee_addr_req(seq, METER_NWK))
+    deadline = radio.clock.monotonic() + timeout
+    response_cluster = zdo.IEEE_ADDR_REQ | zdo.RESPONSE_BIT
+    while True:
+        got = radio.wait(lambda f: (isinstance(f, TxStatus) and f.frame_id == frame_id)
+                         or (isinstance(f, ExplicitRx) and f.profile == zdo.PROFILE
+                             and f.cluster == response_cluster), deadline)
+        if got is None:
+            return None, f"did not answer IEEE_addr_req within {timeout:g} s"
+        if isinstance(got.frame, TxStatus):
+            if not got.frame.ok:
+                words = xbee_frames.DELIVERY_STATUS.get(got.frame.delivery, "unknown")
+                return None, f"could not be reached (delivery status 0x{got.frame.delivery:02x}: {words})"
+            continue
+        try:
+            rsp = zdo.parse_ieee_addr_rsp(got.frame.payload)
+        except zdo.ZdoError:
+            continue            # damaged; a good answer may still come before the deadline
+        if rsp.seq != seq:
+            continue
+        if rsp.status != zdo.STATUS_SUCCESS:
+            return None, f"answered IEEE_addr_req with ZDO status 0x{rsp.status:02x}"
+        return rsp.ieee, ""
+
+
+def _match_simple_metering(radio: Radio, timeout: float) -> list[tuple[int, tuple[int, ...]]]:
+    """Every (nwk, endpoints) that answers within `timeout`: more than one node may offer the cluster."""
+    seq = radio.next_zdo_seq()
+    radio.send_explicit(xbee_frames.BROADCAST_64, xbee_frames.BROADCAST_RX_ON_IDLE_16, zdo.ENDPOINT,
+                        zdo.ENDPOINT, zdo.MATCH_DESC_REQ, zdo.PROFILE,
+                        zdo.match_desc_req(seq, xbee_frames.BROADCAST_RX_ON_IDLE_16, zcl.PROFILE_SMART_ENERGY,
+                                           (zcl.CLUSTER_SIMPLE_METERING,)))
+    deadline = radio.clock.monotonic() + timeout
+    response_cluster = zdo.MATCH_DESC_REQ | zdo.RESPONSE_BIT
+    found: dict[int, tuple[int, ...]] = {}
+    while True:
+        got = radio.wait(lambda f: isinstance(f, ExplicitRx) and f.profile == zdo.PROFILE
+                         and f.cluster == response_cluster, deadline)
+        if got is None:
+            return list(found.items())
+        try:
+            rsp = zdo.parse_match_desc_rsp(got.frame.payload)
+        except zdo.ZdoError:
+            continue
+        if rsp.seq == seq and rsp.status == zdo.STATUS_SUCCESS and rsp.endpoints:
+            # The responder's own address is in the frame header; the payload's nwk-of-interest is the
+            # address the match is about, and for a coordinator answering for itself they agree.
+            found.setdefault(got.frame.src16, rsp.endpoints)
+
+
+# ---- scaling ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scaling:
+    unit: int
+    multiplier: int
+    divisor: int
+    summation_formatting: int
+    demand_formatting: int
+    device_type: int
+
+    def as_message(self) -> dict:
+        return {"multiplier": self.multiplier, "divisor": self.divisor, "unit": self.unit,
+                "summation_formatting": self.summation_formatting,
+                "demand_formatting": self.demand_formatting}
+
+    def describe(self) -> str:
+        return (f"unit {zcl.UNITS.get(self.unit, hex(self.unit))}, multiplier {self.multiplier}, divisor "
+                f"{self.divisor}, summation formatting 0x{self.summation_formatting:02X}, demand formatting "
+                f"0x{self.demand_formatting:02X}")
+
+
+@dataclass(frozen=True)
+class ScalingRead:
+    scaling: Scaling | None
+    outcome: str            # "ok", "meter-unreachable" (no usable answer) or "refused" (not electric)
+    detail: str
+
+
+# Attributes a meter must report for its values to mean anything; DemandFormatting is optional in SE 1.x.
+_REQUIRED = (zcl.UNIT_OF_MEASURE, zcl.MULTIPLIER, zcl.DIVISOR, zcl.SUMMATION_FORMATTING,
+             zcl.METERING_DEVICE_TYPE)
+
+
+def read_scaling(radio: Radio, meter: Meter, timeout: float) -> ScalingRead:
+    read = radio.zcl_read(meter.ieee, meter.nwk, meter.endpoint, zcl.SCALING_READ, timeout)
+    if read.cause is not None:
+        return ScalingRead(None, "meter-unreachable", f"meter found but the scaling read failed "
+                           f"({read.cause}: {read.detail})")
+    values: dict[int, int] = {}
+    for attr in zcl.SCALING_READ:
+        result = read.results.get(attr.id)
+        if result is not None and result.status == zcl.STATUS_SUCCESS and result.value is not None:
+            values[attr.id] = result.value
+        elif attr in _REQUIRED:
+            status = "missing" if result is None else f"status 0x{result.status:02x}"
+            return ScalingRead(None, "meter-unreachable",
+                               f"meter did not report {attr.name} ({status}); cannot scale its values")
+    unit, device_type = values[zcl.UNIT_OF_MEASURE.id], values[zcl.METERING_DEVICE_TYPE.id]
+    if device_type != DEVICE_TYPE_ELECTRIC:
+        return ScalingRead(None, "refused", f"refused: the meter reports MeteringDeviceType {device_type} "
+                           f"({DEVICE_TYPES.get(device_type, 'not electric')}), not an electricity meter; "
+                           f"not polling it")
+    if unit != zcl.UNIT_KW_KWH:
+        return ScalingRead(None, "refused", f"refused: the meter reports UnitOfMeasure 0x{unit:02X} "
+                           f"({zcl.UNITS.get(unit, 'unknown unit')}), not kW/kWh; not polling it")
+    scaling = Scaling(
+        unit=unit,
+        # A zero multiplier or divisor means "not set" on meters in the field; as a factor it would
+        # zero every value or divide by zero, so it counts as 1 (docs/han-protocol.md).
+        multiplier=values[zcl.MULTIPLIER.id] or 1,
+        divisor=values[zcl.DIVISOR.id] or 1,
+        summation_formatting=values[zcl.SUMMATION_FORMATTING.id],
+        demand_formatting=values.get(zcl.DEMAND_FORMATTING.id, 0),
+        device_type=device_type)
+    return ScalingRead(scaling, "ok", scaling.describe())
+
+
+class Backoff:
+    """Retry delays: base, doubling, capped. Pure, so tests can read the sequence."""
+
+    def __init__(self, base: float, cap: float):
+        self.base, self.cap = base, cap
+        self._next = base
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.cap, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.base

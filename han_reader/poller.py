@@ -1,0 +1,75 @@
+"""One slot's query: Read Attributes (CurrentSummationDelivered, InstantaneousDemand) -> a value or a cause.
+
+The outcome is either raw values with their time tag (the wall clock right after the read() that
+completed the reply, with the round trip kept so the tag's uncertainty is known) or exactly one of the
+lost causes in `messages.LOST_CAUSES`. Values stay raw: the meter's multiplier/divisor travel with them,
+so the LAN side keeps the meter's full resolution.
+
+A reply whose two values are both unusable (each attribute refused, or each the type's "invalid" value,
+which a meter sends when it has no measurement) is lost with cause "zcl-status": the meter answered, and
+what it answered was "no value". A reply that has one usable value is a reading with only that value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared_schema.messages import LOST_CAUSES
+
+from . import zcl
+from .discovery import Meter
+from .radio import Radio
+
+UNREACHABLE_AFTER = 3   # consecutive lost queries before the state says meter-unreachable
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    cause: str | None                 # None: a reading
+    detail: str = ""
+    summation: int | None = None
+    demand: int | None = None
+    time: float | None = None         # wall-clock time tag
+    rtt_s: float | None = None
+
+
+def poll_once(radio: Radio, meter: Meter, timeout: float) -> PollOutcome:
+    read = radio.zcl_read(meter.ieee, meter.nwk, meter.endpoint, zcl.POLL_READ, timeout)
+    if read.cause is not None:
+        return PollOutcome(read.cause, read.detail)
+    summation = read.results.get(zcl.CURRENT_SUMMATION_DELIVERED.id)
+    demand = read.results.get(zcl.INSTANTANEOUS_DEMAND.id)
+    if summation is None and demand is None:
+        return PollOutcome("malformed", "the response carries neither attribute that was asked for")
+    values = {}
+    problems = []
+    for name, result in (("summation", summation), ("demand", demand)):
+        if result is None:
+            problems.append(f"{name} missing")
+        elif result.status != zcl.STATUS_SUCCESS:
+            problems.append(f"{name} status 0x{result.status:02x}")
+        elif result.value is None:
+            problems.append(f"{name} invalid")
+        else:
+            values[name] = result.value
+    if not values:
+        return PollOutcome("zcl-status", ", ".join(problems))
+    reply = read.reply
+    return PollOutcome(None, ", ".join(problems), values.get("summation"), values.get("demand"),
+                       time=reply.wall, rtt_s=max(0.0, reply.mono - read.sent_mono))
+
+
+@dataclass
+class Counters:
+    queries_total: int = 0
+    queries_lost: int = 0
+    lost_by_cause: dict[str, int] = field(default_factory=lambda: {c: 0 for c in LOST_CAUSES})
+    consecutive_lost: int = 0
+
+    def count(self, outcome: PollOutcome) -> None:
+        self.queries_total += 1
+        if outcome.cause is None:
+            self.consecutive_lost = 0
+            return
+        self.queries_lost += 1
+        self.lost_by_cause[outcome.cause] += 1
+        self.consecutive_lost += 1

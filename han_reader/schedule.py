@@ -1,0 +1,67 @@
+"""The poll schedule: slot k is due at start + k * interval. Pure arithmetic, no clock of its own.
+
+Due times are computed from the start every time, never by adding the interval to the previous due
+time, so ten thousand slots later the schedule has not drifted by a rounding error. Every slot ends as
+exactly one reading or one gap; a slot is never skipped silently:
+
+  * a slot the loop reaches while it is not polling (joining, discovering, radio down) becomes a gap
+    with cause "not-polling" (`passed`);
+  * a slot the loop reaches more than half an interval after it was due (the process was stalled or
+    suspended) becomes a gap with cause "late" (`claim`). Querying it anyway would put two queries
+    closer together than the utility allows and tag a value far from its slot.
+
+The wall-clock due time of slot k is start_wall + k * interval: the LAN side sees regular slot times
+even if NTP steps the wall clock, and each reading also carries its own wall-clock time tag.
+"""
+from __future__ import annotations
+
+import math
+
+LATE_FRACTION = 0.5
+
+
+class Schedule:
+    def __init__(self, start_mono: float, start_wall: float, interval: float):
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        self.start_mono = start_mono
+        self.start_wall = start_wall
+        self.interval = interval
+        self.next = 0               # the first slot not yet turned into a reading or a gap
+
+    def due_mono(self, slot: int) -> float:
+        return self.start_mono + slot * self.interval
+
+    def due_wall(self, slot: int) -> float:
+        return self.start_wall + slot * self.interval
+
+    def last_due(self, now_mono: float) -> int:
+        """The highest slot due at or before now (-1 before the start)."""
+        k = math.floor((now_mono - self.start_mono) / self.interval)
+        # The division can land one off either way right at a due time; settle it on due_mono itself.
+        while self.due_mono(k + 1) <= now_mono:
+            k += 1
+        while k >= 0 and self.due_mono(k) > now_mono:
+            k -= 1
+        return max(k, -1)
+
+    def passed(self, now_mono: float) -> list[int]:
+        """Take every slot due by now; the caller reports them as gaps ("not-polling")."""
+        last = self.last_due(now_mono)
+        slots = list(range(self.next, last + 1))
+        self.next = max(self.next, last + 1)
+        return slots
+
+    def claim(self, now_mono: float) -> tuple[list[int], int | None]:
+        """Take the slots due by now: (missed slots, the slot to query now or None).
+
+        The newest due slot is queried if the loop is within half an interval of its due time; every
+        older one, and the newest too when it is later than that, is missed ("late").
+        """
+        slots = self.passed(now_mono)
+        if not slots:
+            return [], None
+        newest = slots[-1]
+        if now_mono - self.due_mono(newest) < LATE_FRACTION * self.interval:
+            return slots[:-1], newest
+        return slots, None

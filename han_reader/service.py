@@ -1,0 +1,259 @@
+"""The HAN process's one loop: open the port, check the radio, join, find the meter, poll slot by slot.
+
+    run():  open port ─▶ check AP/AO ─▶ join (AI) ─▶ find meter + read scaling ─▶ poll every slot
+              ▲                                                                        │
+              └──── RadioReset (modem status) / LinkLost (port gone) / RadioSilent ◀───┘
+
+One thread. Every wait — for a reply, a retry or the next slot — reads the port (`Radio.wait`), so a
+modem status is never missed, and also runs the housekeeping (periodic status, gaps for slots that pass
+while not polling). Nothing from the radio can end the loop: bad bytes are counted, resets and lost
+ports lead back to the top. It ends only on SIGTERM/SIGINT (exit 0) or a radio in the wrong API mode
+(exit 3), which no amount of retrying fixes.
+
+States (INTERFACE.md), each sent to the LAN side as a status message when it or its detail changes:
+  radio-down              the port cannot be opened, was lost, or the radio does not answer AT queries
+  joining                 port open; checking AP/AO, then asking AI until the radio has joined
+  discovering             joined; looking for the meter, or the meter found is refused (not electric)
+  meter-address-mismatch  only nodes other than the coordinator 0x0000 offer Simple Metering
+  meter-unreachable       discovery or the scaling read got no answer; or, while polling, the last
+                          UNREACHABLE_AFTER queries were all lost (polling goes on every slot)
+  polling                 the meter answers
+"""
+from __future__ import annotations
+
+import logging
+
+from . import discovery, poller, xbee_frames
+from .channel_sender import ChannelSender
+from .clock import Clock
+from .discovery import Backoff, Meter, RadioMisconfigured, RadioSilent, Scaling
+from .egress_guard import EgressGuard, EgressRefused
+from .link import LinkLost, Stopping
+from .radio import Radio, RadioReset
+from .schedule import Schedule
+
+log = logging.getLogger("openseg.han")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_RADIO_MISCONFIGURED = 3
+DETAIL_MAX = 200        # messages.FIELDS["status"]["detail"]
+
+
+def retry_timing(poll_interval_s: float) -> tuple[float, float]:
+    """(first retry delay, longest retry delay): 1 s doubling to 60 s at the production interval,
+    scaled down with a lab's short interval so tests see several retries within seconds."""
+    return min(1.0, poll_interval_s / 4), min(60.0, poll_interval_s * 10)
+
+
+class HanService:
+    def __init__(self, han: dict, link, radio: Radio, guard: EgressGuard, sender: ChannelSender,
+                 clock: Clock):
+        self.link, self.radio, self.guard, self.sender, self.clock = link, radio, guard, sender, clock
+        self.interval = han["poll_interval_s"]
+        self.timeout = han["response_timeout_s"]
+        self.status_every = han["status_every_s"]
+        base, cap = retry_timing(self.interval)
+        self.join_poll_s = base
+        self.port_backoff = Backoff(base, cap)
+        self.discovery_backoff = Backoff(base, cap)
+        self.state: str | None = None
+        self.detail = ""
+        self.meter: Meter | None = None
+        self.scaling: Scaling | None = None
+        self.radio_ieee: str | None = None
+        self.schedule: Schedule | None = None     # created when polling starts the first time
+        self.polling = False
+        self.counters = poller.Counters()
+        self.started = clock.wall()
+        self.next_status = clock.monotonic()
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self) -> int:
+        while True:
+            self.polling = False
+            try:
+                self._open_port()
+                self._check_radio()
+                self._join()
+                self._find_meter()
+                self._poll_forever()
+            except RadioReset as exc:
+                log.warning("radio: %s; joining and discovering again", exc)
+                self._forget_meter()
+            except (LinkLost, RadioSilent) as exc:
+                self.link.close()
+                self._forget_meter()
+                self._set_state("radio-down", f"{exc}; retrying", logging.WARNING)
+            except EgressRefused as exc:
+                # The guard stopped a frame this program built: a bug, already logged and counted by
+                # the guard. Start over from the radio check rather than stop reading the meter.
+                log.error("BUG: the egress guard refused one of our own frames (%s); starting over", exc)
+                self._forget_meter()
+                self.link.close()
+                self._set_state("radio-down", "internal error (egress guard refusal); retrying",
+                                logging.ERROR)
+            except RadioMisconfigured as exc:
+                self._set_state("radio-down", str(exc), logging.ERROR)
+                log.error("refusing to run: %s", exc)
+                return EXIT_RADIO_MISCONFIGURED
+            except Stopping:
+                log.info("stopping on signal")
+                return EXIT_OK
+
+    def _open_port(self) -> None:
+        while not self.link.is_open:
+            if self.state == "radio-down":
+                self._idle(self.port_backoff.next())
+            try:
+                self.link.open()
+            except LinkLost as exc:
+                self._set_state("radio-down", f"{exc}; retrying", logging.WARNING)
+                continue
+            self.radio.restart()
+            log.info("port: opened %s at %d baud", self.link.port, self.link.baudrate)
+
+    def _check_radio(self) -> None:
+        self._set_state("joining", "checking the radio's API mode (AP, AO)")
+        discovery.check_api_modes(self.radio, self.timeout)
+        ieee = discovery.radio_ieee(self.radio, self.timeout)
+        if ieee is not None:
+            self.radio_ieee = xbee_frames.format_ieee(ieee)
+            log.info("radio: IEEE address %s", self.radio_ieee)
+
+    def _join(self) -> None:
+        while True:
+            code = discovery.association(self.radio, self.timeout)
+            if code == 0x00:
+                log.info("radio: joined (%s)", discovery.describe_ai(code))
+                self.port_backoff.reset()
+                return
+            self._set_state("joining", discovery.describe_ai(code))
+            self._idle(self.join_poll_s)
+
+    def _find_meter(self) -> None:
+        self._set_state("discovering", "looking for the meter: IEEE_addr_req to 0x0000, Match_Desc for "
+                        "Simple Metering")
+        self.discovery_backoff.reset()
+        while True:
+            found = discovery.find_meter(self.radio, self.timeout)
+            if found.outcome != "found":
+                self._set_state(found.outcome, found.detail + "; retrying", logging.WARNING)
+                self._idle(self.discovery_backoff.next())
+                continue
+            read = discovery.read_scaling(self.radio, found.meter, self.timeout)
+            if read.outcome == "ok":
+                self.meter, self.scaling = found.meter, read.scaling
+                log.info("meter: %s; %s", found.meter.describe(), read.detail)
+                return
+            if read.outcome == "refused":
+                self._set_state("discovering", read.detail, logging.ERROR)
+                self._idle(self.discovery_backoff.cap)      # a wrong meter will not change quickly
+            else:
+                self._set_state("meter-unreachable", read.detail + "; retrying", logging.WARNING)
+                self._idle(self.discovery_backoff.next())
+
+    def _poll_forever(self) -> None:
+        if self.schedule is None:
+            self.schedule = Schedule(self.clock.monotonic(), self.clock.wall(), self.interval)
+            log.info("schedule: slot 0 due now, one slot every %g s", self.interval)
+        else:
+            self._housekeeping()    # slots that passed during join/discovery become "not-polling" gaps
+        self.polling = True
+        self._set_state("polling", f"reading meter {self.meter.describe()} every {self.interval:g} s")
+        while True:
+            self._idle_until(self.schedule.due_mono(self.schedule.next))
+            missed, slot = self.schedule.claim(self.clock.monotonic())
+            for k in missed:
+                log.warning("slot %d: missed, the loop was late", k)
+                self._gap(k, "late")
+            if slot is not None:
+                self._poll_slot(slot)
+
+    def _poll_slot(self, slot: int) -> None:
+        outcome = poller.poll_once(self.radio, self.meter, self.timeout)
+        self.counters.count(outcome)
+        if outcome.cause is None:
+            fields = {"slot": slot, "due": self.schedule.due_wall(slot), "time": outcome.time,
+                      "rtt_s": outcome.rtt_s, "scaling": self.scaling.as_message()}
+            if outcome.summation is not None:
+                fields["summation"] = outcome.summation
+            if outcome.demand is not None:
+                fields["demand"] = outcome.demand
+            if outcome.detail:
+                log.info("slot %d: partial reading (%s)", slot, outcome.detail)
+            self.sender.send("reading", fields)
+            if self.state != "polling":
+                log.info("meter: answering again")
+                self._set_state("polling", f"reading meter {self.meter.describe()} every "
+                                f"{self.interval:g} s")
+            return
+        self._gap(slot, outcome.cause)
+        if self.state == "polling":     # once unreachable, the state says it; no line per slot
+            log.info("slot %d: lost (%s: %s)", slot, outcome.cause, outcome.detail)
+        if self.counters.consecutive_lost >= poller.UNREACHABLE_AFTER:
+            self._set_state("meter-unreachable", f"the last {poller.UNREACHABLE_AFTER} or more queries "
+                            f"were lost (latest: {outcome.cause}); still polling every slot",
+                            logging.WARNING)
+
+    # ---- waiting, with housekeeping ------------------------------------------------------------
+    def _idle(self, seconds: float) -> None:
+        self._idle_until(self.clock.monotonic() + seconds)
+
+    def _idle_until(self, deadline: float) -> None:
+        while True:
+            self._housekeeping()
+            now = self.clock.monotonic()
+            if now >= deadline:
+                return
+            until = min(deadline, self._next_housekeeping())
+            if self.link.is_open:
+                self.radio.drain(until)
+            else:
+                self.link.sleep(until - now)
+
+    def _housekeeping(self) -> None:
+        now = self.clock.monotonic()
+        if self.schedule is not None and not self.polling:
+            for k in self.schedule.passed(now):
+                self._gap(k, "not-polling")
+        if now >= self.next_status:
+            self._send_status()
+
+    def _next_housekeeping(self) -> float:
+        when = self.next_status
+        if self.schedule is not None and not self.polling:
+            when = min(when, self.schedule.due_mono(self.schedule.next))
+        return when
+
+    # ---- messages ------------------------------------------------------------------------------
+    def _gap(self, slot: int, cause: str) -> None:
+        self.sender.send("gap", {"slot": slot, "due": self.schedule.due_wall(slot), "cause": cause})
+
+    def _set_state(self, state: str, detail: str, level: int = logging.INFO) -> None:
+        detail = detail[:DETAIL_MAX]
+        if (state, detail) == (self.state, self.detail):
+            return
+        self.state, self.detail = state, detail
+        log.log(level, "state %s: %s", state, detail)
+        self._send_status()
+
+    def _send_status(self) -> None:
+        c = self.counters
+        fields = {
+            "state": self.state or "radio-down", "detail": self.detail,
+            "queries_total": c.queries_total, "queries_lost": c.queries_lost,
+            "lost_by_cause": dict(c.lost_by_cause), "frames_bad": self.radio.frames_bad,
+            "guard_refused": self.guard.refused, "channel_dropped": self.sender.dropped,
+            "started": self.started, "poll_interval_s": self.interval,
+        }
+        if self.meter is not None:
+            fields["meter"] = {"ieee": xbee_frames.format_ieee(self.meter.ieee), "nwk": self.meter.nwk,
+                               "endpoint": self.meter.endpoint}
+        if self.radio_ieee is not None:
+            fields["radio_ieee"] = self.radio_ieee
+        self.sender.send("status", fields)
+        self.next_status = self.clock.monotonic() + self.status_every
+
+    def _forget_meter(self) -> None:
+        self.meter = self.scaling = None
