@@ -1,0 +1,274 @@
+"""`openseg-admin`: create an installation and manage LAN users.
+
+    openseg-admin init --dir DIR [--lan-port N] [--serial PATH] [--bind ADDR] [--user NAME]
+                       [--san NAME_OR_IP]... [--force]
+    openseg-admin user add NAME [--password-stdin] [--subscription ID] --config F
+    openseg-admin user passwd NAME [--password-stdin] --config F
+    openseg-admin user remove NAME --config F
+    openseg-admin user list --config F
+
+Exit codes: 0 done; 1 refused (bad name, user exists, DIR not empty...); 2 bad config file or usage.
+Secrets are printed once and stored only as hashes; there is no default password anywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import os
+import socket
+import sys
+import tomllib
+
+from shared_schema import config as config_schema
+from . import certs, passwords
+from .users_file import (User, UsersFileError, check_name, check_subscription, generate_subscription_id,
+                         load, locked, render, write_atomic)
+
+CONFIG_NAME = "gateway.toml"
+DEFAULT_USER = "home"
+DEFAULT_SERIAL = "/dev/ttyUSB0"
+SOCKET_REL = "run/readings.sock"
+
+
+class AdminError(Exception):
+    """Refused: the message says why; exit code 1."""
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string (quotes, backslashes and control characters escaped)."""
+    out = ['"']
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch in "\b\t\n\f\r":
+            out.append({"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def gateway_toml(*, serial: str, bind: str, port: int) -> str:
+    today = dt.date.today().isoformat()
+    return f"""# OpenSEG gateway configuration, written by `openseg-admin init` on {today}.
+# Relative paths are relative to this file's folder. Every key is described in the README.
+
+[han]
+serial_port = {toml_string(serial)}
+# baudrate = 9600
+# poll_interval_s = 7.0
+
+[channel]
+socket_path = {toml_string(SOCKET_REL)}
+
+[lan]
+bind = {toml_string(bind)}
+port = {port}
+certificate = "tls/cert.pem"
+private_key = "tls/key.pem"
+users_file = "users.toml"
+# time_zone = "UTC"
+"""
+
+
+def _url(bind: str, port: int) -> str:
+    ip = ipaddress.ip_address(bind)
+    if ip.is_unspecified:
+        host = socket.gethostname() or "localhost"
+    else:
+        host = f"[{ip}]" if ip.version == 6 else str(ip)
+    return f"https://{host}:{port}/"
+
+
+def _chosen_password(stdin) -> str:
+    text = stdin.read(passwords.MAX_PASSWORD_LEN + 3)
+    if text.endswith("\n"):
+        text = text[:-1]
+        if text.endswith("\r"):
+            text = text[:-1]
+    if "\n" in text or "\r" in text:
+        raise AdminError("--password-stdin: expected one line")
+    if problem := passwords.check_chosen_password(text):
+        raise AdminError(f"--password-stdin: {problem}")
+    return text
+
+
+# -- init ------------------------------------------------------------------------------------------
+def cmd_init(args) -> None:
+    if not 1 <= args.lan_port <= 65535:
+        raise AdminError(f"--lan-port: must be 1-65535 (got {args.lan_port})")
+    try:
+        ipaddress.ip_address(args.bind)
+    except ValueError:
+        raise AdminError(f"--bind: must be an IP address such as 127.0.0.1 or 0.0.0.0 (got {args.bind!r})") from None
+    if problem := check_name(args.user):
+        raise AdminError(f"--user: {problem}")
+    if not args.serial.strip():
+        raise AdminError("--serial: must not be empty")
+    for name in args.san:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if not all(part and len(part) <= 63 and part.replace("-", "").isalnum() and part.isascii()
+                       for part in name.split(".")):
+                raise AdminError(f"--san: {name!r} is neither an IP address nor a host name") from None
+
+    target = os.path.abspath(args.dir)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise AdminError(f"{target} exists and is not a folder")
+    if os.path.isdir(target) and os.listdir(target) and not args.force:
+        raise AdminError(f"{target} already exists and is not empty; refusing to overwrite an "
+                         "installation (use --force to replace its config, key, certificate and users)")
+
+    text = gateway_toml(serial=args.serial, bind=args.bind, port=args.lan_port)
+    config_path = os.path.join(target, CONFIG_NAME)
+    try:   # check before writing anything, e.g. a DIR so deep the socket path does not fit AF_UNIX
+        config_schema.parse(tomllib.loads(text), config_path)
+    except config_schema.ConfigError as exc:
+        raise AdminError(f"the configuration would be invalid: {exc}") from None
+
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    os.makedirs(os.path.join(target, "tls"), mode=0o700, exist_ok=True)
+    os.makedirs(os.path.join(target, os.path.dirname(SOCKET_REL)), mode=0o750, exist_ok=True)
+
+    extra = [args.bind] + list(args.san)
+    certs.write_identity(os.path.join(target, "tls", "key.pem"), os.path.join(target, "tls", "cert.pem"), extra)
+
+    password = passwords.generate_password()
+    user = User(args.user, generate_subscription_id(), passwords.hash_password(password))
+    users_path = os.path.join(target, "users.toml")
+    with locked(users_path):
+        write_atomic(users_path, render({user.name: user}))
+    write_atomic(config_path, text, mode=0o644)
+
+    print(f"url: {_url(args.bind, args.lan_port)}")
+    print(f"username: {user.name}")
+    print(f"password: {password}")
+    print(f"subscription: {user.subscription}")
+
+
+# -- user ------------------------------------------------------------------------------------------
+def _users_path(config_path: str) -> str:
+    return config_schema.load(config_path).lan["users_file"]
+
+
+def _load_existing(path: str) -> dict[str, User]:
+    if not os.path.exists(path):
+        return {}
+    try:
+        return load(path)
+    except UsersFileError as exc:
+        raise AdminError(f"{exc} (fix or remove the file first)") from None
+
+
+def cmd_user_add(args) -> None:
+    if problem := check_name(args.name):
+        raise AdminError(problem)
+    if args.subscription is not None and (problem := check_subscription(args.subscription)):
+        raise AdminError(problem)
+    password = _chosen_password(sys.stdin) if args.password_stdin else passwords.generate_password()
+    path = _users_path(args.config)
+    with locked(path):
+        users = _load_existing(path)
+        if args.name in users:
+            raise AdminError(f"user {args.name!r} already exists (use `user passwd` to change the password)")
+        user = User(args.name, args.subscription or generate_subscription_id(),
+                    passwords.hash_password(password))
+        users[user.name] = user
+        write_atomic(path, render(users))
+    print(f"username: {user.name}")
+    if not args.password_stdin:
+        print(f"password: {password}")
+    print(f"subscription: {user.subscription}")
+
+
+def cmd_user_passwd(args) -> None:
+    if problem := check_name(args.name):
+        raise AdminError(problem)
+    password = _chosen_password(sys.stdin) if args.password_stdin else passwords.generate_password()
+    path = _users_path(args.config)
+    with locked(path):
+        users = _load_existing(path)
+        old = users.get(args.name)
+        if old is None:
+            raise AdminError(f"no user {args.name!r}")
+        users[args.name] = User(old.name, old.subscription, passwords.hash_password(password))
+        write_atomic(path, render(users))
+    print(f"username: {args.name}")
+    if not args.password_stdin:
+        print(f"password: {password}")
+
+
+def cmd_user_remove(args) -> None:
+    if problem := check_name(args.name):
+        raise AdminError(problem)
+    path = _users_path(args.config)
+    with locked(path):
+        users = _load_existing(path)
+        if users.pop(args.name, None) is None:
+            raise AdminError(f"no user {args.name!r}")
+        write_atomic(path, render(users))
+    print(f"removed: {args.name}")
+
+
+def cmd_user_list(args) -> None:
+    path = _users_path(args.config)
+    for user in sorted(_load_existing(path).values(), key=lambda u: u.name):
+        print(f"{user.name}\t{user.subscription}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openseg-admin", description="Set up OpenSEG and manage LAN users.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    init = sub.add_parser("init", help="create a new installation in DIR")
+    init.add_argument("--dir", required=True)
+    init.add_argument("--lan-port", type=int, default=8443)
+    init.add_argument("--serial", default=DEFAULT_SERIAL, help="the radio's serial port")
+    init.add_argument("--bind", default="127.0.0.1",
+                      help="address to listen on (a real gateway: 0.0.0.0 or its LAN address)")
+    init.add_argument("--user", default=DEFAULT_USER, help=f"the first user's name (default {DEFAULT_USER})")
+    init.add_argument("--san", action="append", default=[], metavar="NAME_OR_IP",
+                      help="another host name or address for the certificate (repeatable)")
+    init.add_argument("--force", action="store_true", help="replace an existing installation in DIR")
+    init.set_defaults(func=cmd_init)
+
+    user = sub.add_parser("user", help="manage LAN users").add_subparsers(dest="user_command", required=True)
+    for name, func, helptext in (("add", cmd_user_add, "add a user"),
+                                 ("passwd", cmd_user_passwd, "set a new password"),
+                                 ("remove", cmd_user_remove, "remove a user"),
+                                 ("list", cmd_user_list, "list users and their subscriptions")):
+        p = user.add_parser(name, help=helptext)
+        if name != "list":
+            p.add_argument("name", metavar="NAME")
+        if name in ("add", "passwd"):
+            p.add_argument("--password-stdin", action="store_true",
+                           help="read the password from stdin instead of generating one")
+        if name == "add":
+            p.add_argument("--subscription", metavar="ID", help="subscription id (default: generated)")
+        p.add_argument("--config", required=True, help="the gateway's TOML config file")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except AdminError as exc:
+        print(f"openseg-admin: {exc}", file=sys.stderr)
+        return 1
+    except config_schema.ConfigError as exc:
+        print(f"openseg-admin: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"openseg-admin: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
