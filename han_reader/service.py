@@ -114,8 +114,10 @@ class HanService:
             log.info("port: opened %s at %d baud", self.link.port, self.link.baudrate)
 
     def _check_radio(self) -> None:
-        self._set_state("joining", "checking the radio's API mode (AP, AO)")
+        # The state changes only once the radio has answered, so a silent radio stays radio-down
+        # through its retries instead of flapping between two states.
         discovery.check_api_modes(self.radio, self.timeout)
+        self._set_state("joining", "radio in API mode 2 with explicit receive; asking whether it has joined")
         ieee = discovery.radio_ieee(self.radio, self.timeout)
         if ieee is not None:
             self.radio_ieee = xbee_frames.format_ieee(ieee)

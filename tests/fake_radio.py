@@ -1,0 +1,267 @@
+"""An in-process XBee SE radio joined to a Smart Energy meter, for unit tests of the HAN process.
+
+It stands where `link.SerialLink` stands (open/close/read/sleep/write_raw), answers frames the way
+docs/han-protocol.md says, and lives in a `FakeClock`'s time: `read(timeout)` advances the clock to the
+next thing that happens instead of sleeping, so an hour of polling takes milliseconds. Scripted events
+(`at(t, action)`) reset the radio, cut the meter's power, unplug the port or send SIGTERM at exact times.
+
+Every frame the host writes is classified with the egress guard's own `check` into `frame_log`, as the
+emulator's frame log does, so a test can assert that nothing but reads ever left the host.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+from han_reader import egress_guard, xbee_frames, zcl, zdo
+from han_reader.link import LinkLost, Stopping
+
+RADIO_IEEE = 0x0013A20040A1B2C3
+METER_IEEE = 0x00078100000ABCDE
+
+
+class FakeClock:
+    def __init__(self, mono: float = 5000.0, wall: float = 1_750_000_000.0):
+        self.now = mono
+        self._wall_offset = wall - mono
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.now + self._wall_offset
+
+    def advance_to(self, t: float) -> None:
+        self.now = max(self.now, t)
+
+
+@dataclass
+class Node:
+    """A ZigBee node offering Simple Metering (a meter), at a network address and endpoint."""
+    nwk: int = 0x0000
+    endpoint: int = 9
+    ieee: int = METER_IEEE
+    powered: bool = True
+    summation: int = 123_456_789          # raw CurrentSummationDelivered
+    summation_step: int = 7               # added after every answered poll, like a running meter
+    demand: int = 1_500                   # raw InstantaneousDemand
+    unit: int = 0x00
+    multiplier: int = 3
+    divisor: int = 10_000
+    summation_formatting: int = 0x33
+    demand_formatting: int = 0x2B
+    device_type: int = 0x00
+    unsupported: set[int] = field(default_factory=set)   # attribute ids answered with status 0x86
+
+    def attribute(self, attr_id: int) -> bytes:
+        """One Read Attributes Response record."""
+        if attr_id in self.unsupported or attr_id not in zcl.ATTRIBUTES:
+            return struct.pack("<HB", attr_id, zcl.STATUS_UNSUPPORTED_ATTRIBUTE)
+        attr = zcl.ATTRIBUTES[attr_id]
+        value = {0x0000: self.summation, 0x0400: self.demand, 0x0300: self.unit, 0x0301: self.multiplier,
+                 0x0302: self.divisor, 0x0303: self.summation_formatting, 0x0304: self.demand_formatting,
+                 0x0306: self.device_type}[attr_id]
+        _, size, signed = zcl.TYPES[attr.type]
+        return struct.pack("<HBB", attr_id, 0, attr.type) + value.to_bytes(size, "little", signed=signed)
+
+
+class FakeRadio:
+    port = "/dev/fake-xbee"
+    baudrate = 9600
+
+    def __init__(self, clock: FakeClock, meters: list[Node] | None = None, *, reply_delay: float = 0.05,
+                 ap: int = 2, ao: int = 1, vr: int = 0x3364, hv: int = 0x1E46, aps: bool = True,
+                 coordinator_answers: bool = True):
+        self.clock = clock
+        self.meters = [Node()] if meters is None else meters
+        self.reply_delay = reply_delay
+        self.settings = {"AP": ap, "AO": ao, "VR": vr, "HV": hv, "EE": 1, "MY": 0x4A2F, "AI": 0x00,
+                         "SH": RADIO_IEEE >> 32, "SL": RADIO_IEEE & 0xFFFFFFFF}
+        self.aps = aps
+        self.coordinator_answers = coordinator_answers
+        self.is_open = False
+        self.present = True
+        self.opens = 0
+        self.open_attempts = 0
+        self.frame_log: list[dict] = []     # every frame the host wrote, classified like the emulator's
+        self.answers: list[dict] = []       # every poll the meter answered: seq, raw values, time
+        # Faults for the next ZCL poll reads: each entry is "drop", "corrupt", "tx-fail",
+        # "default-response", "malformed" or a callable(seq) -> payload.
+        self.poll_faults: list = []
+        self.silent = False                 # answer no frame at all (a radio in transparent mode)
+        self._decoder = xbee_frames.Decoder()
+        self._outbox: list[tuple[float, int, bytes]] = []
+        self._events: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+
+    # ---- the link interface ----------------------------------------------------------------------
+    def open(self) -> None:
+        self.open_attempts += 1
+        if not self.present:
+            raise LinkLost(f"cannot open {self.port}: [Errno 2] No such file or directory")
+        self.is_open = True
+        self.opens += 1
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def read(self, timeout: float) -> bytes:
+        if not self.is_open:
+            raise LinkLost(f"{self.port} is not open")
+        deadline = self.clock.now + timeout
+        while True:
+            t_event = self._events[0][0] if self._events else float("inf")
+            t_out = self._outbox[0][0] if self._outbox else float("inf")
+            if min(t_event, t_out) > deadline:
+                self.clock.advance_to(deadline)
+                return b""
+            if t_event <= t_out:
+                _, _, action = heapq.heappop(self._events)
+                self.clock.advance_to(t_event)
+                action()
+                if not self.is_open:
+                    raise LinkLost(f"{self.port}: [Errno 5] Input/output error")
+                continue
+            self.clock.advance_to(t_out)
+            data = b""
+            while self._outbox and self._outbox[0][0] <= self.clock.now:
+                data += heapq.heappop(self._outbox)[2]
+            return data
+
+    def sleep(self, timeout: float) -> None:
+        deadline = self.clock.now + timeout
+        while self._events and self._events[0][0] <= deadline:
+            t, _, action = heapq.heappop(self._events)
+            self.clock.advance_to(t)
+            action()
+        self.clock.advance_to(deadline)
+
+    def write_raw(self, data: bytes) -> None:
+        if not self.is_open:
+            raise LinkLost(f"{self.port} is not open")
+        for frame in self._decoder.feed(data):
+            try:
+                kind = egress_guard.check(frame)
+            except egress_guard.EgressRefused:
+                kind = "not-a-read"
+            self.frame_log.append({"t": self.clock.now, "class": kind, "frame": frame})
+            if not self.silent:
+                self._handle(frame)
+
+    # ---- scripted events -------------------------------------------------------------------------
+    def at(self, t: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._events, (t, next(self._order), action))
+
+    def stop(self) -> None:
+        """What SIGTERM does to the real link's wait."""
+        raise Stopping()
+
+    def reset(self, join_delay: float = 0.3) -> None:
+        """A hardware reset: modem status 0x00, scanning for join_delay, then joined (0x02)."""
+        self._outbox.clear()
+        self.emit(bytes((xbee_frames.MODEM_STATUS, xbee_frames.MODEM_HARDWARE_RESET)), delay=0.001)
+        self.settings["AI"] = 0xFF
+
+        def joined():
+            self.settings["AI"] = 0x00
+            self.emit(bytes((xbee_frames.MODEM_STATUS, xbee_frames.MODEM_JOINED)), delay=0.0)
+        self.at(self.clock.now + join_delay, joined)
+
+    def vanish(self) -> None:
+        """The USB device is unplugged: reads fail now, opens fail until `reappear`."""
+        self.present = False
+        self.is_open = False
+        self._outbox.clear()
+
+    def reappear(self) -> None:
+        self.present = True
+
+    # ---- radio behaviour -------------------------------------------------------------------------
+    def emit(self, frame_data: bytes, delay: float | None = None, wire: bytes | None = None) -> None:
+        t = self.clock.now + (self.reply_delay if delay is None else delay)
+        heapq.heappush(self._outbox, (t, next(self._order), wire if wire is not None
+                                      else xbee_frames.encode(frame_data)))
+
+    def inject(self, wire: bytes, delay: float = 0.0) -> None:
+        """Raw bytes on the line (noise, half frames) at now + delay."""
+        heapq.heappush(self._outbox, (self.clock.now + delay, next(self._order), wire))
+
+    def _handle(self, frame: bytes) -> None:
+        if frame[0] == xbee_frames.AT_COMMAND and len(frame) >= 4:
+            self._at(frame[1], frame[2:4].decode("ascii", "replace"))
+        elif frame[0] == xbee_frames.EXPLICIT_TX and len(frame) >= 20:
+            (_, fid, dest64, dest16, src_ep, dst_ep, cluster, profile, _, options) = \
+                struct.unpack_from(">BBQHBBHHBB", frame)
+            self._explicit(fid, dest16, dst_ep, cluster, profile, frame[20:])
+
+    def _at(self, fid: int, cmd: str) -> None:
+        sizes = {"VR": 2, "HV": 2, "AP": 1, "AO": 1, "AI": 1, "EE": 1, "MY": 2, "SH": 4, "SL": 4}
+        if cmd in sizes:
+            value = self.settings[cmd].to_bytes(sizes[cmd], "big")
+            self.emit(bytes((xbee_frames.AT_RESPONSE, fid)) + cmd.encode() + b"\x00" + value)
+        else:
+            self.emit(bytes((xbee_frames.AT_RESPONSE, fid)) + cmd.encode() + b"\x02")
+
+    def _tx_status(self, fid: int, dest16: int, delivery: int) -> None:
+        self.emit(struct.pack(">BBHBBB", xbee_frames.TX_STATUS, fid, dest16, 0, delivery, 0), delay=0.01)
+
+    def _rx(self, node_ieee: int, nwk: int, src_ep: int, dst_ep: int, cluster: int, profile: int,
+            payload: bytes) -> bytes:
+        options = xbee_frames.RX_OPT_ACKNOWLEDGED | (xbee_frames.RX_OPT_APS_ENCRYPTED if self.aps else 0)
+        return struct.pack(">BQHBBHHB", xbee_frames.EXPLICIT_RX, node_ieee, nwk, src_ep, dst_ep, cluster,
+                           profile, options) + payload
+
+    def _explicit(self, fid: int, dest16: int, dst_ep: int, cluster: int, profile: int, payload: bytes):
+        if self.settings["AI"] != 0x00:
+            self._tx_status(fid, dest16, 0x22)      # not joined to network
+            return
+        if profile == zdo.PROFILE:
+            self._tx_status(fid, dest16, 0x00)
+            seq = payload[0]
+            if cluster == zdo.IEEE_ADDR_REQ and dest16 == 0x0000 and self.coordinator_answers:
+                coordinator = next((m for m in self.meters if m.nwk == 0x0000), None)
+                ieee = coordinator.ieee if coordinator else 0x000781000000C00D
+                self.emit(self._rx(ieee, 0x0000, 0, 0, 0x8001, 0,
+                                   struct.pack("<BBQH", seq, 0, ieee, 0x0000)))
+            elif cluster == zdo.MATCH_DESC_REQ:
+                for m in self.meters:
+                    if m.powered:
+                        self.emit(self._rx(m.ieee, m.nwk, 0, 0, 0x8006, 0,
+                                           struct.pack("<BBHBB", seq, 0, m.nwk, 1, m.endpoint)))
+            return
+        meter = next((m for m in self.meters if m.nwk == dest16 and m.endpoint == dst_ep), None)
+        if meter is None or not meter.powered:
+            self._tx_status(fid, dest16, 0x21 if meter else 0x24)
+            return
+        seq = payload[1]
+        attrs = [struct.unpack_from("<H", payload, 3 + 2 * i)[0] for i in range((len(payload) - 3) // 2)]
+        is_poll = attrs == [0x0000, 0x0400]
+        fault = self.poll_faults.pop(0) if is_poll and self.poll_faults else None
+        if fault == "tx-fail":
+            self._tx_status(fid, dest16, 0x21)
+            return
+        self._tx_status(fid, dest16, 0x00)
+        if fault == "drop":
+            return
+        if fault == "default-response":
+            body = bytes((0x18, seq, zcl.CMD_DEFAULT_RESPONSE, 0x00, 0x86))
+        elif fault == "malformed":
+            body = bytes((0x18, seq, zcl.CMD_READ_ATTRIBUTES_RESPONSE, 0x00, 0x00, 0x00, 0x25, 1, 2))
+        elif callable(fault):
+            body = fault(seq)
+        else:
+            body = bytes((0x18, seq, zcl.CMD_READ_ATTRIBUTES_RESPONSE)) + b"".join(map(meter.attribute, attrs))
+        frame = self._rx(meter.ieee, meter.nwk, meter.endpoint, 0x5E, cluster, profile, body)
+        wire = None
+        if fault == "corrupt":      # a wrong checksum, escaped like any other byte
+            bad = (xbee_frames.checksum(frame) + 1) & 0xFF
+            wire = bytes((xbee_frames.START,)) + xbee_frames.escape(
+                struct.pack(">H", len(frame)) + frame + bytes((bad,)))
+        self.emit(frame, wire=wire)
+        if is_poll and fault is None:
+            self.answers.append({"seq": seq, "summation": meter.summation, "demand": meter.demand,
+                                 "t": self.clock.now + self.reply_delay})
+            meter.summation += meter.summation_step

@@ -1,0 +1,69 @@
+"""Helpers shared by the HAN unit tests: a recording channel sender and a service on a fake radio."""
+from __future__ import annotations
+
+from han_reader.egress_guard import EgressGuard
+from han_reader.radio import Radio
+from han_reader.service import HanService
+from shared_schema import messages
+
+from fake_radio import FakeClock, FakeRadio
+
+HAN = {"serial_port": "/dev/fake-xbee", "baudrate": 9600, "poll_interval_s": 7.0, "allow_fast_poll": False,
+       "response_timeout_s": 3.0, "require_aps_encryption": True, "status_every_s": 30.0}
+
+
+class RecordingSender:
+    """ChannelSender's interface; every message goes through the real schema (encode, then decode)."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.seq = 0
+        self.dropped = 0
+        self.messages: list[dict] = []
+
+    def send(self, kind: str, fields: dict) -> bool:
+        msg = {"v": messages.VERSION, "seq": self.seq, "kind": kind, "sent": self.clock.wall(), **fields}
+        self.seq += 1
+        self.messages.append(messages.decode(messages.encode(msg)))
+        return True
+
+    def of(self, kind: str) -> list[dict]:
+        return [m for m in self.messages if m["kind"] == kind]
+
+    def slots(self) -> list[dict]:
+        """Readings and gaps, in the order sent."""
+        return [m for m in self.messages if m["kind"] in ("reading", "gap")]
+
+    def states(self) -> list[str]:
+        """The sequence of distinct states the status messages went through."""
+        out: list[str] = []
+        for m in self.of("status"):
+            if not out or out[-1] != m["state"]:
+                out.append(m["state"])
+        return out
+
+
+class Rig:
+    """A HanService wired to a FakeRadio and a RecordingSender, all on one FakeClock."""
+
+    def __init__(self, radio: FakeRadio | None = None, clock: FakeClock | None = None, **han):
+        self.clock = clock or (radio.clock if radio else FakeClock())
+        self.radio_hw = radio or FakeRadio(self.clock)
+        self.logged: list[str] = []
+        self.guard = EgressGuard(self.radio_hw.write_raw, self.logged.append)
+        self.han = {**HAN, **han}
+        self.radio = Radio(self.radio_hw, self.guard, self.clock, self.han["require_aps_encryption"])
+        self.sender = RecordingSender(self.clock)
+        self.service = HanService(self.han, self.radio_hw, self.radio, self.guard, self.sender, self.clock)
+        self.t0 = self.clock.now
+
+    def run_for(self, seconds: float) -> int:
+        """Run the real loop until `seconds` of fake time have passed, then stop it as SIGTERM would."""
+        self.radio_hw.at(self.t0 + seconds, self.radio_hw.stop)
+        return self.service.run()
+
+    def at(self, seconds: float, action) -> None:
+        self.radio_hw.at(self.t0 + seconds, action)
+
+    def not_reads(self) -> list[dict]:
+        return [f for f in self.radio_hw.frame_log if f["class"] == "not-a-read"]
