@@ -39,9 +39,7 @@ class _OneLineFormatter(logging.Formatter):
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLineFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    logging.basicConfig(level=logging.INFO, handlers=[handler])    # no-op if a host already set logging up
 
 
 def _stop_on_signals() -> int:
