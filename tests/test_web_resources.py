@@ -1,0 +1,108 @@
+"""The JSON answers (/api/v1/current, /status, /history) and the Response shape the server relies on."""
+import json
+import re
+from decimal import Decimal
+
+import pytest
+
+from channel_messages import SCALING_1_1000, SCALING_3_10000, T0, Clock, gap, reading, status
+from lan_server import web_resources
+from lan_server.readings import Readings
+
+ISO_MS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+
+
+def body(resp):
+    assert resp.content_type == "application/json" and resp.status == 200
+    # Decimal keeps what the text says: the test sees the exact digits that went over the wire.
+    return json.loads(resp.body, parse_float=Decimal)
+
+
+@pytest.mark.parametrize("scaling, demand, summation, demand_w, summation_wh", [
+    (SCALING_3_10000, 1234, 987654321, Decimal("370.2"), Decimal("296296296.3")),
+    (SCALING_3_10000, -7, 1, Decimal("-2.1"), Decimal("0.3")),
+    (SCALING_1_1000, 1234, 987654321, 1234, 987654321),
+    # A full 48-bit register at 0.3 Wh per count: more digits than a double holds, all kept.
+    (SCALING_3_10000, 1, (1 << 48) - 1, Decimal("0.3"), Decimal("84442493013196.5")),
+])
+def test_current_is_exactly_scaled(scaling, demand, summation, demand_w, summation_wh):
+    clock = Clock()
+    r = Readings(30.0, clock=clock)
+    r.apply(reading(1, 1, T0 - 2.5, demand=demand, summation=summation, scaling=scaling))
+    js = body(web_resources.current_json(r))
+    assert js["demand_w"] == demand_w and js["summation_wh"] == summation_wh
+    assert js["time"] == "2023-11-14T22:13:17.500Z" and ISO_MS.fullmatch(js["time"])
+    assert js["age_s"] == Decimal("2.5") and js["status"] == "ok"
+
+
+def test_current_no_data_then_stale_and_invalid_quantity():
+    clock = Clock()
+    r = Readings(30.0, clock=clock)
+    assert body(web_resources.current_json(r)) == {"demand_w": None, "summation_wh": None, "time": None,
+                                                   "age_s": None, "status": "no-data"}
+    r.apply(reading(1, 1, clock(), demand=None))
+    js = body(web_resources.current_json(r))
+    assert js["demand_w"] is None and js["summation_wh"] is not None and js["status"] == "ok"
+    clock.advance(31)
+    assert body(web_resources.current_json(r))["status"] == "stale"
+
+
+def test_status_reports_what_the_han_side_said_and_how_old_it_is():
+    clock = Clock()
+    r = Readings(30.0, clock=clock)
+    counters = {"received": 5, "rejected": 1, "rejected_by_reason": {"foreign-uid": 1}, "seq_gaps": 0,
+                "seq_missing": 0, "han_restarts": 0, "last_seq": 4}
+    js = body(web_resources.status_json(r, counters, lan_started=T0 - 60))
+    assert js["state"] is None and js["han_silent"] is True and js["report_age_s"] is None
+    assert js["lan_uptime_s"] == 60 and js["channel"] == counters
+
+    r.apply(status(0, clock(), state="polling", started=T0 - 300, queries_total=120, queries_lost=3))
+    clock.advance(12.0)
+    js = body(web_resources.status_json(r, counters, lan_started=T0 - 60))
+    assert js["state"] == "polling" and js["detail"] == "polling the meter"
+    assert js["meter"] == {"ieee": "00:0d:6f:00:0a:bc:de:f0", "nwk": 0x1234, "nwk_hex": "0x1234", "endpoint": 9}
+    assert (js["queries_total"], js["queries_lost"]) == (120, 3)
+    assert js["lost_by_cause"] == {"malformed": 0, "timeout": 3, "tx-failed": 0, "zcl-status": 0}
+    assert (js["frames_bad"], js["guard_refused"], js["channel_dropped"]) == (2, 0, 0)
+    assert js["report_age_s"] == 12 and js["han_uptime_s"] == 312 and js["lan_uptime_s"] == 72
+    assert js["han_silent"] is False and js["poll_interval_s"] == 7
+    assert ISO_MS.fullmatch(js["report_time"]) and ISO_MS.fullmatch(js["han_started"])
+
+    clock.advance(60.0)                                  # nothing for longer than 2 x stale_after_s
+    js = body(web_resources.status_json(r, counters, lan_started=T0 - 60))
+    assert js["han_silent"] is True and js["state"] == "polling" and js["report_age_s"] == 72
+
+
+def test_history_points_and_gaps_in_time_order():
+    clock = Clock()
+    r = Readings(30.0, clock=clock)
+    for slot in range(20):
+        t = clock.advance(7.0)
+        r.apply(gap(slot, slot, t) if slot in (4, 5) else reading(slot, slot, t, demand=1000 + slot))
+    clock.advance(1.0)
+    js = body(web_resources.history_json(r, {"minutes": "1"}))
+    assert js["minutes"] == 1
+    assert [p["slot"] for p in js["points"]] == list(range(11, 20))     # now = T0 + 141: from T0 + 81
+    js = body(web_resources.history_json(r, {}))
+    assert js["minutes"] == 60 and [g["slot"] for g in js["gaps"]] == [4, 5]
+    assert js["gaps"][0]["cause"] == "timeout" and ISO_MS.fullmatch(js["gaps"][0]["due"])
+    times = [p["time"] for p in js["points"]]
+    assert times == sorted(times) and len(times) == 18
+    assert js["points"][0]["demand_w"] == Decimal("300") and js["points"][0]["summation_wh"] is not None
+
+
+@pytest.mark.parametrize("params, name", [({"minutes": "0"}, "minutes"), ({"minutes": "1441"}, "minutes"),
+                                          ({"minutes": "abc"}, "minutes"), ({"minutes": "-5"}, "minutes"),
+                                          ({"hours": "1"}, "hours")])
+def test_history_bad_parameters_are_400_naming_them(params, name):
+    resp = web_resources.history_json(Readings(30.0, clock=Clock()), params)
+    assert resp.status == 400 and f"'{name}'".encode() in resp.body
+
+
+def test_responses_are_never_cached():
+    r = Readings(30.0, clock=Clock())
+    for resp in (web_resources.current_json(r), web_resources.status_json(r, {}, T0),
+                 web_resources.history_json(r, {}),
+                 web_resources.espi(r, path="LocalTimeParameters/1", params={}, subscription="s",
+                                    base_url="https://h", time_zone="UTC")):
+        assert resp.headers["Cache-Control"] == "no-store"
