@@ -18,10 +18,17 @@ States (INTERFACE.md), each sent to the LAN side as a status message when it or 
   meter-unreachable       discovery or the scaling read got no answer; or, while polling, the last
                           UNREACHABLE_AFTER queries were all lost (polling goes on every slot)
   polling                 the meter answers
+
+Under systemd (Type=notify): READY=1 once the radio has answered the API-mode check the first time (the
+service is up and doing its job even while the meter is away), STATUS= with every state change, and
+WATCHDOG=1 from this one loop's housekeeping in every state, so a loop that stops turning is restarted.
 """
 from __future__ import annotations
 
 import logging
+from typing import Callable
+
+from shared_schema import sd_notify
 
 from . import discovery, poller, xbee_frames
 from .channel_sender import ChannelSender
@@ -48,8 +55,12 @@ def retry_timing(poll_interval_s: float) -> tuple[float, float]:
 
 class HanService:
     def __init__(self, han: dict, link, radio: Radio, guard: EgressGuard, sender: ChannelSender,
-                 clock: Clock):
+                 clock: Clock, notify: Callable[..., bool] = sd_notify.notify,
+                 watchdog: sd_notify.Watchdog | None = None):
         self.link, self.radio, self.guard, self.sender, self.clock = link, radio, guard, sender, clock
+        self.notify = notify
+        self.watchdog = watchdog or sd_notify.Watchdog(["han-loop"], clock=clock.monotonic)
+        self.ready_sent = False
         self.interval = han["poll_interval_s"]
         self.timeout = han["response_timeout_s"]
         self.status_every = han["status_every_s"]
@@ -99,6 +110,7 @@ class HanService:
                 return EXIT_RADIO_MISCONFIGURED
             except Stopping:
                 log.info("stopping on signal")
+                self.notify("STOPPING=1")
                 return EXIT_OK
 
     def _open_port(self) -> None:
@@ -118,6 +130,9 @@ class HanService:
         # through its retries instead of flapping between two states.
         discovery.check_api_modes(self.radio, self.timeout)
         self._set_state("joining", "radio in API mode 2 with explicit receive; asking whether it has joined")
+        if not self.ready_sent:
+            self.notify("READY=1")
+            self.ready_sent = True
         ieee = discovery.radio_ieee(self.radio, self.timeout)
         if ieee is not None:
             self.radio_ieee = xbee_frames.format_ieee(ieee)
@@ -221,9 +236,10 @@ class HanService:
                 self._gap(k, "not-polling")
         if now >= self.next_status:
             self._send_status()
+        self.watchdog.beat("han-loop")
 
     def _next_housekeeping(self) -> float:
-        when = self.next_status
+        when = min(self.next_status, self.watchdog.deadline())
         if self.schedule is not None and not self.polling:
             when = min(when, self.schedule.due_mono(self.schedule.next))
         return when
@@ -238,6 +254,7 @@ class HanService:
             return
         self.state, self.detail = state, detail
         log.log(level, "state %s: %s", state, detail)
+        self.notify(sd_notify.status_text(f"{state}: {detail}"))
         self._send_status()
 
     def _send_status(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from han_reader.egress_guard import EgressGuard
 from han_reader.radio import Radio
 from han_reader.service import HanService
-from shared_schema import messages
+from shared_schema import messages, sd_notify
 
 from fake_radio import FakeClock, FakeRadio
 
@@ -46,16 +46,26 @@ class RecordingSender:
 class Rig:
     """A HanService wired to a FakeRadio and a RecordingSender, all on one FakeClock."""
 
-    def __init__(self, radio: FakeRadio | None = None, clock: FakeClock | None = None, **han):
+    def __init__(self, radio: FakeRadio | None = None, clock: FakeClock | None = None, watchdog_s=None,
+                 **han):
         self.clock = clock or (radio.clock if radio else FakeClock())
         self.radio_hw = radio or FakeRadio(self.clock)
+        self.t0 = self.clock.now
         self.logged: list[str] = []
         self.guard = EgressGuard(self.radio_hw.write_raw, self.logged.append)
         self.han = {**HAN, **han}
         self.radio = Radio(self.radio_hw, self.guard, self.clock, self.han["require_aps_encryption"])
         self.sender = RecordingSender(self.clock)
-        self.service = HanService(self.han, self.radio_hw, self.radio, self.guard, self.sender, self.clock)
-        self.t0 = self.clock.now
+        self.notified: list[tuple[float, str]] = []     # (fake time, field) for every sd_notify field
+        env = {"WATCHDOG_USEC": str(int(watchdog_s * 1e6))} if watchdog_s else {}
+        watchdog = sd_notify.Watchdog(["han-loop"], env=env, clock=self.clock.monotonic,
+                                      send=self._notify)
+        self.service = HanService(self.han, self.radio_hw, self.radio, self.guard, self.sender, self.clock,
+                                  notify=self._notify, watchdog=watchdog)
+
+    def _notify(self, *fields: str) -> bool:
+        self.notified += [(self.clock.now - self.t0, f) for f in fields]
+        return True
 
     def run_for(self, seconds: float) -> int:
         """Run the real loop until `seconds` of fake time have passed, then stop it as SIGTERM would."""

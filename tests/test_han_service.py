@@ -255,3 +255,19 @@ def test_no_byte_stream_from_the_radio_stops_the_loop(events):
         rig.at(t, lambda c=chunk: rig.radio_hw.inject(c))
     assert rig.run_for(90) == EXIT_OK
     check_invariants(rig)
+
+
+def test_systemd_ready_status_watchdog_in_every_state():
+    hw = FakeRadio(FakeClock(), [Node(powered=False)])
+    rig = Rig(hw, watchdog_s=20.0)
+    rig.at(100, lambda: setattr(hw.meters[0], "powered", True))
+    rig.run_for(200)
+    fields = [f for _, f in rig.notified]
+    assert fields.count("READY=1") == 1
+    assert any(f.startswith("STATUS=meter-unreachable: the coordinator 0x0000 answered") for f in fields)
+    assert any(f.startswith("STATUS=polling: reading meter") for f in fields)
+    assert fields[-1] == "STOPPING=1"
+    pings = [t for t, f in rig.notified if f == "WATCHDOG=1"]
+    # pinged while the meter was away as well as while polling, never more than WatchdogSec/2 apart
+    assert any(t < 100 for t in pings) and any(t > 110 for t in pings)
+    assert all(b - a <= 10.0 + 3 * 3.0 for a, b in zip([0.0] + pings, pings + [200.0]))
