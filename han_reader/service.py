@@ -188,7 +188,13 @@ class HanService:
                 self._poll_slot(slot)
 
     def _poll_slot(self, slot: int) -> None:
-        outcome = poller.poll_once(self.radio, self.meter, self.timeout)
+        try:
+            outcome = poller.poll_once(self.radio, self.meter, self.timeout)
+        except (RadioReset, LinkLost):
+            # Polling stops mid-query; the slot still gets its gap so it is not silently skipped. It is
+            # not counted as a lost query: the radio went away, the meter did not fail to answer.
+            self._gap(slot, "not-polling")
+            raise
         self.counters.count(outcome)
         if outcome.cause is None:
             fields = {"slot": slot, "due": self.schedule.due_wall(slot), "time": outcome.time,

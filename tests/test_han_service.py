@@ -271,3 +271,26 @@ def test_systemd_ready_status_watchdog_in_every_state():
     # pinged while the meter was away as well as while polling, never more than WatchdogSec/2 apart
     assert any(t < 100 for t in pings) and any(t > 110 for t in pings)
     assert all(b - a <= 10.0 + 3 * 3.0 for a, b in zip([0.0] + pings, pings + [200.0]))
+
+
+@pytest.mark.parametrize("event", ["reset", "vanish"])
+def test_a_query_interrupted_by_the_radio_still_gets_its_gap(event):
+    rig = Rig()
+    hw = rig.radio_hw
+    hw.poll_faults = [None, None, None, None, "drop"]       # slot 4's query waits for a reply...
+    slot0 = 3.35                                            # AT queries, discovery, scaling read
+
+    def interrupt():                                        # ...and the radio goes away meanwhile
+        if event == "reset":
+            hw.reset(join_delay=2.0)
+        else:
+            hw.vanish()
+            hw.at(hw.clock.now + 5, hw.reappear)
+    rig.at(slot0 + 4 * 7 + 1.0, interrupt)
+    rig.run_for(90)
+    assert rig.service.schedule.start_mono - rig.t0 == pytest.approx(slot0)
+    gaps = {g["slot"]: g["cause"] for g in rig.sender.of("gap")}
+    assert gaps[4] == "not-polling"
+    rig.service._send_status()
+    assert rig.sender.of("status")[-1]["queries_lost"] == 0
+    check_invariants(rig)
