@@ -28,10 +28,10 @@ class QueryError(ValueError):
 
     def __init__(self, param: str, reason: str):
         self.param = param
-        super().__init__(f"query parameter {_shown(param)}: {reason}")
+        super().__init__(f"query parameter {shown_name(param)}: {reason}")
 
 
-def _shown(name: Any) -> str:
+def shown_name(name: Any) -> str:
     text = str(name)
     if len(text) > 40:
         text = text[:40] + "..."

@@ -245,7 +245,7 @@ def history_json(readings: Readings, params: Mapping[str, Any]) -> Response:
     minutes = HISTORY_DEFAULT_MIN
     for name, value in params.items():
         if name != "minutes":
-            return _text(400, f"query parameter {espi_query._shown(name)}: unknown parameter "
+            return _text(400, f"query parameter {espi_query.shown_name(name)}: unknown parameter "
                               "(known: minutes)")
         if (not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 4
                 or not 1 <= int(value) <= HISTORY_MAX_MIN):
