@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass, field
 
 from . import metering
-from .metering import Answer, ZclFrame
+from .metering import ZclFrame
 
 ZDO_PROFILE = 0x0000
 ZDO_ENDPOINT = 0x00
