@@ -3,6 +3,7 @@ import struct
 from fractions import Fraction
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from openseg_emulator import metering
 from openseg_emulator.meter_model import MeterModel, SteppedLoad
@@ -259,3 +260,20 @@ def test_remote_at_and_plain_tx_are_refused():
                                   explicit_tx(1, bytes(8), 0, 0x5E, 9, 0x0702, 0x0109, b"\x04\x00")])
 def test_malformed_frames_never_crash(data):
     joined_radio().handle(data, 2)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.binary(min_size=1, max_size=255),
+    st.builds(lambda kind, rest: bytes([kind]) + rest, st.sampled_from([0x08, 0x09, 0x10, 0x11, 0x17]),
+              st.binary(max_size=40)),
+    st.builds(lambda dest, cl, pr, ep, opt, payload: explicit_tx(1, dest, 0xFFFE, 0, ep, cl, pr, payload, opt),
+              st.sampled_from([bytes(8), COORD_IEEE, METER_IEEE, H("000000000000ffff"), H("fffffffffffffffe")]),
+              st.sampled_from([0x0000, 0x0001, 0x0004, 0x0005, 0x0006, 0x0034, 0x0702, 0x0700, 0x8001]),
+              st.sampled_from([0x0000, 0x0109, 0xFFFF]), st.sampled_from([0, 1, 9, 0xFF]),
+              st.sampled_from([0x00, 0x20]), st.binary(max_size=30))))
+def test_any_host_frame_gets_well_formed_answers(data):
+    for radio in (joined_radio(), joined_radio(0x1234)):
+        for reply in radio.handle(data, 2).replies:
+            frame = render(reply) if reply.read else reply.frame
+            assert 1 <= len(frame) <= 255 and frame[0] in (0x88, 0x8B, 0x91, 0x97)
