@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -160,6 +161,13 @@ class VerifiedCache:
                                         now + self.ttl_s)
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """What an unknown user's guess is checked against: same parameters as real hashes, a secret
+    nobody knows. One per process is enough."""
+    return passwords.hash_password(secrets.token_urlsafe(16))
+
+
 @dataclass(frozen=True)
 class Decision:
     user: User | None = None            # set when authenticated
@@ -186,7 +194,7 @@ class Authenticator:
         self.cache = VerifiedCache(cache_ttl_s, clock=clock)
         self._kdf_slots = threading.BoundedSemaphore(kdf_concurrency)
         self._verify = verify
-        self._dummy_hash = passwords.hash_password(secrets.token_urlsafe(16))
+        self._dummy_hash = _dummy_hash()
 
     def check(self, remote_addr: str, authorization: str | None) -> Decision:
         creds = parse_basic(authorization)

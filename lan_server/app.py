@@ -1,0 +1,218 @@
+"""The LAN web application: authenticate, dispatch, add the security headers. A plain WSGI callable.
+
+CherryPy serves it (main.py grafts it onto cherrypy.tree), but it deliberately does not use
+CherryPy's handler machinery: every response, including 401/404/500, is built here, so no framework
+error page can leak a version or a traceback, and one function shows the whole request path:
+
+    auth (401/429)  ->  method (405)  ->  route  ->  resource (web_resources, pure)  ->  headers
+
+Every path requires authentication, even unknown ones, so nothing about the server is visible before
+login. The ESPI resources get the authenticated user's subscription and decide 403/404 themselves.
+"""
+from __future__ import annotations
+
+import http
+import importlib
+import logging
+import os
+import re
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .auth import WWW_AUTHENTICATE, Authenticator
+
+log = logging.getLogger("openseg.lan.http")
+access_log = logging.getLogger("openseg.lan.access")
+
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+ESPI_PREFIX = "/espi/1_1/resource/"
+
+# The page loads its own JS/CSS from 'self' and fetch()es the API; nothing inline, no framing.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+SECURITY_HEADERS = {
+    "Strict-Transport-Security": "max-age=31536000",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": CSP,
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Server": "OpenSEG",
+}
+_SECURITY_KEYS = {name.lower() for name in SECURITY_HEADERS}
+NO_STORE = "no-store"                 # measurements and errors: never kept by any cache
+STATIC_CACHE = "private, no-cache"    # the page itself: may be kept, but revalidated
+
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".webmanifest": "application/manifest+json",
+    ".woff2": "font/woff2",
+    ".txt": "text/plain; charset=utf-8",
+}
+_STATIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
+MAX_QUERY_FIELDS = 32
+
+
+@dataclass
+class Reply:
+    """Same shape as web_resources.Response, for the answers the app makes itself."""
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _text(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, "text/plain; charset=utf-8", (message + "\n").encode(), headers or {})
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """For log lines: one line, bounded, no control characters from the client."""
+    text = text[:limit]
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+class BadRequest(Exception):
+    pass
+
+
+def parse_query(query: str) -> dict[str, str]:
+    try:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=False,
+                                       max_num_fields=MAX_QUERY_FIELDS, errors="strict")
+    except ValueError:
+        raise BadRequest(f"bad query string (at most {MAX_QUERY_FIELDS} parameters, UTF-8)") from None
+    params: dict[str, str] = {}
+    for key, value in pairs:
+        if key in params:
+            raise BadRequest(f"parameter {key!r} given more than once")
+        params[key] = value
+    return params
+
+
+class LanApp:
+    def __init__(self, *, authenticator: Authenticator, readings: Any,
+                 channel_counters: Callable[[], dict], lan_started: float, time_zone: str,
+                 default_base_url: str, static_dir: str = STATIC_DIR, resources: Any = None):
+        self.auth = authenticator
+        self.readings = readings
+        self.channel_counters = channel_counters
+        self.lan_started = lan_started
+        self.time_zone = time_zone
+        self.default_base_url = default_base_url.rstrip("/")
+        self.static_dir = os.path.realpath(static_dir)
+        # The pure resource builders (ESPI Atom, JSON); injectable so the app is testable alone.
+        self.resources = resources or importlib.import_module("lan_server.web_resources")
+        self.answered = 0           # responses sent; the watchdog's sign that requests get through
+
+    # -- WSGI entry ------------------------------------------------------------------------------
+    def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
+        started = time.perf_counter()
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "") or "/"
+        remote = environ.get("REMOTE_ADDR", "")
+        user_name = "-"
+        try:
+            decision = self.auth.check(remote, environ.get("HTTP_AUTHORIZATION"))
+            if decision.ok:
+                user_name = decision.user.name
+                reply = self._authorized(environ, method, path, decision.user)
+            elif decision.retry_after_s:
+                reply = _text(429, f"too many failed logins; retry after {decision.retry_after_s} s",
+                              {"Retry-After": str(decision.retry_after_s)})
+            else:
+                reply = _text(401, "authentication required", {"WWW-Authenticate": WWW_AUTHENTICATE})
+        except Exception:
+            log.exception("internal error on %s %s", method, _printable(path))
+            reply = _text(500, "internal error")
+
+        headers = self._headers(reply)
+        status = f"{reply.status} {http.HTTPStatus(reply.status).phrase}"
+        start_response(status, headers)
+        self.answered += 1
+        access_log.info("%s %s \"%s %s\" %d %d %.1fms", remote, user_name, _printable(method, 16),
+                        _printable(path), reply.status, len(reply.body),
+                        (time.perf_counter() - started) * 1000)
+        return [] if method == "HEAD" else [reply.body]
+
+    def _headers(self, reply: Reply) -> list[tuple[str, str]]:
+        out = {"content-type": ("Content-Type", reply.content_type),
+               "content-length": ("Content-Length", str(len(reply.body)))}
+        for name, value in reply.headers.items():
+            key = name.lower()
+            if "\r" in value or "\n" in value or key in out or key in _SECURITY_KEYS:
+                log.error("dropped response header %s", _printable(name))
+                continue
+            out[key] = (name, value)
+        out.setdefault("cache-control", ("Cache-Control", NO_STORE))
+        out.update((name.lower(), (name, value)) for name, value in SECURITY_HEADERS.items())
+        return list(out.values())
+
+    # -- after authentication ------------------------------------------------------------------
+    def _authorized(self, environ: dict, method: str, path: str, user) -> Reply:
+        if method not in ("GET", "HEAD"):
+            return _text(405, "only GET and HEAD", {"Allow": "GET, HEAD"})
+        try:
+            params = parse_query(environ.get("QUERY_STRING", ""))
+        except BadRequest as exc:
+            return _text(400, str(exc))
+
+        if path == "/":
+            return self._static("index.html")
+        if path.startswith("/static/"):
+            return self._static(path[len("/static/"):])
+        if path == "/api/v1/current":
+            return self.resources.current_json(self.readings)
+        if path == "/api/v1/status":
+            return self.resources.status_json(self.readings, self.channel_counters(), self.lan_started)
+        if path == "/api/v1/history":
+            return self.resources.history_json(self.readings, params)
+        if path.startswith(ESPI_PREFIX):
+            return self._espi(environ, path[len(ESPI_PREFIX):], params, user.subscription)
+        return _text(404, "no such resource")
+
+    def _espi(self, environ: dict, rest: str, params: dict[str, str], subscription: str) -> Reply:
+        # `download` is the page's "Download my data" switch, not an ESPI query parameter.
+        download = params.pop("download", "0")
+        if download not in ("0", "1"):
+            return _text(400, "download: must be 0 or 1")
+        reply = self.resources.espi(self.readings, path=rest, params=params, subscription=subscription,
+                                    base_url=self._base_url(environ), time_zone=self.time_zone)
+        if download == "1" and reply.status == 200:
+            reply = Reply(reply.status, reply.content_type, reply.body, {
+                **reply.headers, "Content-Disposition": f'attachment; filename="openseg-{subscription}.xml"'})
+        return reply
+
+    def _base_url(self, environ: dict) -> str:
+        """Links in ESPI documents point back at the host name the client used, if it is sane."""
+        host = environ.get("HTTP_HOST", "")
+        if _HOST.fullmatch(host):
+            return f"https://{host}"
+        return self.default_base_url
+
+    def _static(self, name: str) -> Reply:
+        ctype = STATIC_TYPES.get(os.path.splitext(name)[1].lower())
+        if not _STATIC_NAME.fullmatch(name) or ctype is None:
+            return _text(404, "no such file")
+        full = os.path.realpath(os.path.join(self.static_dir, name))
+        if os.path.dirname(full) != self.static_dir:
+            return _text(404, "no such file")
+        if not os.path.isfile(full):          # also keeps a FIFO or device from blocking a worker
+            return _text(404, "no such file")
+        try:
+            with open(full, "rb") as f:
+                body = f.read()
+        except OSError:
+            return _text(404, "no such file")
+        return Reply(200, ctype, body, {"Cache-Control": STATIC_CACHE})

@@ -1,0 +1,249 @@
+"""The WSGI app in-process: routing, headers, static files, errors, with fake resource builders that
+record how they were called. The same behaviours through a real server are in test_lan_server.py."""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+
+import pytest
+
+from lan_server import passwords, users_file
+from lan_server.app import CSP, LanApp, Reply
+from lan_server.auth import Authenticator
+from lan_server.users_file import User, UsersStore
+
+PAGE = b"<!doctype html><title>OpenSEG</title><script src=/static/app.js></script>"
+
+
+class FakeResources:
+    def __init__(self):
+        self.calls = []
+        self.espi_reply = Reply(200, "application/atom+xml", b"<feed/>", {"Cache-Control": "no-store"})
+
+    def current_json(self, readings):
+        self.calls.append(("current", readings))
+        return Reply(200, "application/json", b'{"status":"ok"}', {"Cache-Control": "no-store"})
+
+    def status_json(self, readings, counters, started):
+        self.calls.append(("status", counters, started))
+        return Reply(200, "application/json", b"{}", {})
+
+    def history_json(self, readings, params):
+        self.calls.append(("history", dict(params)))
+        return Reply(200, "application/json", b"[]", {})
+
+    def espi(self, readings, **kw):
+        self.calls.append(("espi", kw))
+        return self.espi_reply
+
+
+@pytest.fixture
+def static_dir(tmp_path):
+    d = tmp_path / "static"
+    d.mkdir()
+    (d / "index.html").write_bytes(PAGE)
+    (d / "app.js").write_text("console.log(1)")
+    (d / "app.css").write_text("body{}")
+    (d / "icon.svg").write_text("<svg/>")
+    (d / "notes.unknownext").write_text("x")
+    (d / "sub").mkdir()
+    (d / "sub" / "x.css").write_text("x")
+    (tmp_path / "secret.txt").write_text("secret")
+    os.symlink(tmp_path / "secret.txt", d / "link.txt")
+    os.mkfifo(d / "fifo.txt")
+    return d
+
+
+@pytest.fixture
+def app(tmp_path, static_dir):
+    path = tmp_path / "users.toml"
+    users = {n: User(n, f"sub-{n}", passwords.hash_password(f"{n}-password", ln=10, r=8, p=1))
+             for n in ("alice", "bob")}
+    path.write_text(users_file.render(users))
+    auth = Authenticator(UsersStore(str(path)), address_limit=3, user_limit=6)
+    return LanApp(authenticator=auth, readings=object(), channel_counters=lambda: {"received": 7},
+                  lan_started=1234.5, time_zone="Europe/Paris", default_base_url="https://gw.local:8443/",
+                  static_dir=str(static_dir), resources=FakeResources())
+
+
+def call(app, path, *, user="alice", method="GET", query="", host="gw.local:8443", remote="10.0.0.1",
+         headers=None):
+    env = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "REMOTE_ADDR": remote,
+           "HTTP_HOST": host, "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "https"}
+    if user:
+        token = base64.b64encode(f"{user}:{user}-password".encode()).decode()
+        env["HTTP_AUTHORIZATION"] = f"Basic {token}"
+    env.update(headers or {})
+    seen = {}
+
+    def start_response(status, hdrs, exc_info=None):
+        seen["status"], seen["headers"] = status, hdrs
+
+    body = b"".join(app(env, start_response))
+    names = [k.lower() for k, _ in seen["headers"]]
+    assert len(names) == len(set(names)), f"duplicate headers: {names}"
+    return int(seen["status"][:3]), {k.lower(): v for k, v in seen["headers"]}, body
+
+
+SECURITY = {"strict-transport-security", "x-content-type-options", "x-frame-options",
+            "content-security-policy", "referrer-policy"}
+
+
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/api/v1/current", "/api/v1/status",
+                                  "/api/v1/history", "/espi/1_1/resource/Batch/Subscription/sub-alice",
+                                  "/nothing-here", "/static/../app.py"])
+def test_every_path_needs_auth(app, path):
+    status, headers, body = call(app, path, user=None)
+    assert status == 401
+    assert headers["www-authenticate"] == 'Basic realm="OpenSEG", charset="UTF-8"'
+    assert SECURITY <= headers.keys()
+    assert headers["cache-control"] == "no-store"
+    assert app.resources.calls == []
+
+
+def test_security_headers_on_every_answer(app):
+    for path in ("/", "/api/v1/current", "/nothing-here", "/static/nope.css"):
+        status, headers, _ = call(app, path)
+        assert SECURITY <= headers.keys(), path
+        assert headers["content-security-policy"] == CSP
+        assert headers["x-frame-options"] == "DENY"
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["strict-transport-security"].startswith("max-age=")
+        assert headers["server"] == "OpenSEG"
+
+
+def test_csp_lets_the_page_run_from_self_only():
+    directives = dict(d.strip().split(" ", 1) for d in CSP.split(";"))
+    assert directives["default-src"] == "'none'"
+    for name in ("script-src", "style-src", "connect-src"):
+        assert directives[name] == "'self'"
+    assert directives["frame-ancestors"] == "'none'"
+    assert "unsafe-inline" not in CSP and "unsafe-eval" not in CSP
+
+
+def test_routes_reach_the_resources(app):
+    res = app.resources
+    assert call(app, "/api/v1/current")[0] == 200
+    assert call(app, "/api/v1/status")[0] == 200
+    assert call(app, "/api/v1/history", query="minutes=5")[0] == 200
+    assert res.calls[0][0] == "current"
+    assert res.calls[1] == ("status", {"received": 7}, 1234.5)
+    assert res.calls[2] == ("history", {"minutes": "5"})
+
+
+def test_espi_gets_the_authenticated_users_subscription(app):
+    call(app, "/espi/1_1/resource/Subscription/sub-alice/UsagePoint", query="max-results=2")
+    call(app, "/espi/1_1/resource/Batch/Subscription/sub-alice", user="bob")
+    (_, first), (_, second) = app.resources.calls
+    assert first == {"path": "Subscription/sub-alice/UsagePoint", "params": {"max-results": "2"},
+                     "subscription": "sub-alice", "base_url": "https://gw.local:8443", "time_zone": "Europe/Paris"}
+    assert second["subscription"] == "sub-bob"             # from the login, never from the URL
+
+
+def test_download_switch(app):
+    status, headers, body = call(app, "/espi/1_1/resource/Batch/Subscription/sub-alice", query="download=1")
+    assert status == 200 and body == b"<feed/>"
+    assert headers["content-disposition"] == 'attachment; filename="openseg-sub-alice.xml"'
+    assert app.resources.calls[-1][1]["params"] == {}          # not passed on as an ESPI parameter
+    status, headers, _ = call(app, "/espi/1_1/resource/Batch/Subscription/sub-alice")
+    assert "content-disposition" not in headers
+    assert call(app, "/espi/1_1/resource/Batch/Subscription/sub-alice", query="download=yes")[0] == 400
+    app.resources.espi_reply = Reply(403, "text/plain", b"not yours\n", {})
+    status, headers, _ = call(app, "/espi/1_1/resource/Batch/Subscription/other", query="download=1")
+    assert status == 403 and "content-disposition" not in headers
+
+
+@pytest.mark.parametrize("host", ["evil.example/<script>", "a b", "x" * 300, "", "[::1", "host:99999999"])
+def test_odd_host_headers_fall_back_to_the_configured_base(app, host):
+    call(app, "/espi/1_1/resource/ReadingType/1", host=host)
+    assert app.resources.calls[-1][1]["base_url"] == "https://gw.local:8443"
+
+
+def test_host_header_with_ipv6_and_port(app):
+    call(app, "/espi/1_1/resource/ReadingType/1", host="[fe80::1]:8443")
+    assert app.resources.calls[-1][1]["base_url"] == "https://[fe80::1]:8443"
+
+
+@pytest.mark.parametrize("query", ["a=1&a=2", "&".join(f"p{i}=1" for i in range(40)), "x=%ff"])
+def test_bad_queries_are_400(app, query):
+    status, _, body = call(app, "/api/v1/history", query=query)
+    assert status == 400 and body
+
+
+def test_static_files(app):
+    status, headers, body = call(app, "/")
+    assert status == 200 and body == PAGE and headers["content-type"] == "text/html; charset=utf-8"
+    assert headers["cache-control"] == "private, no-cache"
+    for name, ctype in (("app.js", "text/javascript; charset=utf-8"), ("app.css", "text/css; charset=utf-8"),
+                        ("icon.svg", "image/svg+xml"), ("index.html", "text/html; charset=utf-8")):
+        status, headers, _ = call(app, f"/static/{name}")
+        assert status == 200 and headers["content-type"] == ctype, name
+
+
+@pytest.mark.parametrize("path", ["/static/../app.py", "/static/..", "/static/", "/static/.hidden",
+                                  "/static/sub/x.css", "/static/link.txt", "/static/fifo.txt",
+                                  "/static/notes.unknownext", "/static//etc/passwd", "/static/app.js/",
+                                  "/static/..%2fapp.py", "/static/app.js\x00.css", "/static/sub"])
+def test_static_files_cannot_escape_or_surprise(app, path):
+    status, _, body = call(app, path)
+    assert status == 404, path
+    assert b"secret" not in body
+
+
+def test_head_has_headers_but_no_body(app):
+    status, headers, body = call(app, "/static/app.css", method="HEAD")
+    assert status == 200 and body == b"" and headers["content-length"] == "6"
+
+
+def test_other_methods_are_405_after_auth(app):
+    assert call(app, "/api/v1/current", method="POST", user=None)[0] == 401
+    status, headers, _ = call(app, "/api/v1/current", method="POST")
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+
+
+def test_a_failing_resource_is_a_plain_500(app, caplog):
+    def boom(readings):
+        raise RuntimeError("secret internal detail")
+    app.resources.current_json = boom
+    status, headers, body = call(app, "/api/v1/current")
+    assert status == 500 and body == b"internal error\n"
+    assert "Traceback" not in body.decode() and "secret" not in body.decode()
+    assert SECURITY <= headers.keys()
+    assert "secret internal detail" in caplog.text         # ... but the log has it, for the admin
+
+
+def test_resources_cannot_override_security_headers_or_inject_lines(app, caplog):
+    app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed/>",
+                                     {"content-security-policy": "default-src *", "X-Evil": "a\r\nSet-Cookie: x=1",
+                                      "Retry-After": "5", "Content-Type": "text/html"})
+    status, headers, _ = call(app, "/espi/1_1/resource/ReadingType/1")
+    assert headers["content-security-policy"] == CSP
+    assert "x-evil" not in headers and headers["retry-after"] == "5"
+    assert headers["content-type"] == "application/atom+xml"
+
+
+def test_throttled_is_429_with_retry_after(app):
+    wrong = {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"alice:wrong-one").decode()}
+    for _ in range(3):
+        assert call(app, "/api/v1/current", user=None, headers=wrong)[0] == 401
+    status, headers, body = call(app, "/api/v1/current")           # right password, same address
+    assert status == 429 and int(headers["retry-after"]) > 0
+    assert SECURITY <= headers.keys() and "www-authenticate" not in headers
+    assert call(app, "/api/v1/current", remote="10.0.0.2")[0] == 200
+
+
+def test_answered_counts_responses(app):
+    before = app.answered
+    call(app, "/api/v1/current")
+    call(app, "/", user=None)
+    assert app.answered == before + 2
+
+
+def test_access_log_is_one_line_with_user_and_status(app, caplog):
+    caplog.set_level(logging.INFO, logger="openseg.lan.access")
+    call(app, "/api/v1/current\nforged line")
+    (record,) = [r for r in caplog.records if r.name == "openseg.lan.access"]
+    line = record.getMessage()
+    assert "\n" not in line and "alice" in line and " 404 " in line
