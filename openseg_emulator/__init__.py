@@ -9,10 +9,13 @@ Modules, each with one job:
   classify     independent classification of every host frame (at-query / zdo-discovery / zcl-read / not-a-read)
   household    a seeded, piecewise-constant household load profile (pure)
   meter_model  loads, exact energy integration and the meter's raw register values (pure)
-  network      the ZigBee nodes behind the radio: coordinator and meter, their ZDO and ZCL answers (pure)
+  metering     the meter's Simple Metering server: Read Attributes answered, everything else refused (pure)
+  network      the ZigBee nodes behind the radio: coordinator and meter, ZDO answers, APS delivery (pure)
   radio        the XBee itself: AT queries, join state, explicit TX routing and TX status (pure)
   faults       seeded drop/corrupt injection on the meter's poll answers
   frame_log    the JSON-lines frame log tests read
+  load_file    a load in watts read from a file a test rewrites
   pty_link     the pty, its symlink, host presence, and a UART-paced writer
   main         the command line and the select loop
+  devstack     (not part of the emulator proper) emulator + openseg-han + openseg-lan for `make run` and tests
 """
