@@ -78,7 +78,7 @@ def _diagnose(radio: Radio, timeout: float, out: Callable[[str], None], join_wai
     out(f"radio IEEE address: {xbee_frames.format_ieee(ieee) if ieee is not None else 'unreadable'} "
         f"(give it, with the radio's install code, to the utility to admit the gateway)")
 
-    code = _wait_for_join(radio, timeout, join_wait_s)
+    code = _wait_for_join(radio, timeout, out, join_wait_s)
     joined = code == 0x00
     out(f"join: {discovery.describe_ai(code)}" + ("" if joined else ": NOT JOINED"))
     if not joined:
@@ -110,11 +110,13 @@ def _diagnose(radio: Radio, timeout: float, out: Callable[[str], None], join_wai
     return EXIT_READY
 
 
-def _wait_for_join(radio: Radio, timeout: float, join_wait_s: float) -> int | None:
+def _wait_for_join(radio: Radio, timeout: float, out: Callable[[str], None], join_wait_s: float) -> int | None:
     """The AI code, asking again for up to join_wait_s while the radio is still scanning or joining."""
     deadline = radio.clock.monotonic() + join_wait_s
-    while True:
-        code = discovery.association(radio, timeout)
-        if code == 0x00 or radio.clock.monotonic() >= deadline:
-            return code
+    code = discovery.association(radio, timeout)
+    if code != 0x00:
+        out(f"join: {discovery.describe_ai(code)}; waiting up to {join_wait_s:g} s for the radio to join")
+    while code != 0x00 and radio.clock.monotonic() < deadline:
         radio.drain(min(deadline, radio.clock.monotonic() + 0.5))
+        code = discovery.association(radio, timeout)
+    return code

@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     guard = EgressGuard(link.write_raw, log.error)
     radio = Radio(link, guard, clock, han["require_aps_encryption"])
     if args.check:
-        return run_check(link, radio, han, out=lambda line: print(line, flush=True))
+        try:
+            return run_check(link, radio, han, out=lambda line: print(line, flush=True))
+        except KeyboardInterrupt:
+            link.close()
+            return 130
     sender = ChannelSender(cfg.channel["socket_path"], clock)
     log.info("openseg-han starting: port %s, %g s poll interval, channel %s", han["serial_port"],
              han["poll_interval_s"], cfg.channel["socket_path"])

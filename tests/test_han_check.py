@@ -64,3 +64,15 @@ def test_waits_a_little_for_a_radio_still_scanning():
     hw.at(hw.clock.now + 4.0, lambda: hw.settings.update(AI=0x00))
     code, text = diagnose(hw)
     assert code == 0 and "join: AI=0x00" in text
+
+
+def test_a_radio_that_never_joins_is_reported_after_the_wait():
+    hw = FakeRadio(FakeClock())
+    hw.settings["AI"] = 0xAF
+    t0 = hw.clock.now
+    code, text = diagnose(hw)
+    assert code == 1 and 9.5 <= hw.clock.now - t0 <= 20
+    assert "waiting up to 10 s" in text
+    assert "join: AI=0xAF: secure join error: preconfigured link key does not match the utility's " \
+           "(install code): NOT JOINED" in text
+    assert "meter: not looked for (not joined)" in text

@@ -319,6 +319,28 @@ def test_meter_power_loss_gives_gaps_then_polling_resumes(gw):
     gw.assert_only_reads()
 
 
+def test_serial_device_vanishing_is_radio_down_then_reopened(gw):
+    gw.start_emulator()
+    gw.start_han()
+    gw.until(lambda ms: len(of(ms, "reading")) >= 3, "three readings")
+    mark = len(gw.messages)
+    gw.emulator.send_signal(signal.SIGTERM)         # the pty goes away, as an unplugged USB radio does
+    assert gw.emulator.wait(timeout=10) == 0
+    down = gw.until(lambda ms: next((m for m in of(ms[mark:], "status") if m["state"] == "radio-down"), None),
+                    "radio-down")
+    assert gw.han.poll() is None, "the HAN process keeps running without its port"
+    gw.until(lambda ms: len(of(ms[mark:], "gap")) >= 3, "slots passing while the radio is down")
+    mark2 = len(gw.messages)
+    gw.start_emulator()                             # the same device name comes back (frame log appends)
+    gw.until(lambda ms: is_subsequence(["joining", "discovering", "polling"], states_since(ms, mark2))
+             and len(of(ms[mark2:], "reading")) >= 2, "polling on the reopened port")
+    assert gw.stop_han() == 0
+    assert "radio-down" in states(gw.messages[mark:mark2 + 1]) and down["detail"]
+    assert {g["cause"] for g in of(gw.messages[mark:], "gap")} == {"not-polling"}
+    check_slots(gw.messages)
+    gw.assert_only_reads()
+
+
 def test_meter_at_another_address_is_a_mismatch(gw):
     gw.start_emulator("--meter-address", "0x1234")
     gw.start_han()
