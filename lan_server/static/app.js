@@ -1,0 +1,820 @@
+/* OpenSEG in-home display.
+ *
+ * Plain JavaScript, no build step, no dependency, and no request outside the gateway: everything it
+ * shows comes from the same-origin JSON endpoints, fetched with the browser's own Basic-auth login.
+ *
+ *   tick() every poll interval:  /api/v1/current + /api/v1/status  -> numbers, state, banner
+ *                                /api/v1/history (less often)      -> chart, "energy used today"
+ *   a 1-second clock             -> "updated N s ago"
+ *
+ * Failures (network, 401, 503, a bad body) never reach the console: the page keeps the last values,
+ * says what is wrong in the banner and retries with a growing delay, so it survives the server
+ * restarting. The chart draws only what the meter said: a missed slot is a hole, never a line.
+ */
+(function () {
+  "use strict";
+
+  var API_CURRENT = "/api/v1/current";
+  var API_STATUS = "/api/v1/status";
+  var API_WHOAMI = "/api/v1/whoami";
+  var API_HISTORY = "/api/v1/history?minutes=";
+  var FETCH_TIMEOUT_MS = 10000;
+  var MIN_REFRESH_S = 1;          // never poll the gateway faster than this, whatever the meter does
+  var MAX_REFRESH_S = 30;
+  var MAX_BACKOFF_S = 15;         // a display on a LAN may keep trying this often while the gateway is away
+
+  var STATES = {
+    "polling": ["ok", "Meter connected"],
+    "meter-unreachable": ["bad", "Meter unreachable"],
+    "meter-address-mismatch": ["bad", "Wrong meter address"],
+    "radio-down": ["bad", "Radio down"],
+    "joining": ["warn", "Radio joining the meter network"],
+    "discovering": ["warn", "Looking for the meter"]
+  };
+  var STATE_HELP = {
+    "meter-unreachable": "The meter does not answer the radio. It may be powered off or out of range.",
+    "meter-address-mismatch": "A device answers at the configured meter address, but it is not the expected meter.",
+    "radio-down": "The gateway's ZigBee radio is not responding.",
+    "joining": "The radio is joining the meter's network.",
+    "discovering": "The radio is looking for the meter on its network."
+  };
+
+  var $ = function (id) { return document.getElementById(id); };
+  var ui = {};
+
+  var S = {
+    pollS: null,            // the HAN's poll interval, from /api/v1/status
+    range: 60,              // minutes shown in the chart
+    current: null,          // last good /api/v1/current body
+    currentAt: 0,           // performance.now() when it arrived
+    noData: false,          // the gateway answered "no meter value yet"
+    status: null,
+    statusAt: 0,
+    skewMs: 0,              // gateway clock minus this device's clock
+    history: {},            // minutes -> {points, gaps, at}
+    baseline: null,         // {day, time, wh}: the first summation at/after local midnight
+    failures: 0,            // consecutive failed rounds
+    error: null,            // what the last failed round ran into
+    downSince: null,        // Date.now() when the gateway stopped answering
+    nextTry: 0,             // Date.now() of the next attempt while failing
+    timer: null,
+    inFlight: false,
+    subscription: null,
+    whoamiTried: false
+  };
+
+  // ---- fetching -------------------------------------------------------------------------------
+
+  function FetchError(kind, status, retryAfterS) {
+    this.kind = kind;                 // "network", "timeout", "auth", "http", "no-data", "body"
+    this.status = status || 0;
+    this.retryAfterS = retryAfterS || 0;
+  }
+
+  function parseRetryAfter(value) {
+    if (!value) { return 0; }
+    var n = Number(value);
+    if (isFinite(n) && n >= 0) { return n; }
+    var t = Date.parse(value);
+    return isNaN(t) ? 0 : Math.max(0, (t - Date.now()) / 1000);
+  }
+
+  /* Resolves to the parsed JSON body or rejects with a FetchError; never anything else. */
+  function getJSON(path) {
+    var ctl = typeof AbortController === "function" ? new AbortController() : null;
+    var timer = setTimeout(function () { if (ctl) { ctl.abort(); } }, FETCH_TIMEOUT_MS);
+    return fetch(path, {
+      method: "GET",
+      cache: "no-store",
+      credentials: "same-origin",
+      redirect: "error",
+      headers: { "Accept": "application/json" },
+      signal: ctl ? ctl.signal : undefined
+    }).then(function (resp) {
+      if (resp.status === 401 || resp.status === 403) {
+        throw new FetchError("auth", resp.status);
+      }
+      if (resp.status === 503) {
+        throw new FetchError("no-data", 503, parseRetryAfter(resp.headers.get("Retry-After")));
+      }
+      if (!resp.ok) {
+        throw new FetchError("http", resp.status, parseRetryAfter(resp.headers.get("Retry-After")));
+      }
+      return resp.json().catch(function () { throw new FetchError("body", resp.status); });
+    }, function (err) {
+      throw new FetchError(err && err.name === "AbortError" ? "timeout" : "network");
+    }).then(function (body) {
+      clearTimeout(timer);
+      if (body === null || typeof body !== "object") { throw new FetchError("body", 200); }
+      return body;
+    }, function (err) {
+      clearTimeout(timer);
+      throw err instanceof FetchError ? err : new FetchError("network");
+    });
+  }
+
+  function settle(promise) {
+    return promise.then(function (value) { return { ok: true, value: value }; },
+                        function (error) { return { ok: false, error: error }; });
+  }
+
+  // ---- the loop -------------------------------------------------------------------------------
+
+  function refreshS() {
+    var p = S.pollS || 7;
+    return Math.min(MAX_REFRESH_S, Math.max(MIN_REFRESH_S, p));
+  }
+
+  function schedule(delayS) {
+    if (S.timer !== null) { clearTimeout(S.timer); }
+    S.nextTry = Date.now() + delayS * 1000;
+    S.timer = setTimeout(tick, Math.max(0, delayS * 1000));
+  }
+
+  function tick() {
+    S.timer = null;
+    if (S.inFlight) { return; }
+    S.inFlight = true;
+    Promise.all([settle(getJSON(API_CURRENT)), settle(getJSON(API_STATUS))]).then(function (r) {
+      var now = performance.now();
+      var cur = r[0], st = r[1];
+      if (st.ok) {
+        S.status = st.value;
+        S.statusAt = now;
+        var p = num(st.value.poll_interval_s);
+        if (p !== null && p > 0) { S.pollS = p; }
+      }
+      if (cur.ok) {
+        S.current = cur.value;
+        S.currentAt = now;
+        S.noData = cur.value.status === "no-data";
+        var t = parseTime(cur.value.time), age = num(cur.value.age_s);
+        if (t !== null && age !== null) { S.skewMs = t + age * 1000 - Date.now(); }
+      } else if (cur.error.kind === "no-data") {
+        S.noData = true;
+      }
+      // A 503 "no meter value yet" is an answer, not a failure to reach the gateway.
+      var hard = null;
+      [cur, st].forEach(function (x) {
+        if (!x.ok && x.error.kind !== "no-data" && !hard) { hard = x.error; }
+      });
+      if (hard) {
+        S.failures += 1;
+        S.error = hard;
+        if (S.downSince === null) { S.downSince = Date.now(); }
+        return null;
+      }
+      S.failures = 0;
+      S.error = null;
+      S.downSince = null;
+      return refreshHistory(false).then(whoami);
+    }).then(function () {
+      S.inFlight = false;
+      render();
+      schedule(nextDelayS());
+    }).catch(function (err) {
+      // Only a bug in this file gets here; say so once and keep the page alive.
+      S.inFlight = false;
+      if (window.console) { console.error("openseg page:", err); }
+      schedule(MAX_BACKOFF_S);
+    });
+  }
+
+  function nextDelayS() {
+    if (!S.failures) {
+      var d = refreshS();
+      if (S.noData && S.error === null) { d = Math.max(d, 2); }
+      return d;
+    }
+    var back = Math.min(MAX_BACKOFF_S, refreshS() * Math.pow(1.6, S.failures - 1));
+    back *= 0.85 + Math.random() * 0.3;                       // spread a houseful of displays
+    return Math.max(back, Math.min(300, S.error ? S.error.retryAfterS : 0));
+  }
+
+  function historyEveryS(minutes) {
+    return minutes === 60 ? Math.max(5, refreshS()) : Math.max(60, refreshS());
+  }
+
+  function refreshHistory(force) {
+    var now = performance.now();
+    var wanted = [S.range];
+    var midnight = localMidnight(gatewayNow());
+    if (!S.baseline || S.baseline.day !== midnight) {
+      if (wanted.indexOf(1440) < 0) { wanted.push(1440); }
+    }
+    var jobs = wanted.filter(function (m) {
+      var h = S.history[m];
+      var every = historyEveryS(m);
+      if (m !== S.range) { every = 60; }                       // the baseline search, not on screen
+      return force || !h || now - h.at >= every * 1000 - 100;
+    }).map(function (m) {
+      return settle(getJSON(API_HISTORY + m)).then(function (res) {
+        if (res.ok) {
+          S.history[m] = normaliseHistory(res.value, m);
+          if (m === 1440 || !S.baseline) { findBaseline(S.history[m]); }
+        } else if (S.history[m]) {
+          S.history[m].at = performance.now();               // keep what we have; try again later
+        }
+      });
+    });
+    return Promise.all(jobs);
+  }
+
+  function whoami() {
+    if (S.subscription || S.whoamiTried) { return null; }
+    S.whoamiTried = true;
+    return settle(getJSON(API_WHOAMI)).then(function (res) {
+      if (res.ok && typeof res.value.subscription === "string") {
+        S.subscription = res.value.subscription;
+      }
+    });
+  }
+
+  function normaliseHistory(body, minutes) {
+    var points = [], gaps = [];
+    (Array.isArray(body.points) ? body.points : []).forEach(function (p) {
+      var t = parseTime(p.time);
+      if (t === null) { return; }
+      points.push({ t: t, slot: num(p.slot), w: num(p.demand_w), wh: num(p.summation_wh) });
+    });
+    (Array.isArray(body.gaps) ? body.gaps : []).forEach(function (g) {
+      var t = parseTime(g.due !== undefined ? g.due : g.time);
+      if (t === null) { return; }
+      gaps.push({ t: t, slot: num(g.slot), cause: String(g.cause || "") });
+    });
+    points.sort(function (a, b) { return a.t - b.t; });
+    gaps.sort(function (a, b) { return a.t - b.t; });
+    var interval = num(body.poll_interval_s);
+    return { points: points, gaps: gaps, minutes: minutes, intervalS: interval,
+             at: performance.now() };
+  }
+
+  /* "Energy used today": the first summation at or after local midnight that history holds. */
+  function findBaseline(h) {
+    var midnight = localMidnight(gatewayNow());
+    if (S.baseline && S.baseline.day === midnight && S.baseline.exact) { return; }
+    for (var i = 0; i < h.points.length; i++) {
+      var p = h.points[i];
+      if (p.t >= midnight && p.wh !== null) {
+        var slack = Math.max(60, 2 * (S.pollS || 7)) * 1000;
+        if (!S.baseline || S.baseline.day !== midnight || p.t < S.baseline.time) {
+          S.baseline = { day: midnight, time: p.t, wh: p.wh, exact: p.t - midnight <= slack };
+        }
+        return;
+      }
+    }
+  }
+
+  // ---- time and number helpers ---------------------------------------------------------------
+
+  function num(v) {
+    return typeof v === "number" && isFinite(v) ? v : null;
+  }
+
+  function parseTime(v) {
+    if (typeof v === "number" && isFinite(v)) { return v < 1e11 ? v * 1000 : v; } // epoch s or ms
+    if (typeof v === "string") { var t = Date.parse(v); return isNaN(t) ? null : t; }
+    return null;
+  }
+
+  function gatewayNow() { return Date.now() + S.skewMs; }
+
+  function localMidnight(ms) {
+    var d = new Date(ms);
+    d.setHours(0, 0, 0, 0);
+    return d.getTime();
+  }
+
+  var fmtCache = {};
+  function fmt(value, digits) {
+    var key = String(digits);
+    if (!fmtCache[key]) {
+      fmtCache[key] = new Intl.NumberFormat(undefined, {
+        minimumFractionDigits: digits, maximumFractionDigits: digits, useGrouping: true });
+    }
+    return fmtCache[key].format(value);
+  }
+
+  function signed(value, digits) {
+    var text = fmt(Math.abs(value), digits);
+    return value < 0 && text.replace(/[^1-9]/g, "") !== "" ? "\u2212" + text : text;
+  }
+
+  function clock(ms, seconds) {
+    var d = new Date(ms);
+    var pad = function (n) { return (n < 10 ? "0" : "") + n; };
+    var text = pad(d.getHours()) + ":" + pad(d.getMinutes());
+    return seconds ? text + ":" + pad(d.getSeconds()) : text;
+  }
+
+  function duration(s) {
+    s = Math.max(0, Math.round(s));
+    if (s < 90) { return s + " s"; }
+    var m = Math.round(s / 60);
+    if (m < 90) { return m + " min"; }
+    var h = Math.floor(s / 3600), rm = Math.round((s - h * 3600) / 60);
+    if (h < 48) { return h + " h" + (rm ? " " + rm + " min" : ""); }
+    return Math.floor(h / 24) + " d " + (h % 24) + " h";
+  }
+
+  function setText(node, text) {
+    if (node.textContent !== text) { node.textContent = text; }
+  }
+
+  function setAttr(node, name, value) {
+    if (value === null) {
+      if (node.hasAttribute(name)) { node.removeAttribute(name); }
+    } else if (node.getAttribute(name) !== value) {
+      node.setAttribute(name, value);
+    }
+  }
+
+  // ---- rendering ------------------------------------------------------------------------------
+
+  function dataAgeS() {
+    if (!S.current) { return null; }
+    var age = num(S.current.age_s);
+    if (age === null) { return null; }
+    return age + (performance.now() - S.currentAt) / 1000;
+  }
+
+  function hanSilent() {
+    var st = S.status;
+    if (!st) { return false; }
+    return st.han_silent === true;
+  }
+
+  function render() {
+    renderNumbers();
+    renderState();
+    renderBanner();
+    renderStatus();
+    renderDownload();
+    drawChart();
+  }
+
+  function renderNumbers() {
+    var c = S.current;
+    var w = c ? num(c.demand_w) : null;
+    var wh = c ? num(c.summation_wh) : null;
+    if (w === null) {
+      setText(ui.demand, "\u2013");
+      setText(ui.direction, "\u00a0");
+      setAttr(ui.demandCard, "data-direction", null);
+    } else {
+      var kw = w / 1000;
+      setText(ui.demand, signed(kw, Math.abs(kw) >= 100 ? 1 : 2));
+      var dir = w < 0 ? "export" : (w > 0 ? "import" : "none");
+      setText(ui.direction, dir === "export" ? "Exporting to the grid"
+                          : dir === "import" ? "Drawing from the grid" : "No power flowing");
+      setAttr(ui.demandCard, "data-direction", dir);
+    }
+    setText(ui.total, wh === null ? "\u2013" : fmt(wh / 1000, 2));
+
+    var b = S.baseline;
+    var midnight = localMidnight(gatewayNow());
+    if (wh !== null && b && b.day === midnight && wh >= b.wh) {
+      var kwh = (wh - b.wh) / 1000;
+      setText(ui.today, fmt(kwh, kwh < 10 ? 3 : 2));
+      setText(ui.todayLabel, b.exact ? "Energy used today" : "Energy used since " + clock(b.time));
+    } else {
+      if (wh !== null && b && wh < b.wh) { S.baseline = null; }   // register replaced or reset
+      setText(ui.today, "\u2013");
+      setText(ui.todayLabel, "Energy used today");
+    }
+    renderUpdated();
+  }
+
+  function renderUpdated() {
+    var age = dataAgeS();
+    var stale = S.current && S.current.status === "stale";
+    if (age === null) {
+      setText(ui.updated, S.noData ? "No meter reading yet." : "Waiting for the first reading\u2026");
+      setAttr(ui.updated, "data-stale", null);
+      return;
+    }
+    var t = parseTime(S.current.time);
+    var text = "Updated " + duration(age) + " ago" + (t !== null ? " (" + clock(t, true) + ")" : "");
+    setText(ui.updated, text);
+    setAttr(ui.updated, "data-stale", stale || S.failures ? "true" : null);
+  }
+
+  function renderState() {
+    var level, text;
+    if (S.failures && S.error) {
+      level = "bad";
+      text = S.error.kind === "auth" ? "Login refused" : "Gateway not answering";
+    } else if (!S.status) {
+      level = "wait"; text = "Connecting to the gateway\u2026";
+    } else if (!S.status.state && !hanSilent()) {
+      // A restarted server has no state report yet (the HAN sends one every half minute or on a
+      // change); fresh readings already say the meter answers.
+      var fresh = S.current && S.current.status === "ok";
+      level = fresh ? "ok" : "wait";
+      text = fresh ? "Meter connected" : "Waiting for the meter reader\u2026";
+    } else if (hanSilent()) {
+      level = "bad"; text = "Meter reader silent";
+    } else {
+      var s = STATES[S.status.state];
+      level = s ? s[0] : "warn";
+      text = s ? s[1] : String(S.status.state || "Unknown state");
+      if (S.status.state === "polling" && S.current && S.current.status === "stale") {
+        level = "warn"; text = "Meter connected, data stale";
+      }
+    }
+    setText(ui.state, text);
+    setAttr(ui.state, "data-level", level);
+  }
+
+  function bannerMessage() {
+    var lastSeen = S.current ? parseTime(S.current.time) : null;
+    var values = lastSeen !== null ? " The values shown are from " + clock(lastSeen, true) + "." : "";
+    if (S.failures && S.error) {
+      if (S.error.kind === "auth") {
+        return ["bad", "The gateway refused the login. Reload the page to sign in again."];
+      }
+      var why = S.error.kind === "http" ? " (HTTP " + S.error.status + ")"
+              : S.error.kind === "timeout" ? " (no answer in time)" : "";
+      return ["bad", "The gateway is not answering" + why + " since " + clock(S.downSince, true) +
+              "." + values + " Retrying automatically."];
+    }
+    if (hanSilent()) {
+      // from the report's own clock, so the text stays put between fetches (it is an alert)
+      var age = S.status ? num(S.status.last_message_age_s) : null;
+      var at = S.status ? parseTime(S.status.time) : null;
+      var since = age !== null && at !== null ? clock(at - age * 1000, true) : null;
+      var valuesAt = lastSeen !== null ? clock(lastSeen, true) : null;
+      return ["bad", "No word from the meter reader (HAN process)" + (since ? " since " + since : "") +
+              ": it has stopped or cannot reach this server." +
+              (valuesAt && valuesAt !== since ? " The values shown are from " + valuesAt + "." : "")];
+    }
+    var stale = S.current && S.current.status === "stale" && lastSeen !== null;
+    var staleText = stale ? " No new reading since " + clock(lastSeen, true) + "." : "";
+    var state = S.status ? STATES[S.status.state] : null;
+    if (state && state[0] === "bad") {
+      return ["bad", state[1] + ". " + (STATE_HELP[S.status.state] || "") + staleText];
+    }
+    if (stale) {
+      return ["warn", "Stale data: no new meter reading since " + clock(lastSeen, true) + "."];
+    }
+    if (S.noData) {
+      return ["warn", "No meter reading yet: the gateway is waiting for the meter."];
+    }
+    return null;
+  }
+
+  function renderBanner() {
+    var msg = bannerMessage();
+    if (!msg) {
+      ui.banner.hidden = true;
+      setText(ui.banner, "");
+      return;
+    }
+    setAttr(ui.banner, "data-level", msg[0]);
+    setText(ui.banner, msg[1]);
+    ui.banner.hidden = false;
+  }
+
+  function renderStatus() {
+    var st = S.status;
+    if (!st) { return; }
+    var s = STATES[st.state];
+    setText(ui.stMeter, s ? s[1] : st.state ? String(st.state) : "No report yet");
+    setText(ui.stDetail, typeof st.detail === "string" ? st.detail : "");
+    setAttr(ui.stMeter, "data-level", s ? s[0] : "warn");
+
+    var total = num(st.queries_total), lost = num(st.queries_lost);
+    if (total !== null && lost !== null) {
+      var share = total > 0 ? lost / total * 100 : 0;
+      setText(ui.stLost, fmt(share, share > 0 && share < 10 ? 1 : 0) + " % (" + fmt(lost, 0) +
+              " of " + fmt(total, 0) + " queries)");
+      setAttr(ui.stLost, "data-level", share >= 20 ? "bad" : share >= 5 ? "warn" : "ok");
+    }
+
+    var age = num(st.last_message_age_s);
+    if (hanSilent()) {
+      setText(ui.stHan, age !== null ? "Silent for " + duration(age) : "Not heard from yet");
+      setAttr(ui.stHan, "data-level", "bad");
+    } else if (age !== null) {
+      setText(ui.stHan, "Reporting (last message " + duration(age) + " ago)");
+      setAttr(ui.stHan, "data-level", "ok");
+    }
+
+    var m = st.meter;
+    if (m && typeof m === "object") {
+      var parts = [];
+      if (m.ieee) { parts.push("IEEE " + m.ieee); }
+      if (typeof m.nwk_hex === "string") { parts.push("address " + m.nwk_hex); }
+      else if (num(m.nwk) !== null) { parts.push("address 0x" + ("000" + m.nwk.toString(16).toUpperCase()).slice(-4)); }
+      if (num(m.endpoint) !== null) { parts.push("endpoint " + m.endpoint); }
+      setText(ui.stIdentity, parts.join(", ") || "\u2013");
+    } else {
+      setText(ui.stIdentity, "Not found yet");
+    }
+
+    var ch = st.channel;
+    if (ch && typeof ch === "object") {
+      var cparts = [];
+      if (num(ch.received) !== null) { cparts.push(fmt(ch.received, 0) + " received"); }
+      if (num(ch.rejected) !== null) { cparts.push(fmt(ch.rejected, 0) + " rejected"); }
+      if (num(ch.seq_missing) !== null) { cparts.push(fmt(ch.seq_missing, 0) + " lost on the way"); }
+      setText(ui.stChannel, cparts.join(", ") || "\u2013");
+    }
+
+    var up = [];
+    if (num(st.lan_uptime_s) !== null) { up.push("server " + duration(st.lan_uptime_s)); }
+    if (num(st.han_uptime_s) !== null && !hanSilent()) { up.push("meter reader " + duration(st.han_uptime_s)); }
+    if (up.length) { setText(ui.stUptime, up.join(", ")); }
+  }
+
+  function renderDownload() {
+    if (!S.subscription) { return; }
+    var href = "/espi/1_1/resource/Batch/Subscription/" + encodeURIComponent(S.subscription) +
+               "?download=1";
+    setAttr(ui.download, "href", href);
+    var day = new Date(gatewayNow());
+    var stamp = day.getFullYear() + "-" + ("0" + (day.getMonth() + 1)).slice(-2) + "-" +
+                ("0" + day.getDate()).slice(-2);
+    setAttr(ui.download, "download", "green-button-" + stamp + ".xml");
+  }
+
+  // ---- the chart (inline SVG built with DOM calls; CSS gives it its colours) --------------------
+
+  var SVGNS = "http://www.w3.org/2000/svg";
+  var MIN = 60000, HOUR = 3600000;
+  var TICKS = [15000, 30000, MIN, 2 * MIN, 5 * MIN, 10 * MIN, 15 * MIN, 30 * MIN, HOUR, 2 * HOUR, 3 * HOUR, 6 * HOUR, 12 * HOUR];
+
+  function svg(name, attrs, parent, text) {
+    var node = document.createElementNS(SVGNS, name);
+    for (var k in attrs) {
+      if (Object.prototype.hasOwnProperty.call(attrs, k)) { node.setAttribute(k, String(attrs[k])); }
+    }
+    if (text !== undefined) { node.textContent = text; }
+    if (parent) { parent.appendChild(node); }
+    return node;
+  }
+
+  function niceStep(span, count) {
+    var raw = span / Math.max(1, count);
+    var mag = Math.pow(10, Math.floor(Math.log(raw) / Math.LN10));
+    var norm = raw / mag;
+    var step = norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 2.5 ? 2.5 : norm <= 5 ? 5 : 10;
+    return step * mag;
+  }
+
+  /* Split points into runs of consecutive slots. A run ends at a missing slot, a reading without a
+   * demand, or a jump in time of more than 1.5 poll intervals (for example while the HAN was down). */
+  function runsOf(points, intervalMs) {
+    var runs = [], run = [];
+    for (var i = 0; i < points.length; i++) {
+      var p = points[i];
+      if (p.w === null) {
+        if (run.length) { runs.push(run); run = []; }
+        continue;
+      }
+      var prev = run.length ? run[run.length - 1] : null;
+      if (prev) {
+        var slotBreak = p.slot !== null && prev.slot !== null && p.slot !== prev.slot + 1;
+        var timeBreak = p.t - prev.t > intervalMs * 1.5;
+        if (slotBreak || timeBreak) { runs.push(run); run = []; }
+      }
+      run.push(p);
+    }
+    if (run.length) { runs.push(run); }
+    return runs;
+  }
+
+  function drawChart() {
+    var box = ui.chart.getBoundingClientRect();
+    var width = Math.max(200, Math.round(box.width));
+    var height = Math.max(120, Math.round(box.height));
+    var minutes = S.range;
+    var h = S.history[minutes];
+    var chart = ui.chart;
+    var rem = parseFloat(getComputedStyle(document.documentElement).fontSize) || 16;
+
+    while (chart.firstChild) { chart.removeChild(chart.firstChild); }
+    chart.setAttribute("viewBox", "0 0 " + width + " " + height);
+
+    var intervalS = (h && h.intervalS) || S.pollS || 7;
+    var intervalMs = intervalS * 1000;
+    var end = gatewayNow();
+    var start = end - minutes * 60000;
+    // When history holds less than the range (the gateway started recently), the axis starts where
+    // history starts, so the readings are not a sliver at the right edge; the title says so.
+    var held = firstEntry(h);
+    var since = null;
+    if (held !== null && held - intervalMs > start) {
+      start = Math.min(held - intervalMs, end - Math.max(60000, 20 * intervalMs));
+      since = held;
+    }
+    var pad = { l: Math.round(3.2 * rem), r: Math.round(0.6 * rem), t: Math.round(0.6 * rem),
+                b: Math.round(1.6 * rem) };
+    var pw = width - pad.l - pad.r, ph = height - pad.t - pad.b;
+    var x = function (t) { return pad.l + (t - start) / (end - start) * pw; };
+
+    var points = h ? h.points.filter(function (p) { return p.t >= start - intervalMs && p.t <= end + intervalMs; }) : [];
+    var gaps = h ? h.gaps.filter(function (g) { return g.t >= start - intervalMs && g.t <= end; }) : [];
+    var shown = points.filter(function (p) { return p.w !== null; });
+
+    var lo = 0, hi = 0;
+    shown.forEach(function (p) { var kw = p.w / 1000; if (kw < lo) { lo = kw; } if (kw > hi) { hi = kw; } });
+    if (hi - lo < 0.1) { hi = lo + 0.1; }
+    var ticksWanted = Math.max(2, Math.min(6, Math.floor(ph / (2.2 * rem))));
+    var step = niceStep(hi - lo, ticksWanted);
+    lo = Math.floor(lo / step) * step;
+    hi = Math.ceil(hi / step) * step;
+    if (hi === lo) { hi = lo + step; }
+    var y = function (kw) { return pad.t + (hi - kw) / (hi - lo) * ph; };
+
+    var grid = svg("g", { "class": "grid-layer", "aria-hidden": "true" }, chart);
+    var digits = step < 0.1 ? 2 : step < 1 ? 1 : 0;
+    for (var v = lo; v <= hi + step / 2; v += step) {
+      var yy = Math.round(y(v)) + 0.5;
+      svg("line", { "class": Math.abs(v) < step / 2 && lo < 0 ? "zero" : "grid",
+                    x1: pad.l, x2: pad.l + pw, y1: yy, y2: yy }, grid);
+      svg("text", { "class": "axis", x: pad.l - 0.4 * rem, y: yy + 0.3 * rem, "text-anchor": "end" },
+          grid, signed(Math.abs(v) < step / 2 ? 0 : v, digits));
+    }
+    svg("text", { "class": "axis", x: pad.l - 0.4 * rem, y: pad.t - 0.1 * rem + 0.3 * rem, "text-anchor": "end", "dy": "-0.9em" },
+        grid, "kW");
+
+    // time axis: a round step on local clock boundaries, labels at least ~4.5 rem apart
+    var tickMs = TICKS[TICKS.length - 1];
+    for (var i = 0; i < TICKS.length; i++) {
+      if (TICKS[i] / (end - start) * pw >= 4.5 * rem) { tickMs = TICKS[i]; break; }
+    }
+    var offset = new Date(start).getTimezoneOffset() * 60000;
+    for (var t = Math.ceil((start - offset) / tickMs) * tickMs + offset; t <= end; t += tickMs) {
+      var xx = Math.round(x(t)) + 0.5;
+      if (xx < pad.l || xx > pad.l + pw) { continue; }
+      svg("line", { "class": "grid", x1: xx, x2: xx, y1: pad.t, y2: pad.t + ph }, grid);
+      svg("text", { "class": "axis", x: xx, y: height - 0.35 * rem, "text-anchor": "middle" }, grid,
+          clock(t, tickMs < MIN));
+    }
+
+    // missed slots: one band per gap, as wide as a poll slot (at least 2 px so it stays visible)
+    var gapLayer = svg("g", { "class": "gap-layer" }, chart);
+    var slotPx = Math.max(2, intervalMs / (end - start) * pw);
+    gaps.forEach(function (g) {
+      var gx = Math.max(pad.l, x(g.t) - slotPx / 2);
+      var gw = Math.min(pad.l + pw, x(g.t) + slotPx / 2) - gx;
+      if (gw <= 0) { return; }
+      var r = svg("rect", { "class": "gap", x: gx.toFixed(1), y: pad.t, width: gw.toFixed(1), height: ph,
+                            "data-slot": g.slot === null ? "" : g.slot, "data-cause": g.cause }, gapLayer);
+      svg("title", {}, r, "missed reading at " + clock(g.t, true) + (g.cause ? " (" + g.cause + ")" : ""));
+    });
+
+    // the line, broken wherever a slot is missing
+    var runs = runsOf(points, intervalMs);
+    var d = [];
+    var lineLayer = svg("g", { "class": "line-layer" }, chart);
+    runs.forEach(function (run) {
+      var pts = decimate(run, x, pw);
+      if (pts.length === 1) {
+        svg("circle", { "class": "dot", cx: x(pts[0].t).toFixed(1), cy: y(pts[0].w / 1000).toFixed(1), r: 2.5 }, lineLayer);
+        return;
+      }
+      d.push(pts.map(function (p, i) {
+        return (i ? "L" : "M") + x(p.t).toFixed(1) + " " + y(p.w / 1000).toFixed(1);
+      }).join(""));
+    });
+    if (d.length) { svg("path", { "class": "line", d: d.join("") }, lineLayer); }
+
+    if (!shown.length) {
+      svg("text", { "class": "nodata", x: pad.l + pw / 2, y: pad.t + ph / 2, "text-anchor": "middle" },
+          chart, h ? "No readings in this period" : "Loading history\u2026");
+    }
+
+    chart.setAttribute("data-runs", String(runs.length));
+    chart.setAttribute("data-gaps", String(gaps.length));
+    chart.setAttribute("data-points", String(shown.length));
+
+    var title = since !== null ? "Demand since " + clock(since) + (minutes <= 60 ? "" : " (all history held)")
+              : minutes <= 60 ? "Demand, last hour" : "Demand, last 24 hours";
+    setText(ui.chartTitle, title);
+    setText(ui.chartSummary, chartSummary(shown, gaps, minutes, h, since));
+  }
+
+  /* Many more points than pixels (24 h at a short poll): keep each pixel column's min and max, in
+   * time order, so peaks survive and the path stays small. Never joins across runs. */
+  function decimate(run, x, pw) {
+    if (run.length <= pw * 2) { return run; }
+    var out = [], col = null, mn = null, mx = null;
+    var flush = function () {
+      if (mn === null) { return; }
+      if (mn === mx) { out.push(mn); } else if (mn.t < mx.t) { out.push(mn, mx); } else { out.push(mx, mn); }
+    };
+    run.forEach(function (p) {
+      var c = Math.floor(x(p.t));
+      if (c !== col) { flush(); col = c; mn = mx = p; return; }
+      if (p.w < mn.w) { mn = p; }
+      if (p.w > mx.w) { mx = p; }
+    });
+    flush();
+    return out;
+  }
+
+  function firstEntry(h) {
+    if (!h) { return null; }
+    var t = h.points.length ? h.points[0].t : null;
+    if (h.gaps.length && (t === null || h.gaps[0].t < t)) { t = h.gaps[0].t; }
+    return t;
+  }
+
+  function chartSummary(shown, gaps, minutes, h, since) {
+    var span = since !== null ? "the time since " + clock(since)
+             : minutes <= 60 ? "the last hour" : "the last 24 hours";
+    if (!h) { return "Loading the history of " + span + "."; }
+    if (!shown.length) { return "No readings in " + span + "."; }
+    var lo = Infinity, hi = -Infinity;
+    shown.forEach(function (p) { lo = Math.min(lo, p.w); hi = Math.max(hi, p.w); });
+    var text = "Demand over " + span + ": lowest " + signed(lo / 1000, 2) + " kW, highest " +
+               signed(hi / 1000, 2) + " kW, " + shown.length + " readings";
+    text += gaps.length ? ", " + gaps.length + " missed." : ", none missed.";
+    if (since !== null) {
+      text += " The gateway holds no older history.";
+    }
+    return text;
+  }
+
+  // ---- wiring ---------------------------------------------------------------------------------
+
+  function setRange(minutes) {
+    if (minutes === S.range) { return; }
+    S.range = minutes;
+    [ui.range60, ui.range1440].forEach(function (b) {
+      b.setAttribute("aria-pressed", String(Number(b.getAttribute("data-minutes")) === minutes));
+    });
+    drawChart();
+    if (!S.failures) {
+      refreshHistory(true).then(drawChart);
+    }
+  }
+
+  function start() {
+    ui.state = $("state");
+    ui.banner = $("banner");
+    ui.demand = $("demand-value");
+    ui.demandCard = ui.demand.closest(".card");
+    ui.direction = $("direction");
+    ui.today = $("today-value");
+    ui.todayLabel = $("today-label");
+    ui.total = $("total-value");
+    ui.updated = $("updated");
+    ui.chart = $("chart");
+    ui.chartTitle = $("chart-title");
+    ui.chartSummary = $("chart-summary");
+    ui.range60 = $("range-60");
+    ui.range1440 = $("range-1440");
+    ui.stMeter = $("st-meter");
+    ui.stDetail = $("st-detail");
+    ui.stLost = $("st-lost");
+    ui.stHan = $("st-han");
+    ui.stIdentity = $("st-identity");
+    ui.stChannel = $("st-channel");
+    ui.stUptime = $("st-uptime");
+    ui.download = $("download");
+
+    [ui.range60, ui.range1440].forEach(function (b) {
+      b.addEventListener("click", function () { setRange(Number(b.getAttribute("data-minutes"))); });
+    });
+
+    var resizeTimer = null;
+    window.addEventListener("resize", function () {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(drawChart, 100);
+    });
+    // Back on screen or back online: try at once instead of waiting out a long back-off.
+    document.addEventListener("visibilitychange", function () {
+      if (!document.hidden && S.failures && !S.inFlight) { schedule(0); }
+    });
+    window.addEventListener("online", function () { if (!S.inFlight) { schedule(0); } });
+
+    setInterval(function () {
+      renderUpdated();
+      if (S.current || S.status) { renderStatusAges(); }
+    }, 1000);
+    setInterval(function () { if (!S.inFlight) { drawChart(); } }, 15000);  // the time axis moves on
+
+    drawChart();
+    tick();
+  }
+
+  /* The few texts that count seconds are refreshed between fetches without touching anything else. */
+  function renderStatusAges() {
+    var st = S.status;
+    if (!st || hanSilent()) { return; }
+    var age = num(st.last_message_age_s);
+    if (age !== null) {
+      var now = age + (performance.now() - S.statusAt) / 1000;
+      setText(ui.stHan, "Reporting (last message " + duration(now) + " ago)");
+    }
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
+  }
+})();
