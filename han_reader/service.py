@@ -77,7 +77,7 @@ class HanService:
         self.polling = False
         self.counters = poller.Counters()
         self.started = clock.wall()
-        self.next_status = clock.monotonic()
+        self.next_status = clock.monotonic() + self.status_every   # every state change sends one too
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -240,12 +240,12 @@ class HanService:
         if self.schedule is not None and not self.polling:
             for k in self.schedule.passed(now):
                 self._gap(k, "not-polling")
-        if now >= self.next_status:
+        if now >= self.next_status and self.state is not None:
             self._send_status()
         self.watchdog.beat("han-loop")
 
     def _next_housekeeping(self) -> float:
-        when = min(self.next_status, self.watchdog.deadline())
+        when = min(self.next_status if self.state is not None else float("inf"), self.watchdog.deadline())
         if self.schedule is not None and not self.polling:
             when = min(when, self.schedule.due_mono(self.schedule.next))
         return when
@@ -266,7 +266,7 @@ class HanService:
     def _send_status(self) -> None:
         c = self.counters
         fields = {
-            "state": self.state or "radio-down", "detail": self.detail,
+            "state": self.state, "detail": self.detail,
             "queries_total": c.queries_total, "queries_lost": c.queries_lost,
             "lost_by_cause": dict(c.lost_by_cause), "frames_bad": self.radio.frames_bad,
             "guard_refused": self.guard.refused, "channel_dropped": self.sender.dropped,
