@@ -11,11 +11,14 @@ login. The ESPI resources get the authenticated user's subscription and decide 4
 """
 from __future__ import annotations
 
+import hmac
 import http
 import importlib
+import json
 import logging
 import os
 import re
+import secrets
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -62,6 +65,7 @@ STATIC_TYPES = {
 _STATIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
 MAX_QUERY_FIELDS = 32
+PROBE_HEADER = "X-OpenSEG-Probe"
 
 
 @dataclass
@@ -114,7 +118,8 @@ class LanApp:
         self.static_dir = os.path.realpath(static_dir)
         # The pure resource builders (ESPI Atom, JSON); injectable so the app is testable alone.
         self.resources = resources or importlib.import_module("lan_server.web_resources")
-        self.answered = 0           # responses sent; the watchdog's sign that requests get through
+        # main.Probe's header: its requests are answered like any other, just not access-logged.
+        self.probe_token = secrets.token_urlsafe(24)
 
     # -- WSGI entry ------------------------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
@@ -140,10 +145,12 @@ class LanApp:
         headers = self._headers(reply)
         status = f"{reply.status} {http.HTTPStatus(reply.status).phrase}"
         start_response(status, headers)
-        self.answered += 1
-        access_log.info("%s %s \"%s %s\" %d %d %.1fms", remote, user_name, _printable(method, 16),
-                        _printable(path), reply.status, len(reply.body),
-                        (time.perf_counter() - started) * 1000)
+        probe = environ.get("HTTP_" + PROBE_HEADER.upper().replace("-", "_"), "")
+        if not (probe and hmac.compare_digest(probe.encode("utf-8", "surrogateescape"),
+                                              self.probe_token.encode())):
+            access_log.info("%s %s \"%s %s\" %d %d %.1fms", remote, user_name, _printable(method, 16),
+                            _printable(path), reply.status, len(reply.body),
+                            (time.perf_counter() - started) * 1000)
         return [] if method == "HEAD" else [reply.body]
 
     def _headers(self, reply: Reply) -> list[tuple[str, str]]:
@@ -178,6 +185,10 @@ class LanApp:
             return self.resources.status_json(self.readings, self.channel_counters(), self.lan_started)
         if path == "/api/v1/history":
             return self.resources.history_json(self.readings, params)
+        if path == "/api/v1/whoami":
+            # The page builds its "Download my data" link from this.
+            body = json.dumps({"username": user.name, "subscription": user.subscription}).encode()
+            return Reply(200, "application/json", body, {"Cache-Control": NO_STORE})
         if path.startswith(ESPI_PREFIX):
             return self._espi(environ, path[len(ESPI_PREFIX):], params, user.subscription)
         return _text(404, "no such resource")

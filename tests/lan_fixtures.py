@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import os
 import shutil
 import signal
 import socket
@@ -101,12 +102,12 @@ class LanServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, env: dict[str, str] | None = None) -> None:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen([command("openseg-lan"), "--config", str(self.config)],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         start_new_session=True)
+                                         start_new_session=True, env={**os.environ, **(env or {})})
         finally:
             log.close()
         wait_until(lambda: self._answers() or self._died(), timeout, "openseg-lan to answer HTTPS")

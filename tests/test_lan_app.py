@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import os
 
@@ -92,7 +93,7 @@ SECURITY = {"strict-transport-security", "x-content-type-options", "x-frame-opti
 
 
 @pytest.mark.parametrize("path", ["/", "/static/app.js", "/api/v1/current", "/api/v1/status",
-                                  "/api/v1/history", "/espi/1_1/resource/Batch/Subscription/sub-alice",
+                                  "/api/v1/history", "/api/v1/whoami", "/espi/1_1/resource/Batch/Subscription/sub-alice",
                                   "/nothing-here", "/static/../app.py"])
 def test_every_path_needs_auth(app, path):
     status, headers, body = call(app, path, user=None)
@@ -131,6 +132,14 @@ def test_routes_reach_the_resources(app):
     assert res.calls[0][0] == "current"
     assert res.calls[1] == ("status", {"received": 7}, 1234.5)
     assert res.calls[2] == ("history", {"minutes": "5"})
+
+
+def test_whoami_names_the_user_and_its_subscription(app):
+    status, headers, body = call(app, "/api/v1/whoami", user="bob")
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert headers["cache-control"] == "no-store"
+    assert json.loads(body) == {"username": "bob", "subscription": "sub-bob"}
+    assert call(app, "/api/v1/whoami", user=None)[0] == 401
 
 
 def test_espi_gets_the_authenticated_users_subscription(app):
@@ -234,11 +243,14 @@ def test_throttled_is_429_with_retry_after(app):
     assert call(app, "/api/v1/current", remote="10.0.0.2")[0] == 200
 
 
-def test_answered_counts_responses(app):
-    before = app.answered
-    call(app, "/api/v1/current")
-    call(app, "/", user=None)
-    assert app.answered == before + 2
+def test_watchdog_probe_is_answered_but_not_access_logged(app, caplog):
+    caplog.set_level(logging.INFO, logger="openseg.lan.access")
+    probe = {"HTTP_X_OPENSEG_PROBE": app.probe_token}
+    assert call(app, "/", user=None, headers=probe)[0] == 401
+    assert not [r for r in caplog.records if r.name == "openseg.lan.access"]
+    assert call(app, "/", user=None, headers={"HTTP_X_OPENSEG_PROBE": "guess"})[0] == 401
+    assert call(app, "/", user=None, headers={"HTTP_X_OPENSEG_PROBE": "gu\xe9ss"})[0] == 401
+    assert len([r for r in caplog.records if r.name == "openseg.lan.access"]) == 2
 
 
 def test_access_log_is_one_line_with_user_and_status(app, caplog):

@@ -1,0 +1,262 @@
+"""`openseg-lan --config F`: the LAN process.
+
+Start-up, in order; anything wrong before step 5 stops the process with exit code 2 and one line
+on stderr that names the config key or file at fault, before any socket is opened:
+  1. read the config            4. TLS context (certificate + key)
+  2. log to stderr, one line    5. bind the channel socket, start its receiver thread
+  3. load the users file        6. serve HTTPS until SIGTERM/SIGINT, then stop both cleanly
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+
+import cherrypy
+
+from shared_schema import config as config_schema
+from shared_schema import sd_notify
+from . import tls
+from .app import PROBE_HEADER, LanApp
+from .auth import Authenticator
+from .users_file import UsersFileError, UsersStore
+
+log = logging.getLogger("openseg.lan")
+
+# HTTP server limits. No request we serve has a body, and a Basic header is < 1 KiB. The pool is
+# large enough that a handful of idle or slow connections (each holds a worker for at most
+# HANDSHAKE_TIMEOUT_S before TLS, SOCKET_TIMEOUT_S between bytes after) cannot starve a real client;
+# the accept loop itself never waits on a client (tls.WorkerHandshakeAdapter).
+THREAD_POOL = 32
+SOCKET_TIMEOUT_S = 10
+HANDSHAKE_TIMEOUT_S = 5.0
+MAX_HEADER_BYTES = 16 * 1024
+MAX_BODY_BYTES = 16 * 1024
+LISTEN_BACKLOG = 64
+SHUTDOWN_TIMEOUT_S = 3
+
+
+class StartupError(Exception):
+    """A problem with the installation; the message names the key or file."""
+
+
+class OneLineFormatter(logging.Formatter):
+    """One event per line, even with a traceback, so journald/grep see whole events."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\r", "").replace("\n", " | ")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter())
+    for name in ("openseg", "cherrypy.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+def _warn_if_readable_by_others(path: str, what: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning("%s %s is readable by other users (mode %o); chmod 600 it", what, path, mode & 0o777)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise StartupError(f"[lan] port: cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def default_base_url(bind: str, port: int) -> str:
+    ip = ipaddress.ip_address(bind)
+    host = socket.gethostname() if ip.is_unspecified else (f"[{ip}]" if ip.version == 6 else str(ip))
+    return f"https://{host}:{port}"
+
+
+def load_installation(config_path: str):
+    """Steps 1, 3, 4: config, users, TLS context. Raises ConfigError or StartupError."""
+    cfg = config_schema.load(config_path)
+    lan = cfg.lan
+    try:
+        users = UsersStore(lan["users_file"])
+    except UsersFileError as exc:
+        raise StartupError(f"[lan] users_file: {exc}") from None
+    if not len(users):
+        log.warning("users file %s has no users: nobody can log in (openseg-admin user add)",
+                    lan["users_file"])
+    try:
+        context = tls.server_context(lan["certificate"], lan["private_key"])
+    except tls.TLSConfigError as exc:
+        raise StartupError(f"[lan] certificate/private_key: {exc}") from None
+    _warn_if_readable_by_others(lan["private_key"], "TLS private key")
+    _warn_if_readable_by_others(lan["users_file"], "users file")
+    return cfg, users, context
+
+
+def configure_http(app: LanApp, lan: dict, context) -> None:
+    tls.WorkerHandshakeAdapter.handshake_timeout_s = HANDSHAKE_TIMEOUT_S
+    cherrypy.config.update({
+        "environment": "production",        # no tracebacks, no autoreload, no screen log
+        "engine.autoreload.on": False,
+        "log.screen": False,
+        "server.socket_host": lan["bind"],
+        "server.socket_port": lan["port"],
+        "server.socket_queue_size": LISTEN_BACKLOG,
+        "server.socket_timeout": SOCKET_TIMEOUT_S,
+        "server.thread_pool": THREAD_POOL,
+        "server.max_request_header_size": MAX_HEADER_BYTES,
+        "server.max_request_body_size": MAX_BODY_BYTES,
+        "server.shutdown_timeout": SHUTDOWN_TIMEOUT_S,
+        "server.ssl_module": tls.register_adapter(),
+        "server.ssl_context": context,
+        "server.ssl_certificate": lan["certificate"],
+        "server.ssl_private_key": lan["private_key"],
+    })
+    cherrypy.tree.graft(app, "")
+
+
+def run(config_path: str) -> int:
+    from .channel_receiver import ChannelReceiver
+    from .readings import Readings
+
+    cfg, users, context = load_installation(config_path)
+    lan, channel = cfg.lan, cfg.channel
+    _check_port_free(lan["bind"], lan["port"])
+
+    readings = Readings(stale_after_s=lan["stale_after_s"])
+    han_uid = channel["han_uid"] if channel["han_uid"] is not None else os.getuid()
+    receiver = ChannelReceiver(channel["socket_path"], han_uid, readings,
+                               logging.getLogger("openseg.lan.channel").info)
+    try:
+        receiver.bind()
+    except OSError as exc:
+        raise StartupError(f"[channel] socket_path: cannot bind {channel['socket_path']}: "
+                           f"{exc.strerror or exc}") from None
+
+    app = LanApp(authenticator=Authenticator(users), readings=readings,
+                 channel_counters=receiver.counters, lan_started=time.time(),
+                 time_zone=lan["time_zone"], default_base_url=default_base_url(lan["bind"], lan["port"]))
+    configure_http(app, lan, context)
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    receiver.start()
+    try:
+        cherrypy.engine.start()
+        log.info("serving %s on %s:%d (%d user(s))", default_base_url(lan["bind"], lan["port"]),
+                 lan["bind"], lan["port"], len(users))
+        sd_notify.notify("READY=1", sd_notify.status_text(f"serving HTTPS on {lan['bind']}:{lan['port']}"))
+        return supervise(stop, receiver, Probe(lan["bind"], lan["port"], app.probe_token))
+    finally:
+        sd_notify.notify("STOPPING=1")
+        cherrypy.engine.exit()
+        receiver.stop()
+        log.info("stopped")
+
+
+class Probe:
+    """One real request through the request path: TCP accept, TLS handshake in a worker, the app.
+    It carries no credentials, so the answer is a 401 (not access-logged: it carries the token)."""
+
+    def __init__(self, bind: str, port: int, token: str):
+        ip = ipaddress.ip_address(bind)
+        self.host = ("::1" if ip.version == 6 else "127.0.0.1") if ip.is_unspecified else bind
+        self.port, self.token = port, token
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.context.check_hostname = False
+        self.context.verify_mode = ssl.CERT_NONE        # a liveness check of our own socket, not trust
+
+    def problem(self, timeout: float) -> str | None:
+        request = (f"GET / HTTP/1.1\r\nHost: {self.host}\r\n{PROBE_HEADER}: {self.token}\r\n"
+                   "Connection: close\r\n\r\n").encode()
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout) as raw:
+                with self.context.wrap_socket(raw) as s:
+                    s.sendall(request)
+                    answer = s.recv(64)
+        except (OSError, ssl.SSLError) as exc:
+            return f"the request path did not answer a probe: {exc}"
+        if not answer.startswith(b"HTTP/1.1 401"):
+            return f"unexpected answer to a probe: {answer[:30]!r}"
+        return None
+
+
+def receiver_alive(receiver) -> bool:
+    alive = getattr(receiver, "alive", None)
+    if callable(alive):
+        return bool(alive())
+    thread = getattr(receiver, "_thread", None)
+    return thread is not None and thread.is_alive()
+
+
+def supervise(stop: threading.Event, receiver, probe: Probe) -> int:
+    """Wait for SIGTERM/SIGINT. Under systemd's watchdog, every WatchdogSec/4 probe the request path
+    and check the receiver thread; WATCHDOG=1 goes out only while both are fine (sd_notify.Watchdog)."""
+    dog = sd_notify.Watchdog({"http", "channel"})
+    every = dog.interval / 4 if dog.armed else 5.0
+    reported: str | None = None
+    while not stop.wait(every):
+        if cherrypy.engine.state != cherrypy.engine.states.STARTED:
+            log.error("the HTTP engine stopped unexpectedly")
+            return 1
+        if not dog.armed:
+            continue
+        problems = []
+        if (problem := probe.problem(timeout=every)) is None:
+            dog.beat("http")
+        else:
+            problems.append(problem)
+        if receiver_alive(receiver):
+            dog.beat("channel")
+        else:
+            problems.append("the channel receiver thread has stopped")
+        now = "; ".join(problems) or None
+        if now != reported:
+            if now:
+                log.error("unhealthy, withholding the watchdog: %s", now)
+            else:
+                log.info("healthy again")
+            reported = now
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="openseg-lan", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="the gateway's TOML config file")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        return run(args.config)
+    except (config_schema.ConfigError, StartupError) as exc:
+        print(f"openseg-lan: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""TLS for the LAN server: the SSLContext policy and a cheroot SSL adapter that handshakes in a worker.
+
+Policy: TLS 1.2 and 1.3 only; TLS 1.2 suites are ECDHE with AES-GCM or ChaCha20-Poly1305 (forward
+secret, AEAD); TLS 1.3 suites are OpenSSL's defaults, which are exactly those AEADs (checked at start,
+since Python cannot set them); no compression, no renegotiation; key exchange groups X25519, P-256,
+P-384.
+
+Why a custom adapter: cheroot's BuiltinSSLAdapter.wrap() runs the TLS handshake inside the accept
+loop (do_handshake_on_connect=True), so one client that opens a TCP connection and never sends a
+ClientHello blocks every other client until the socket timeout (cheroot issue #375 and friends).
+`WorkerHandshakeAdapter.wrap()` does no I/O: it only attaches the TLS state to the socket. The
+handshake runs on the first read or write, which happens in the worker thread that serves the
+connection, bounded by a deadline; a failure is logged and ends that connection only.
+"""
+from __future__ import annotations
+
+import _pyio
+import _ssl
+import ctypes
+import logging
+import socket
+import ssl
+import sys
+import threading
+
+from cheroot import errors
+from cheroot.makefile import StreamReader, StreamWriter
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+log = logging.getLogger("openseg.lan.tls")
+
+TLS12_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305",
+])
+TLS13_SUITES = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
+GROUPS = "X25519:P-256:P-384"
+
+_SSL_CTRL_SET_GROUPS_LIST = 92      # OpenSSL ssl.h; SSL_CTX_set1_groups_list() is this macro
+
+
+class TLSConfigError(ValueError):
+    pass
+
+
+def _set_groups(ctx: ssl.SSLContext, groups: str) -> bool:
+    """SSL_CTX_set1_groups_list() via ctypes: Python 3.11 can only set a single curve.
+
+    The SSL_CTX pointer is the first field after PyObject_HEAD in CPython's PySSLContext; before
+    using it we check it is really this context's (SSL_CTX_get_options must match ctx.options)."""
+    if sys.implementation.name != "cpython" or not hasattr(_ssl, "__file__"):
+        return False
+    try:
+        lib = ctypes.CDLL(_ssl.__file__)      # already loaded; dlsym also searches its libssl
+        get_options, ctrl = lib.SSL_CTX_get_options, lib.SSL_CTX_ctrl
+    except (OSError, AttributeError):
+        return False
+    get_options.restype, get_options.argtypes = ctypes.c_uint64, [ctypes.c_void_p]
+    ctrl.restype = ctypes.c_long
+    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not ptr or get_options(ptr) != int(ctx.options):
+        return False
+    return ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) == 1
+
+
+def server_context(certificate: str, private_key: str) -> ssl.SSLContext:
+    """The server's SSLContext. Raises TLSConfigError naming the file that is wrong."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+                    | ssl.OP_SINGLE_ECDH_USE)
+    ctx.set_ciphers(TLS12_CIPHERS)
+    tls13 = {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3"}
+    if not tls13 <= TLS13_SUITES:
+        raise TLSConfigError(f"OpenSSL enables TLS 1.3 suites outside policy: {sorted(tls13 - TLS13_SUITES)}")
+    if not _set_groups(ctx, GROUPS):
+        # Still within policy, just narrower: every TLS client supports P-256.
+        ctx.set_ecdh_curve("prime256v1")
+        log.warning("could not set TLS groups %s through OpenSSL; using P-256 only", GROUPS)
+    ctx.set_alpn_protocols(["http/1.1"])
+    for path in (certificate, private_key):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise TLSConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        ctx.load_cert_chain(certificate, private_key)
+    except ssl.SSLError as exc:
+        raise TLSConfigError(f"{certificate} / {private_key}: not a matching PEM certificate and "
+                             f"private key ({exc.reason or exc})") from None
+    return ctx
+
+
+class _Handshake:
+    """The server side of one connection's handshake, run once by the first reader or writer."""
+
+    def __init__(self, adapter: "WorkerHandshakeAdapter", sock: ssl.SSLSocket, env: dict, peer: str):
+        self._adapter, self._sock, self._env, self._peer = adapter, sock, env, peer
+        self._lock = threading.Lock()
+        self._done = False
+        self._failed: str | None = None
+
+    def ensure(self) -> None:
+        if self._done:
+            return
+        with self._lock:
+            if self._done:
+                return
+            if self._failed is not None:
+                raise errors.FatalSSLAlert(self._failed)
+            try:
+                self._run()
+            except Exception as exc:
+                self._failed = self._report(exc)
+                raise errors.FatalSSLAlert(self._failed) from exc
+            self._done = True
+
+    def _run(self) -> None:
+        sock = self._sock
+        previous = sock.gettimeout()
+        limit = self._adapter.handshake_timeout_s
+        sock.settimeout(limit if previous is None else min(previous, limit))
+        try:
+            sock.do_handshake()       # CPython applies the timeout as one deadline for the whole handshake
+        finally:
+            sock.settimeout(previous)
+        self._env.update(self._adapter.get_environ(sock))
+
+    def _report(self, exc: Exception) -> str:
+        if isinstance(exc, (TimeoutError, socket.timeout)):
+            reason = "timed out"
+            log.info("TLS handshake with %s %s", self._peer, reason)
+        elif isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError)):
+            reason = "closed by the client"        # port probes, health checks: not worth a log line
+            log.debug("TLS handshake with %s: %s", self._peer, reason)
+        elif isinstance(exc, ssl.SSLError) and exc.reason == "HTTP_REQUEST":
+            reason = "plain HTTP on the HTTPS port"
+            log.info("%s from %s; answered 400", reason, self._peer)
+            self._answer_plain_http()
+        else:
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            log.info("TLS handshake with %s failed: %s", self._peer, reason)
+        return reason
+
+    def broken(self, exc: ssl.SSLError) -> errors.FatalSSLAlert:
+        reason = exc.reason or type(exc).__name__
+        if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            log.debug("TLS session with %s closed: %s", self._peer, reason)
+        else:
+            log.info("TLS session with %s ended: %s", self._peer, reason)
+        return errors.FatalSSLAlert(reason)
+
+    def _answer_plain_http(self) -> None:
+        body = b"This gateway only speaks HTTPS on this port.\n"
+        msg = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        try:
+            socket.socket.sendall(self._sock, msg)     # the raw TCP socket under the TLS object
+        except OSError:
+            pass
+
+
+class _HandshakeFirstIO(socket.SocketIO):
+    """The socket as cheroot's buffered reader/writer see it: handshake first; afterwards a TLS
+    protocol error (a refused renegotiation, a bad record) ends the connection quietly instead of
+    reaching cheroot, which would log a traceback and try to write a 500 into the broken session."""
+
+    def __init__(self, sock, mode, handshake: _Handshake):
+        super().__init__(sock, mode)
+        self._handshake = handshake
+
+    def readinto(self, b):
+        self._handshake.ensure()
+        try:
+            return super().readinto(b)
+        except ssl.SSLError as exc:
+            raise self._handshake.broken(exc) from exc
+
+    def write(self, b):
+        self._handshake.ensure()
+        try:
+            return super().write(b)
+        except ssl.SSLError as exc:
+            raise self._handshake.broken(exc) from exc
+
+
+class _Reader(StreamReader):
+    def __init__(self, raw: _HandshakeFirstIO, bufsize: int):
+        _pyio.BufferedReader.__init__(self, raw, bufsize)      # StreamReader's own init, our raw IO
+        self.bytes_read = 0
+
+
+class _Writer(StreamWriter):
+    def __init__(self, raw: _HandshakeFirstIO, bufsize: int):
+        _pyio.BufferedWriter.__init__(self, raw, bufsize)
+        self.bytes_written = 0
+
+
+class WorkerHandshakeAdapter(BuiltinSSLAdapter):
+    """BuiltinSSLAdapter whose wrap() does no I/O (see module docstring)."""
+
+    handshake_timeout_s = 5.0     # a LAN client finishes in milliseconds; also capped by socket_timeout
+
+    def wrap(self, sock):
+        try:
+            name = sock.getpeername()
+        except OSError:
+            name = None
+        peer = f"{name[0]}:{name[1]}" if isinstance(name, tuple) and len(name) >= 2 else "a local peer"
+        try:
+            tls = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as exc:
+            raise errors.FatalSSLAlert(*exc.args) from exc
+        env: dict = {}             # cheroot keeps this dict; the handshake fills it in
+        tls.openseg_handshake = _Handshake(self, tls, env, peer)
+        return tls, env
+
+    def makefile(self, sock, mode="r", bufsize=_pyio.DEFAULT_BUFFER_SIZE):
+        handshake = getattr(sock, "openseg_handshake", None)
+        if handshake is None:
+            return super().makefile(sock, mode, bufsize)
+        raw = _HandshakeFirstIO(sock, "rb" if "r" in mode else "wb", handshake)
+        return _Reader(raw, bufsize) if "r" in mode else _Writer(raw, bufsize)
+
+
+ADAPTER_NAME = "openseg-worker-handshake"
+
+
+def register_adapter() -> str:
+    """Make the adapter selectable as CherryPy's `server.ssl_module`; returns its name."""
+    from cheroot import server as cheroot_server
+    cheroot_server.ssl_adapters[ADAPTER_NAME] = WorkerHandshakeAdapter
+    return ADAPTER_NAME
