@@ -479,9 +479,17 @@
     var st = S.status;
     if (!st) { return; }
     var s = STATES[st.state];
-    setText(ui.stMeter, s ? s[1] : st.state ? String(st.state) : "No report yet");
-    setText(ui.stDetail, typeof st.detail === "string" ? st.detail : "");
-    setAttr(ui.stMeter, "data-level", s ? s[0] : "warn");
+    var words = s ? s[1] : st.state ? String(st.state) : "No report yet";
+    var detail = typeof st.detail === "string" ? st.detail : "";
+    if (hanSilent()) {               // the last report may be long out of date: say so
+      setText(ui.stMeter, "Unknown (the meter reader is silent)");
+      setText(ui.stDetail, st.state ? "Its last report: " + words + (detail ? " \u2014 " + detail : "") : "");
+      setAttr(ui.stMeter, "data-level", "bad");
+    } else {
+      setText(ui.stMeter, words);
+      setText(ui.stDetail, detail);
+      setAttr(ui.stMeter, "data-level", s ? s[0] : "warn");
+    }
 
     var total = num(st.queries_total), lost = num(st.queries_lost);
     if (total !== null && lost !== null) {
@@ -552,6 +560,14 @@
     if (text !== undefined) { node.textContent = text; }
     if (parent) { parent.appendChild(node); }
     return node;
+  }
+
+  /* Decimals that show a tick step exactly: 0.25 -> 2, 0.5 -> 1, 2 -> 0. */
+  function decimalsOf(step) {
+    for (var d = 0; d < 4; d++) {
+      if (Math.abs(step * Math.pow(10, d) - Math.round(step * Math.pow(10, d))) < 1e-6) { return d; }
+    }
+    return 4;
   }
 
   function niceStep(span, count) {
@@ -628,7 +644,7 @@
     var y = function (kw) { return pad.t + (hi - kw) / (hi - lo) * ph; };
 
     var grid = svg("g", { "class": "grid-layer", "aria-hidden": "true" }, chart);
-    var digits = step < 0.1 ? 2 : step < 1 ? 1 : 0;
+    var digits = decimalsOf(step);
     for (var v = lo; v <= hi + step / 2; v += step) {
       var yy = Math.round(y(v)) + 0.5;
       svg("line", { "class": Math.abs(v) < step / 2 && lo < 0 ? "zero" : "grid",
