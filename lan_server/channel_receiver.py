@@ -37,6 +37,8 @@ REASONS = ("no-credentials", "foreign-uid", "oversized", "undecodable", "version
            "unexpected-ancillary")
 RCVBUF_BYTES = 256 * 1024          # a few hundred datagrams queued at most; the HAN drops, never blocks
 LOG_EVERY_S = 60.0                 # one line per drop reason per minute, so a flood cannot flood the log
+TURN_S = 1.0                       # the receiver loop turns at least this often, datagrams or not
+STALLED_AFTER_S = 10.0             # no turn for this long: alive() is False, the watchdog withholds
 _UCRED = struct.Struct("iII")      # struct ucred: pid, uid, gid
 _ANCBUF = socket.CMSG_SPACE(_UCRED.size)
 
@@ -51,6 +53,7 @@ class ChannelReceiver:
         self._sock: socket.socket | None = None
         self._bound_inode: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
+        self._last_turn = time.monotonic()
         self._wake_r, self._wake_w = -1, -1
         self._stopping = False
         # Owned by the receiver thread only:
@@ -136,8 +139,9 @@ class ChannelReceiver:
         poller.register(self._sock.fileno(), select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         while not self._stopping:
+            self._last_turn = time.monotonic()          # progress, for alive() and the watchdog
             try:
-                events = poller.poll()
+                events = poller.poll(TURN_S * 1000)     # turn while idle too, so a stall shows
             except InterruptedError:
                 continue
             if any(fd == self._wake_r for fd, _ in events):
@@ -157,6 +161,7 @@ class ChannelReceiver:
                 self.handle(data, anc, flags)
             except Exception as exc:   # a bug here must not end the only receiver thread
                 self.log(f"channel: internal error handling a datagram: {type(exc).__name__}: {exc}")
+            self._last_turn = time.monotonic()
 
     def handle(self, data: bytes, ancdata: list, flags: int) -> None:
         """One received datagram (as recvmsg returned it): check, count, and hand a valid message
@@ -238,7 +243,10 @@ class ChannelReceiver:
             self._last_log[reason] = (now, total)
 
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """The receiver thread exists and its loop turned recently (a thread that is blocked or
+        dead-locked, e.g. inside readings.apply, is not alive: the watchdog then stops)."""
+        return (self._thread is not None and self._thread.is_alive()
+                and time.monotonic() - self._last_turn < STALLED_AFTER_S)
 
     # -- counters -------------------------------------------------------------------------------
     def _freeze(self) -> tuple:
