@@ -132,7 +132,11 @@ def cmd_init(args) -> None:
 
     os.makedirs(target, mode=0o755, exist_ok=True)
     os.makedirs(os.path.join(target, "tls"), mode=0o700, exist_ok=True)
-    os.makedirs(os.path.join(target, os.path.dirname(SOCKET_REL)), mode=0o750, exist_ok=True)
+    # The channel socket's folder: its owner binds there, the HAN's group may reach the socket by
+    # name, nobody may list it (the same mode the receiver creates it with).
+    run_dir = os.path.join(target, os.path.dirname(SOCKET_REL))
+    os.makedirs(run_dir, mode=0o710, exist_ok=True)
+    os.chmod(run_dir, 0o710)
 
     extra = [args.bind] + list(args.san)
     certs.write_identity(os.path.join(target, "tls", "key.pem"), os.path.join(target, "tls", "cert.pem"), extra)

@@ -1,10 +1,11 @@
 """`openseg-lan --config F`: the LAN process.
 
-Start-up, in order; anything wrong before step 5 stops the process with exit code 2 and one line
-on stderr that names the config key or file at fault, before any socket is opened:
-  1. read the config            4. TLS context (certificate + key)
-  2. log to stderr, one line    5. bind the channel socket, start its receiver thread
-  3. load the users file        6. serve HTTPS until SIGTERM/SIGINT, then stop both cleanly
+Start-up, in order. A problem in steps 1-5 stops the process with exit code 2 and one line on
+stderr naming the config key or file at fault; nothing is listening yet at that point.
+  1. log to stderr, one event a line      5. bind the channel socket (the receiver's only socket)
+  2. read the config                      6. serve HTTPS (the only TCP socket), start the receiver
+  3. load the users file                  7. until SIGTERM/SIGINT: feed systemd's watchdog while a
+  4. TLS context; the port is free           probe gets through and the receiver runs; then stop both
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -26,6 +28,8 @@ from shared_schema import sd_notify
 from . import tls
 from .app import PROBE_HEADER, LanApp
 from .auth import Authenticator
+from .channel_receiver import ChannelReceiver
+from .readings import Readings
 from .users_file import UsersFileError, UsersStore
 
 log = logging.getLogger("openseg.lan")
@@ -57,6 +61,15 @@ class OneLineFormatter(logging.Formatter):
         return super().format(record).replace("\r", "").replace("\n", " | ")
 
 
+class _NoCherryPyTimestamp(logging.Filter):
+    """CherryPy prefixes its messages with its own "[24/Nov/2026:13:30:32] "; ours is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = re.sub(r"^\[[^\]]*\] ", "", record.msg)
+        return True
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter())
@@ -65,6 +78,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level)
         logger.propagate = False
+    logging.getLogger("cherrypy.error").addFilter(_NoCherryPyTimestamp())
 
 
 def _warn_if_readable_by_others(path: str, what: str) -> None:
@@ -135,9 +149,6 @@ def configure_http(app: LanApp, lan: dict, context) -> None:
 
 
 def run(config_path: str) -> int:
-    from .channel_receiver import ChannelReceiver
-    from .readings import Readings
-
     cfg, users, context = load_installation(config_path)
     lan, channel = cfg.lan, cfg.channel
     _check_port_free(lan["bind"], lan["port"])

@@ -44,7 +44,8 @@ def test_init_prints_exactly_the_login_and_writes_a_valid_installation(tmp_path)
     assert cfg.han["serial_port"] == "/dev/ttyACM3"
     assert cfg.lan["bind"] == "127.0.0.1" and cfg.lan["port"] == 9443
     assert cfg.channel["socket_path"] == os.path.join(target, "run", "readings.sock")
-    assert os.path.isdir(os.path.dirname(cfg.channel["socket_path"]))
+    assert mode(os.path.dirname(cfg.channel["socket_path"])) == 0o710
+    assert mode(os.path.join(target, "tls")) == 0o700
     assert cfg.lan["certificate"] == os.path.join(target, "tls", "cert.pem")
 
     users = users_file.load(cfg.lan["users_file"])

@@ -311,6 +311,15 @@ class NotifySocket:
         self.sock.close()
 
 
+def test_warns_about_secrets_readable_by_others(tmp_path):
+    server = LanServer(tmp_path)
+    key = config_schema.load(str(server.config)).lan["private_key"]
+    os.chmod(key, 0o644)
+    with server:
+        log = server.log_text()
+    assert re.search(r"WARNING openseg.lan: TLS private key .*key.pem is readable by other users", log), log
+
+
 def test_sd_notify_ready_watchdog_stopping(tmp_path):
     notify = NotifySocket(str(tmp_path / "notify.sock"))
     server = LanServer(tmp_path)
