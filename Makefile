@@ -7,7 +7,7 @@ RUNDIR := run
 # Debian packages the tests drive for real: the browser for the page, curl as a second TLS client.
 SYSTEM_PACKAGES := chromium curl
 
-.PHONY: install system-deps run test clean
+.PHONY: install system-deps run test screenshots clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,13 @@ system-deps:
 	  fi; \
 	fi
 
+# Test runs write their page screenshots under tests/artifacts so they leave the tree clean;
+# `make screenshots` refreshes the committed ones the README links to.
 test: $(STAMP) system-deps
-	$(BIN)/pytest -q
+	OPENSEG_SCREENSHOT_DIR=tests/artifacts/screenshots $(BIN)/pytest -q
+
+screenshots: $(STAMP) system-deps
+	OPENSEG_SCREENSHOT_DIR=docs/screenshots $(BIN)/pytest -q -m browser tests/test_page_browser.py
 
 run: $(STAMP)
 	$(BIN)/python -m openseg_emulator.devstack --dir $(RUNDIR)
