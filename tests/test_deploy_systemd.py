@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import shutil
@@ -247,3 +248,36 @@ def test_tmpfiles_makes_the_channel_directory_and_guards_the_secrets(tmp_path):
     assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o750, gid["openseg-lan"])
     # the socket directory is the one the LAN unit may write to
     assert "/run/openseg" in read_unit("openseg-lan.service")["Service"]["ReadWritePaths"]
+
+
+MDWE_STACK = r"""
+import ctypes, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_MDWE, PR_GET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 66, 1
+if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+    sys.exit(f"PR_SET_MDWE failed: errno {ctypes.get_errno()} (kernel older than 6.3?)")
+from openseg_emulator.devstack import Stack, wait_until
+with Stack(sys.argv[1], poll_interval_s=1.0) as s:
+    wait_until(lambda: s.get_json("/api/v1/current")[1].get("status") == "ok", 60, "a reading")
+    code, _, body = s.get(f"/espi/1_1/resource/Batch/Subscription/{s.subscription}")
+    alive = all(getattr(s, name).poll() is None for name in ("han", "lan"))
+# control: an exec'd child has the flag too, and it bites (a W+X mapping is refused)
+import subprocess
+child = subprocess.run([sys.executable, "-c", "import mmap; mmap.mmap(-1, 4096, prot=7)"],
+                       capture_output=True, text=True)
+print(json.dumps({"batch": code, "bytes": len(body), "alive": alive,
+                  "wx_refused_in_child": child.returncode != 0 and "PermissionError" in child.stderr}))
+"""
+
+
+@pytest.mark.integration
+def test_both_processes_work_with_memory_deny_write_execute(tmp_path):
+    """MemoryDenyWriteExecute=yes must not break them (CPython, cffi, lxml, cryptography, the ctypes
+    call in lan_server/tls.py): the whole stack runs under the kernel's equivalent (PR_SET_MDWE, which
+    children inherit across execve) and serves a reading and a Green Button batch."""
+    result = subprocess.run([sys.executable, "-c", MDWE_STACK, str(tmp_path / "stack")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["batch"] == 200 and report["bytes"] > 1000, report
+    assert report["alive"] and report["wx_refused_in_child"], report
