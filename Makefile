@@ -45,3 +45,22 @@ run: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+# `make audit`: the security evidence on one screen (SECURITY.md, "Audit in one hour"). Installs what
+# it uses itself: the Python tools into the venv if missing, systemd-analyze and openssl with apt (root).
+AUDIT_PYTHON_PACKAGES := 'import-linter>=2.1' 'sslyze>=6.0,<7'
+.PHONY: audit
+audit: $(STAMP)
+	@$(BIN)/python -c "import importlinter, sslyze" 2>/dev/null || $(BIN)/pip install --quiet $(AUDIT_PYTHON_PACKAGES)
+	@missing=""; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "please install:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; \
+	  fi; \
+	fi
+	$(BIN)/python deploy/audit.py
