@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -40,21 +40,30 @@ def idle(lan, n: int) -> list[socket.socket]:
 
 
 def slow(lan, n: int) -> list[socket.socket]:
-    """TLS done, request headers begun and never finished. Opened in parallel: once every worker
-    holds one, the server cannot handshake the rest, which then stay open as TCP connections."""
+    """TLS done, request headers begun and never finished. Handshakes run in parallel (once the
+    workers are taken, the server cannot handshake the rest, which stay queued); returns as soon as
+    as many as the pool has workers are in the slow state, with the rest still pending."""
     ctx = lan.ssl_context()
     raw = [socket.create_connection(("127.0.0.1", lan.port), timeout=10) for _ in range(n)]
+    held: list[socket.socket] = list(raw)
+    enough = threading.Semaphore(0)
 
-    def start(sock):
+    def start(i):
         try:
-            tls = ctx.wrap_socket(sock, server_hostname="localhost")
+            tls = ctx.wrap_socket(raw[i], server_hostname="localhost")
             tls.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: gateway\r\n")
-            return tls
+            held[i] = tls
+            enough.release()
         except (OSError, TimeoutError):
-            return sock
+            pass
 
-    with ThreadPoolExecutor(max_workers=n) as ex:
-        return list(ex.map(start, raw))
+    for i in range(n):
+        threading.Thread(target=start, args=(i,), daemon=True).start()
+    target = min(n, lan_main.THREAD_POOL)
+    deadline = time.monotonic() + 30
+    for _ in range(target):
+        assert enough.acquire(timeout=max(0.1, deadline - time.monotonic())), "slow connections not set up"
+    return held
 
 
 def close_all(socks):
@@ -82,7 +91,7 @@ def test_idle_and_slow_connections_below_the_pool_do_not_delay_a_client(fresh_la
     for kind, opener, n in (("idle", idle, 3 * pool), ("slow", slow, 2 * pool)):
         held = opener(lan, n)
         try:
-            took, status = timed_request(lan, 20)
+            took, status = timed_request(lan, 60)
         finally:
             close_all(held)
         measured[f"{kind}_x{n // pool}_pool"] = {"connections": n, "seconds": round(took, 3),
