@@ -6,6 +6,7 @@
     openseg-admin user passwd NAME [--password-stdin] --config F
     openseg-admin user remove NAME --config F
     openseg-admin user list --config F
+    openseg-admin cert renew --config F [--san NAME_OR_IP]...
 
 Exit codes: 0 done; 1 refused (bad name, user exists, DIR not empty...); 2 bad config file or usage.
 Secrets are printed once and stored only as hashes; there is no default password anywhere.
@@ -19,6 +20,9 @@ import os
 import socket
 import sys
 import tomllib
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from shared_schema import config as config_schema
 from . import certs, passwords
@@ -96,6 +100,16 @@ def _chosen_password(stdin) -> str:
     return text
 
 
+def _check_sans(names: list[str]) -> None:
+    for name in names:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if not all(part and len(part) <= 63 and part.replace("-", "").isalnum() and part.isascii()
+                       for part in name.split(".")):
+                raise AdminError(f"--san: {name!r} is neither an IP address nor a host name") from None
+
+
 # -- init ------------------------------------------------------------------------------------------
 def cmd_init(args) -> None:
     if not 1 <= args.lan_port <= 65535:
@@ -108,13 +122,7 @@ def cmd_init(args) -> None:
         raise AdminError(f"--user: {problem}")
     if not args.serial.strip():
         raise AdminError("--serial: must not be empty")
-    for name in args.san:
-        try:
-            ipaddress.ip_address(name)
-        except ValueError:
-            if not all(part and len(part) <= 63 and part.replace("-", "").isalnum() and part.isascii()
-                       for part in name.split(".")):
-                raise AdminError(f"--san: {name!r} is neither an IP address nor a host name") from None
+    _check_sans(args.san)
 
     target = os.path.abspath(args.dir)
     if os.path.exists(target) and not os.path.isdir(target):
@@ -224,6 +232,19 @@ def cmd_user_list(args) -> None:
         print(f"{user.name}\t{user.subscription}")
 
 
+# -- cert ------------------------------------------------------------------------------------------
+def cmd_cert_renew(args) -> None:
+    """A new key and certificate in place (the old ones expire after a year); users are untouched.
+    openseg-lan reads them at start, so it needs a restart afterwards."""
+    _check_sans(args.san)
+    lan = config_schema.load(args.config).lan
+    certs.write_identity(lan["private_key"], lan["certificate"], [lan["bind"]] + list(args.san))
+    cert = x509.load_pem_x509_certificate(open(lan["certificate"], "rb").read())
+    print(f"certificate: {lan['certificate']}")
+    print(f"sha256: {cert.fingerprint(hashes.SHA256()).hex(':')}")
+    print(f"valid until: {cert.not_valid_after_utc.isoformat()}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openseg-admin", description="Set up OpenSEG and manage LAN users.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -255,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--subscription", metavar="ID", help="subscription id (default: generated)")
         p.add_argument("--config", required=True, help="the gateway's TOML config file")
         p.set_defaults(func=func)
+    cert = sub.add_parser("cert", help="manage the TLS certificate").add_subparsers(dest="cert_command", required=True)
+    renew = cert.add_parser("renew", help="replace the key and certificate (restart openseg-lan afterwards)")
+    renew.add_argument("--san", action="append", default=[], metavar="NAME_OR_IP",
+                       help="another host name or address for the certificate (repeatable)")
+    renew.add_argument("--config", required=True, help="the gateway's TOML config file")
+    renew.set_defaults(func=cmd_cert_renew)
     return parser
 
 

@@ -10,6 +10,7 @@ stderr naming the config key or file at fault; nothing is listening yet at that 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import ipaddress
 import logging
 import os
@@ -22,6 +23,7 @@ import threading
 import time
 
 import cherrypy
+from cryptography import x509
 
 from shared_schema import config as config_schema
 from shared_schema import sd_notify
@@ -90,6 +92,21 @@ def _warn_if_readable_by_others(path: str, what: str) -> None:
         log.warning("%s %s is readable by other users (mode %o); chmod 600 it", what, path, mode & 0o777)
 
 
+def _warn_if_expiring(cert_path: str, config_path: str) -> None:
+    try:
+        with open(cert_path, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError):
+        return
+    left = cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
+    renew = f"openseg-admin cert renew --config {config_path}, then restart"
+    if left <= dt.timedelta(0):
+        log.error("TLS certificate %s expired on %s; clients will refuse it (%s)",
+                  cert_path, cert.not_valid_after_utc.date(), renew)
+    elif left < dt.timedelta(days=30):
+        log.warning("TLS certificate %s expires on %s (%s)", cert_path, cert.not_valid_after_utc.date(), renew)
+
+
 def _check_port_free(host: str, port: int) -> None:
     family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -122,6 +139,7 @@ def load_installation(config_path: str):
     except tls.TLSConfigError as exc:
         raise StartupError(f"[lan] certificate/private_key: {exc}") from None
     _warn_if_readable_by_others(lan["private_key"], "TLS private key")
+    _warn_if_expiring(lan["certificate"], cfg.path)
     _warn_if_readable_by_others(lan["users_file"], "users file")
     return cfg, users, context
 
@@ -218,15 +236,7 @@ class Probe:
         return None
 
 
-def receiver_alive(receiver) -> bool:
-    alive = getattr(receiver, "alive", None)
-    if callable(alive):
-        return bool(alive())
-    thread = getattr(receiver, "_thread", None)
-    return thread is not None and thread.is_alive()
-
-
-def supervise(stop: threading.Event, receiver, probe: Probe) -> int:
+def supervise(stop: threading.Event, receiver: ChannelReceiver, probe: Probe) -> int:
     """Wait for SIGTERM/SIGINT. Under systemd's watchdog, every WatchdogSec/4 probe the request path
     and check the receiver thread; WATCHDOG=1 goes out only while both are fine (sd_notify.Watchdog)."""
     dog = sd_notify.Watchdog({"http", "channel"})
@@ -243,10 +253,10 @@ def supervise(stop: threading.Event, receiver, probe: Probe) -> int:
             dog.beat("http")
         else:
             problems.append(problem)
-        if receiver_alive(receiver):
+        if receiver.alive():
             dog.beat("channel")
         else:
-            problems.append("the channel receiver thread has stopped")
+            problems.append("the channel receiver thread is not turning (stopped or blocked)")
         now = "; ".join(problems) or None
         if now != reported:
             if now:

@@ -309,3 +309,22 @@ def test_generated_gateway_toml_is_plain_toml_with_the_documented_sections(insta
     assert set(data) == {"han", "channel", "lan"}
     assert data["channel"]["socket_path"] == "run/readings.sock"
     assert data["lan"]["users_file"] == "users.toml"
+
+
+def test_cert_renew_replaces_key_and_certificate_but_not_users(installation):
+    cfg, first = installation
+    lan = config_schema.load(cfg).lan
+    key_before, cert_before = open(lan["private_key"]).read(), open(lan["certificate"]).read()
+    users_before = open(lan["users_file"]).read()
+    out = run_admin("cert", "renew", "--san", "gw.example", "--config", cfg)
+    assert out.returncode == 0, out.stderr
+    fields = parse_fields(out.stdout)
+    assert fields["certificate"] == lan["certificate"] and fields["sha256"].count(":") == 31
+    assert open(lan["private_key"]).read() != key_before
+    assert open(lan["certificate"]).read() != cert_before
+    assert open(lan["users_file"]).read() == users_before
+    assert mode(lan["private_key"]) == 0o600
+    cert = x509.load_pem_x509_certificate(open(lan["certificate"], "rb").read())
+    dns = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "gw.example" in dns and "localhost" in dns
+    assert run_admin("cert", "renew", "--san", "bad name", "--config", cfg).returncode == 1

@@ -15,6 +15,7 @@ import pytest
 
 from lan_fixtures import (DEFAULT, LanServer, basic_auth, command, fresh_lan, lan, run_admin,  # noqa: F401
                           wait_until)
+from lan_server import certs
 from shared_schema import config as config_schema
 
 PAGE_PATHS = ["/", "/api/v1/current", "/api/v1/status", "/api/v1/history", "/api/v1/whoami"]
@@ -318,6 +319,20 @@ def test_warns_about_secrets_readable_by_others(tmp_path):
     with server:
         log = server.log_text()
     assert re.search(r"WARNING openseg.lan: TLS private key .*key.pem is readable by other users", log), log
+
+
+def test_warns_when_the_certificate_is_about_to_expire(tmp_path):
+    server = LanServer(tmp_path)
+    lan_cfg = config_schema.load(str(server.config)).lan
+    key_pem, cert_pem = certs.make_identity(days=10)
+    with open(lan_cfg["private_key"], "wb") as f:
+        f.write(key_pem)
+    with open(lan_cfg["certificate"], "wb") as f:
+        f.write(cert_pem)
+    with server:
+        assert server.request("/api/v1/current")[0] == 200
+    assert re.search(r"WARNING openseg.lan: TLS certificate .* expires on .*openseg-admin cert renew",
+                     server.log_text()), server.log_text()
 
 
 def test_sd_notify_ready_watchdog_stopping(tmp_path):
