@@ -17,7 +17,7 @@ import warnings
 import pytest
 from cheroot import errors
 
-from lan_fixtures import fresh_lan, lan, require_curl, wait_until  # noqa: F401  (fixtures)
+from lan_fixtures import fresh_lan, lan  # noqa: F401  (pytest fixtures)
 from lan_server import certs, tls
 
 OPENSSL = shutil.which("openssl")
@@ -88,10 +88,6 @@ def test_context_errors_name_the_file(identity, tmp_path):
 
 
 # -- the adapter: wrap() never waits for the client --------------------------------------------------
-class _FakeServerEnv:
-    pass
-
-
 @pytest.fixture
 def adapter(identity):
     a = tls.WorkerHandshakeAdapter(*identity)
