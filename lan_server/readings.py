@@ -1,5 +1,6 @@
 """What the LAN process knows about the meter: the latest values, a bounded recent history, the HAN
-side's last status report. The receiver thread writes it, request threads read it.
+side's last status report, and (when history is kept) the persistent store every reading and gap also
+goes to. The receiver thread writes it, request threads read it.
 
 One lock guards everything here. Writers hold it for a few attribute updates; readers hold it only
 to copy references into an immutable `Snapshot` (the history deque is copied as a tuple, a C-level
@@ -13,7 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, Protocol, Union
 
 from .scaling import Scaling
 
@@ -94,9 +95,15 @@ class Snapshot:
         return self.latest.interval_s if self.latest is not None else None
 
 
+class Recorder(Protocol):
+    """Where every reading and gap also goes (history_store.HistoryStore), in the receiver thread."""
+    def record(self, entry: "Entry") -> None: ...
+
+
 class Readings:
     def __init__(self, stale_after_s: float, history_s: float = 3 * 3600.0,
-                 clock: Callable[[], float] = time.time, silent_after_s: float | None = None):
+                 clock: Callable[[], float] = time.time, silent_after_s: float | None = None,
+                 history: Recorder | None = None):
         if not stale_after_s > 0 or not history_s > 0:
             raise ValueError("stale_after_s and history_s must be positive")
         self.stale_after_s = float(stale_after_s)
@@ -105,6 +112,9 @@ class Readings:
         # twice the staleness limit without any message means it is not running (or cannot send).
         self.silent_after_s = float(silent_after_s if silent_after_s is not None else 2 * stale_after_s)
         self._clock = clock
+        # The persistent store (None: history is off, or a test without one). Request threads read it
+        # through this attribute too, so the answers need nothing but this object.
+        self.history = history
         self.created = clock()
         self._lock = threading.Lock()
         # One entry per poll slot (a reading or a gap); at the fastest supported poll (1 s) this
@@ -123,6 +133,7 @@ class Readings:
         """Take one message that `shared_schema.messages.decode` has already validated."""
         now = self._clock()
         kind = msg["kind"]
+        entry: Entry | None = None
         with self._lock:
             self._last_message_at = now
             if kind == "status":
@@ -140,10 +151,14 @@ class Readings:
                 if reading.summation is not None:
                     self._latest_summation = reading
                 self._insert(reading)
+                entry = reading
             elif kind == "gap":
-                self._insert(Gap(seq=msg["seq"], slot=msg["slot"], due=float(msg["due"]),
-                                 cause=msg["cause"]))
+                entry = Gap(seq=msg["seq"], slot=msg["slot"], due=float(msg["due"]), cause=msg["cause"])
+                self._insert(entry)
             self._prune(now)
+        # Outside the lock: a slow disk must never hold up a request thread's snapshot.
+        if entry is not None and self.history is not None:
+            self.history.record(entry)
 
     def _interval_for(self, msg: dict) -> float | None:
         """The poll interval behind a reading: the HAN's own report when there is one; before the

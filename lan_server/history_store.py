@@ -1,0 +1,556 @@
+"""The readings' persistent history: one SQLite file (stdlib sqlite3) in the config's `[lan] state_dir`.
+
+Who touches it:
+- one writer, the channel receiver thread (`HistoryWriter`, reached through `HistoryStore.record` and
+  `flush`, which only that thread calls). Rows are queued and inserted in batches; a batch is committed
+  as soon as the channel socket has nothing more to read (`history_receiver`), and while datagrams keep
+  coming, at least every COMMIT_EVERY_S (half a second). So a kill -9 loses at most the last second of
+  readings, and usually nothing; a busy second costs two transactions, not one per reading.
+- request threads, each through its own read-only connection (`HistoryStore.reader()`, one per thread,
+  opened with mode=ro and query_only), inside one read transaction per answer (`HistoryReader.snapshot`)
+  so that every query of an answer sees the same data. WAL readers never block the writer or each other.
+- the LAN process at start (`open_history`, before the receiver thread exists) and at stop (`close`,
+  after it has been joined): checks, creates, prunes.
+
+Durability: journal_mode=WAL with synchronous=FULL. With synchronous=NORMAL, the usual choice, a WAL
+commit is not fsync'ed: a kill -9 loses nothing committed (the kernel has the pages), but a power cut
+may roll back every transaction since the last checkpoint, which at one small commit per 7-s reading is
+hours of history. FULL syncs the WAL at each commit, so a power cut also loses at most the last second.
+Its cost is one fsync per commit: one per poll at the production rate, and group commit bounds it when
+readings come faster (a slow fsync lets more datagrams queue, and the next batch takes them all). In
+neither mode can a crash or a power cut corrupt the file: SQLite's WAL is built for exactly that. A file
+damaged by something else (a failing SD card) fails `PRAGMA quick_check` at start; it is renamed aside,
+logged, and a fresh store is started, so the gateway keeps serving.
+
+Schema (version 1):
+    scaling(id INTEGER PRIMARY KEY, multiplier, divisor, unit, summation_formatting, demand_formatting)
+    sample(t_ms, seq, slot, summation, demand, scaling, interval_ms, gap) PRIMARY KEY (t_ms, seq),
+        WITHOUT ROWID: one row per poll slot, a reading (raw counts as the meter sent them, NULL where
+        the meter flagged a value invalid, and its scaling) or a gap (its cause; NULL values). t_ms is
+        the reading's time tag or the gap's due time in ms since the epoch. The table is clustered on
+        time, so a range query reads consecutive pages and pruning deletes a prefix.
+    meta(key PRIMARY KEY, value): the schema version.
+
+Disk use is bounded by construction:
+- rows older than the retention are deleted (at start, then every PRUNE_EVERY_S; retention 0 means no
+  history at all: the file is deleted at start and never created);
+- rows are at most retention_days x MAX_ROWS_PER_DAY (one per second on average, the fastest poll the
+  LAN side supports); beyond that the oldest go first. Readings tagged more than FUTURE_SLACK_S ahead
+  of this machine's clock, or already older than the retention, are not stored (and are counted);
+- the database never grows past `bound_bytes` (max_page_count, a hard SQLite limit; on reaching it the
+  oldest 5 % are deleted and the insert retried), and the WAL is truncated to WAL_LIMIT_BYTES after
+  each checkpoint.
+One row takes ~37 bytes on disk at the production poll (35 days of 7-s readings: 432 000 rows, 16 MB);
+`bound_bytes` allows BYTES_PER_ROW_BOUND per row of the row bound (35 days: 194 MB + the WAL).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Iterator
+from urllib.parse import quote
+
+from .interval_energy import INTERVAL_MS, RegisterSample
+from .readings import Entry, Gap, Reading
+from .scaling import Scaling
+
+SCHEMA_VERSION = 1
+FILE_NAME = "history.sqlite3"
+COMMIT_EVERY_S = 0.5            # the longest a received reading stays uncommitted while busy
+MAX_BATCH = 2000                # rows per transaction at most
+PRUNE_EVERY_S = 600.0
+PRUNE_CHUNK = 20_000            # rows deleted per transaction, so the receiver never stalls long
+MAX_ROWS_PER_DAY = 86_400
+BYTES_PER_ROW_BOUND = 64        # measured: ~37 at 7-s polls, ~45 with 1-s polls and 64-bit counters
+FUTURE_SLACK_S = 3600.0
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
+READER_CACHE_KIB = 1024         # per request thread
+LOG_EVERY_S = 60.0
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS scaling(id INTEGER PRIMARY KEY, multiplier INTEGER NOT NULL, "
+    "divisor INTEGER NOT NULL, unit INTEGER NOT NULL, summation_formatting INTEGER NOT NULL, "
+    "demand_formatting INTEGER NOT NULL, UNIQUE(multiplier, divisor, unit, summation_formatting, "
+    "demand_formatting))",
+    "CREATE TABLE IF NOT EXISTS sample(t_ms INTEGER NOT NULL, seq INTEGER NOT NULL, slot INTEGER NOT NULL, "
+    "summation INTEGER, demand INTEGER, scaling INTEGER, interval_ms INTEGER, gap TEXT, "
+    "PRIMARY KEY (t_ms, seq)) WITHOUT ROWID",
+)
+_INSERT = "INSERT OR IGNORE INTO sample VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_SAMPLE_COLUMNS = "t_ms, seq, slot, summation, demand, scaling, interval_ms, gap"
+
+
+class HistoryError(Exception):
+    """The store cannot be opened or created; the message names the file."""
+
+
+def t_ms_of(t: float) -> int:
+    """Milliseconds since the epoch as iso_ms() would print them (microseconds rounded, then cut)."""
+    return round(t * 1_000_000) // 1000
+
+
+def store_path(state_dir: str) -> str:
+    return os.path.join(state_dir, FILE_NAME)
+
+
+def _files(path: str) -> list[str]:
+    return [path, path + "-wal", path + "-shm"]
+
+
+def _sqlite_int(v: int) -> int:
+    """SQLite integers are signed 64-bit; a sequence number can use all 64 bits unsigned."""
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    rows: int
+    bound_rows: int
+    bound_bytes: int
+    file_bytes: int
+    retention_days: int
+    skipped: int
+    write_errors: int
+    dropped: int
+
+
+class HistoryWriter:
+    """The only connection that writes. Used by the channel receiver thread only (and by the thread
+    that opens and closes the store, strictly before and after that thread runs)."""
+
+    def __init__(self, path: str, retention_days: int, *, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic, log: Callable[[str], None] = print):
+        self.path = path
+        self.retention_days = retention_days
+        self.bound_rows = retention_days * MAX_ROWS_PER_DAY
+        self.bound_bytes = self.bound_rows * BYTES_PER_ROW_BOUND
+        self._clock, self._mono, self._log = clock, monotonic, log
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            self._setup()
+        except BaseException:
+            self.conn.close()
+            raise
+        self._pending: list[tuple] = []
+        self._pending_since: float | None = None
+        self._next_prune = 0.0
+        self.skipped = self.write_errors = self.dropped = 0
+        self._last_log: dict[str, float] = {}
+        # Published by reference for the request threads (never mutated once published).
+        self.scalings: dict[int, Scaling] = {}
+        self.maxima: dict[Scaling, tuple[int, int]] = {}
+        self._scaling_ids: dict[Scaling, int] = {}
+        self._load_scalings()
+        self.rows = self.conn.execute("SELECT count(*) FROM sample").fetchone()[0]
+
+    def _setup(self) -> None:
+        c = self.conn
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("PRAGMA synchronous=FULL")
+        c.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        page = c.execute("PRAGMA page_size").fetchone()[0]
+        c.execute(f"PRAGMA max_page_count={max(64, self.bound_bytes // page)}")
+        c.execute("BEGIN IMMEDIATE")
+        for stmt in _SCHEMA:
+            c.execute(stmt)
+        row = c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            c.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            c.execute("ROLLBACK")
+            raise HistoryError(f"{self.path}: schema version {row[0]}, this version reads {SCHEMA_VERSION}")
+        c.execute("COMMIT")
+
+    def _load_scalings(self) -> None:
+        ids = {}
+        for sid, *fields in self.conn.execute("SELECT id, multiplier, divisor, unit, summation_formatting, "
+                                               "demand_formatting FROM scaling"):
+            ids[sid] = Scaling(*fields)
+        self.scalings = ids
+        self._scaling_ids = {s: i for i, s in ids.items()}
+        maxima = {}
+        for sid, dmax, smax in self.conn.execute(
+                "SELECT scaling, max(abs(demand)), max(summation) FROM sample "
+                "WHERE scaling IS NOT NULL GROUP BY scaling"):
+            if sid in ids:
+                maxima[ids[sid]] = (dmax or 0, smax or 0)
+        self.maxima = maxima
+
+    # -- writing --------------------------------------------------------------------------------------
+    def append(self, entry: Entry) -> None:
+        try:
+            self._append(entry)
+        except sqlite3.Error as exc:      # never let the store stop the receiver thread
+            self.write_errors += 1
+            self.dropped += 1
+            self._rate_log("error", f"history: could not store a reading: {exc}")
+
+    def _append(self, entry: Entry) -> None:
+        now = self._clock()
+        t = entry.time
+        if t > now + FUTURE_SLACK_S or t < now - self.retention_days * 86400:
+            self.skipped += 1
+            self._rate_log("skipped", f"history: not storing an entry tagged {t:.0f}, "
+                                      f"{t - now:+.0f} s from this machine's clock")
+            return
+        if isinstance(entry, Reading):
+            sid = self._scaling_id(entry.scaling)
+            row = (t_ms_of(t), _sqlite_int(entry.seq), entry.slot, entry.summation, entry.demand, sid,
+                   None if entry.interval_s is None else round(entry.interval_s * 1000), None)
+            self._note_maxima(entry)
+        else:
+            row = (t_ms_of(entry.due), _sqlite_int(entry.seq), entry.slot, None, None, None, None,
+                   entry.cause)
+        if not self._pending:
+            self._pending_since = self._mono()
+        self._pending.append(row)
+        if len(self._pending) >= MAX_BATCH or self._mono() - self._pending_since >= COMMIT_EVERY_S:
+            self.flush()
+
+    def _scaling_id(self, s: Scaling) -> int:
+        sid = self._scaling_ids.get(s)
+        if sid is None:
+            # Its own small transaction: a scaling appears once per meter configuration.
+            self.conn.execute("INSERT OR IGNORE INTO scaling(multiplier, divisor, unit, summation_formatting, "
+                              "demand_formatting) VALUES (?, ?, ?, ?, ?)",
+                              (s.multiplier, s.divisor, s.unit, s.summation_formatting, s.demand_formatting))
+            sid = self.conn.execute("SELECT id FROM scaling WHERE multiplier = ? AND divisor = ? AND unit = ? "
+                                    "AND summation_formatting = ? AND demand_formatting = ?",
+                                    (s.multiplier, s.divisor, s.unit, s.summation_formatting,
+                                     s.demand_formatting)).fetchone()[0]
+            self._scaling_ids = {**self._scaling_ids, s: sid}
+            self.scalings = {**self.scalings, sid: s}
+        return sid
+
+    def _note_maxima(self, r: Reading) -> None:
+        old = self.maxima.get(r.scaling, (0, 0))
+        new = (max(old[0], abs(r.demand or 0)), max(old[1], r.summation or 0))
+        if new != old:
+            self.maxima = {**self.maxima, r.scaling: new}
+
+    def flush(self) -> None:
+        """Commit what is queued (the receiver calls this whenever the socket is drained)."""
+        if self._pending:
+            rows, self._pending = self._pending, []
+            try:
+                self._insert(rows)
+            except sqlite3.Error as exc:
+                self.write_errors += 1
+                self.dropped += len(rows)
+                self._rate_log("error", f"history: could not store {len(rows)} reading(s): {exc}")
+        if self._mono() >= self._next_prune:
+            try:
+                more = self.prune()
+            except sqlite3.Error as exc:
+                self.write_errors += 1
+                self._rate_log("prune", f"history: pruning failed: {exc}")
+                more = False
+            self._next_prune = self._mono() + (1.0 if more else PRUNE_EVERY_S)
+
+    def _insert(self, rows: list[tuple]) -> None:
+        for attempt in (1, 2, 3):
+            try:
+                with self._transaction():
+                    before = self.conn.total_changes
+                    self.conn.executemany(_INSERT, rows)
+                    self.rows += self.conn.total_changes - before
+                return
+            except sqlite3.OperationalError as exc:
+                if attempt == 3 or "full" not in str(exc):
+                    raise
+                # The hard size limit: make room by dropping the oldest twentieth (and at least twice
+                # what this batch needs, since freed pages are rarely full ones), then retry.
+                self._rate_log("full", f"history: {self.path} reached its size bound of "
+                                       f"{self.bound_bytes} bytes; deleting the oldest 5 %")
+                self._delete_oldest(max(self.rows // 20, 2 * len(rows)))
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            # SQLite has already rolled back after some errors (SQLITE_FULL, I/O errors).
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- pruning --------------------------------------------------------------------------------------
+    def prune(self) -> bool:
+        """Delete what is past the retention, then what is over the row bound; at most PRUNE_CHUNK
+        rows per call. True when more remains to delete."""
+        cutoff = t_ms_of(self._clock() - self.retention_days * 86400)
+        with self._transaction():
+            edge = self.conn.execute("SELECT t_ms FROM sample WHERE t_ms < ? ORDER BY t_ms LIMIT 1 OFFSET ?",
+                                     (cutoff, PRUNE_CHUNK)).fetchone()
+            n = self.conn.execute("DELETE FROM sample WHERE t_ms < ?", (edge[0] if edge else cutoff,)).rowcount
+            self.rows -= n
+        more = edge is not None
+        over = self.rows - self.bound_rows
+        if over > 0:
+            self._delete_oldest(min(over, PRUNE_CHUNK))
+            more = more or over > PRUNE_CHUNK
+        if n > PRUNE_CHUNK // 4:
+            self._log(f"history: deleted {n} reading(s) older than {self.retention_days} days")
+        return more
+
+    def _delete_oldest(self, count: int) -> None:
+        with self._transaction():
+            n = self.conn.execute(
+                "DELETE FROM sample WHERE (t_ms, seq) IN (SELECT t_ms, seq FROM sample ORDER BY t_ms, seq "
+                "LIMIT ?)", (count,)).rowcount
+            self.rows -= n
+
+    def _rate_log(self, kind: str, text: str) -> None:
+        now = self._mono()
+        if now - self._last_log.get(kind, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._last_log[kind] = now
+            self._log(text)
+
+    def close(self) -> None:
+        self._next_prune = float("inf")
+        self.flush()
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self.conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One stored slot: a reading (gap None) or a gap (values None)."""
+    t_ms: int
+    seq: int
+    slot: int
+    summation: int | None
+    demand: int | None
+    scaling: Scaling | None
+    interval_ms: int | None
+    gap: str | None
+
+    @property
+    def time(self) -> float:
+        return self.t_ms / 1000
+
+    @property
+    def interval_s(self) -> float | None:
+        return None if self.interval_ms is None else self.interval_ms / 1000
+
+
+class HistoryReader:
+    """One request thread's read-only view. Queries take ms bounds: since inclusive, until exclusive."""
+
+    def __init__(self, store: "HistoryStore"):
+        self.store = store
+        uri = f"file:{quote(store.path)}?mode=ro"
+        self.conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        self.conn.execute("PRAGMA query_only=ON")
+        self.conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator["HistoryReader"]:
+        """One read transaction: every query inside sees the same committed rows."""
+        if self._depth == 0:
+            self.conn.execute("BEGIN")
+        self._depth += 1
+        try:
+            yield self
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self.conn.execute("COMMIT")
+
+    def _scaling(self, sid: int | None) -> Scaling | None:
+        if sid is None:
+            return None
+        s = self.store.writer.scalings.get(sid)
+        if s is None:       # committed by the writer after this thread last looked: read it
+            row = self.conn.execute("SELECT multiplier, divisor, unit, summation_formatting, demand_formatting "
+                                    "FROM scaling WHERE id = ?", (sid,)).fetchone()
+            s = Scaling(*row)
+        return s
+
+    def rows(self, since_ms: int | None = None, until_ms: int | None = None,
+             quantity: str | None = None) -> Iterator[Row]:
+        """Readings and gaps in time order; with `quantity` ("demand" or "summation"), only the
+        readings that carry it."""
+        where, args = self._window(since_ms, until_ms)
+        if quantity is not None:
+            if quantity not in ("demand", "summation"):
+                raise ValueError(quantity)
+            where.append(f"{quantity} IS NOT NULL")
+        sql = f"SELECT {_SAMPLE_COLUMNS} FROM sample"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        cache: dict[int, Scaling] = {}
+        for t, seq, slot, summation, demand, sid, interval_ms, gap in self.conn.execute(
+                sql + " ORDER BY t_ms, seq", args):
+            scaling = None
+            if sid is not None:
+                scaling = cache.get(sid)
+                if scaling is None:
+                    scaling = cache[sid] = self._scaling(sid)
+            yield Row(t, seq, slot, summation, demand, scaling, interval_ms, gap)
+
+    @staticmethod
+    def _window(since_ms, until_ms) -> tuple[list[str], list[int]]:
+        where, args = [], []
+        if since_ms is not None:
+            where.append("t_ms >= ?")
+            args.append(since_ms)
+        if until_ms is not None:
+            where.append("t_ms < ?")
+            args.append(until_ms)
+        return where, args
+
+    def register(self, since_ms: int | None = None, until_ms: int | None = None) -> list[RegisterSample]:
+        """The register samples `interval_energy.intervals` needs for the boundaries in
+        [since, until]: the first and last sample of each 15-minute bucket in the window (the same
+        reduction as interval_energy.thin, done by SQLite), plus the sample just before the window and
+        the one just after it, which bracket its first and last boundary."""
+        where, args = self._window(since_ms, until_ms)
+        cond = " AND ".join(["summation IS NOT NULL"] + where)
+        cols = "t_ms, slot, summation, scaling, interval_ms"
+        picked: dict[int, tuple] = {}
+        # SQLite takes the bare columns of a min()/max() aggregate from the row holding the extreme.
+        for agg in ("min", "max"):
+            for t, slot, summation, sid, interval_ms in self.conn.execute(
+                    f"SELECT {agg}(t_ms), slot, summation, scaling, interval_ms FROM sample WHERE {cond} "
+                    f"GROUP BY t_ms / {INTERVAL_MS}", args):
+                picked[t] = (t, slot, summation, sid, interval_ms)
+        if since_ms is not None:
+            row = self.conn.execute(f"SELECT {cols} FROM sample WHERE summation IS NOT NULL AND t_ms < ? "
+                                    "ORDER BY t_ms DESC LIMIT 1", (since_ms,)).fetchone()
+            if row:
+                picked[row[0]] = row
+        if until_ms is not None:
+            row = self.conn.execute(f"SELECT {cols} FROM sample WHERE summation IS NOT NULL AND t_ms >= ? "
+                                    "ORDER BY t_ms LIMIT 1", (until_ms,)).fetchone()
+            if row:
+                picked[row[0]] = row
+        out = []
+        for t in sorted(picked):
+            _, slot, summation, sid, interval_ms = picked[t]
+            out.append(RegisterSample(t, self._scaling(sid).step * summation, slot, interval_ms))
+        return out
+
+    def newest_ms(self, since_ms: int | None = None, until_ms: int | None = None) -> int | None:
+        where, args = self._window(since_ms, until_ms)
+        sql = "SELECT max(t_ms) FROM sample" + (" WHERE " + " AND ".join(where) if where else "")
+        return self.conn.execute(sql, args).fetchone()[0]
+
+    def oldest_ms(self) -> int | None:
+        return self.conn.execute("SELECT min(t_ms) FROM sample").fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class HistoryStore:
+    """The store as the rest of the LAN process sees it: `record`/`flush` for the receiver thread,
+    `reader()` for request threads, `maxima()` and `stats()` for anyone."""
+
+    def __init__(self, path: str, retention_days: int, *, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic, log: Callable[[str], None] = print):
+        if retention_days < 1:
+            raise ValueError("a store needs a retention of at least one day")
+        self.path = path
+        self.retention_days = retention_days
+        self.writer = HistoryWriter(path, retention_days, clock=clock, monotonic=monotonic, log=log)
+        self._local = threading.local()
+        self._readers: list[HistoryReader] = []
+        self._readers_lock = threading.Lock()
+
+    # -- the receiver thread ----------------------------------------------------------------------------
+    def record(self, entry: Entry) -> None:
+        self.writer.append(entry)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    # -- request threads -------------------------------------------------------------------------------
+    def reader(self) -> HistoryReader:
+        r = getattr(self._local, "reader", None)
+        if r is None:
+            r = self._local.reader = HistoryReader(self)
+            with self._readers_lock:
+                self._readers.append(r)
+        return r
+
+    def maxima(self) -> dict[Scaling, tuple[int, int]]:
+        """Per scaling seen: (largest |demand|, largest summation) in raw counts."""
+        return self.writer.maxima
+
+    def stats(self) -> StoreStats:
+        w = self.writer
+        size = 0
+        for f in _files(self.path):
+            try:
+                size += os.path.getsize(f)
+            except OSError:
+                pass
+        return StoreStats(rows=w.rows, bound_rows=w.bound_rows, bound_bytes=w.bound_bytes, file_bytes=size,
+                          retention_days=self.retention_days, skipped=w.skipped, write_errors=w.write_errors,
+                          dropped=w.dropped)
+
+    def close(self) -> None:
+        """After the receiver thread has stopped: commit what is left, close every connection."""
+        self.writer.close()
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for r in readers:
+            try:
+                r.close()
+            except sqlite3.ProgrammingError:
+                pass    # a connection another thread made cannot be closed here; it dies with it
+
+
+def open_history(state_dir: str, retention_days: int, *, log: Callable[[str], None] = print,
+                 clock: Callable[[], float] = time.time) -> HistoryStore | None:
+    """The store for `[lan] state_dir` and `history_retention_days`, checked and pruned, or None when
+    the retention is 0: then any store left from before is deleted, since 0 means keep no record."""
+    path = store_path(state_dir)
+    if retention_days == 0:
+        removed = [f for f in _files(path) if os.path.exists(f)]
+        for f in removed:
+            os.unlink(f)
+        if removed:
+            log(f"history: retention is 0 days; deleted {path}")
+        return None
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise HistoryError(f"{state_dir}: cannot create the state directory: {exc.strerror}") from None
+    if os.path.exists(path) and not _healthy(path):
+        aside = f"{path}.damaged-{int(clock())}"
+        for f in _files(path):
+            if os.path.exists(f):
+                os.replace(f, aside + f[len(path):])
+        log(f"history: {path} failed its integrity check; moved it to {aside} and started a new one")
+    try:
+        store = HistoryStore(path, retention_days, clock=clock, log=log)
+    except sqlite3.Error as exc:
+        raise HistoryError(f"{path}: cannot open the history store: {exc}") from None
+    while store.writer.prune():
+        pass
+    return store
+
+
+def _healthy(path: str) -> bool:
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            return conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return False
