@@ -413,10 +413,12 @@ class HistoryReader:
         return where, args
 
     def register(self, since_ms: int | None = None, until_ms: int | None = None) -> list[RegisterSample]:
-        """The register samples `interval_energy.intervals` needs for the boundaries in
-        [since, until]: the first and last sample of each 15-minute bucket in the window (the same
-        reduction as interval_energy.thin, done by SQLite), plus the sample just before the window and
-        the one just after it, which bracket its first and last boundary."""
+        """The register samples `interval_energy.intervals` needs for every interval that starts in
+        [since, until): the first and last sample of each 15-minute bucket from `since` to the end of
+        the last such interval (the same reduction as interval_energy.thin, done by SQLite), plus the
+        sample just before and the one just after, which bracket the first and the last boundary."""
+        if until_ms is not None:
+            until_ms = -(-until_ms // INTERVAL_MS) * INTERVAL_MS
         where, args = self._window(since_ms, until_ms)
         cond = " AND ".join(["summation IS NOT NULL"] + where)
         cols = "t_ms, slot, summation, scaling, interval_ms"

@@ -245,7 +245,7 @@ STEPS = st.lists(st.tuples(st.floats(0.2, 1500.0), st.integers(0, 900), st.boole
                  max_size=80)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(STEPS, st.integers(0, 3 * 3600), st.integers(900, 6 * 3600))
 def test_register_query_gives_the_same_intervals_as_all_samples(tmp_path_factory, steps, lo, width):
     tmp = tmp_path_factory.mktemp("reg")
