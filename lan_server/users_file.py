@@ -112,9 +112,16 @@ def render(users: dict[str, User]) -> str:
 
 
 def write_atomic(path: str, text: str, mode: int = 0o600) -> None:
-    """Write `text` to a temporary file beside `path`, fsync, rename over `path` (mode 0600)."""
+    """Write `text` to a temporary file beside `path`, fsync, rename over `path` (mode 0600).
+
+    The new file keeps the old one's owner: `openseg-admin` is run as root on a real gateway, and a
+    users file that became root's would be unreadable to the unprivileged LAN process."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        old = None
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -122,6 +129,8 @@ def write_atomic(path: str, text: str, mode: int = 0o600) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)          # the umask may have removed bits; never added any
+        if old is not None and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+            os.chown(tmp, old.st_uid, old.st_gid)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

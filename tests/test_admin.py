@@ -328,3 +328,19 @@ def test_cert_renew_replaces_key_and_certificate_but_not_users(installation):
     dns = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     assert "gw.example" in dns and "localhost" in dns
     assert run_admin("cert", "renew", "--san", "bad name", "--config", cfg).returncode == 1
+
+
+def test_rewriting_the_users_file_keeps_its_owner(tmp_path):
+    """Run as root on a gateway, openseg-admin must not leave the file unreadable to the LAN user."""
+    import os
+    import pytest as _pytest
+    from lan_server import users_file
+    if os.getuid() != 0:
+        _pytest.skip("changing a file's owner needs root (CI runs as root)")
+    path = tmp_path / "users.toml"
+    path.write_text("# old\n")
+    os.chown(path, 4242, 4343)
+    users_file.write_atomic(str(path), "# new\n")
+    st = os.stat(path)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4343, 0o600)
+    assert path.read_text() == "# new\n"
