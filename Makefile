@@ -4,10 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUNDIR := run
-# Debian packages the tests drive for real: the browser for the page, curl as a second TLS client.
-SYSTEM_PACKAGES := chromium curl
+# Programs the tests drive for real, as command:Debian-package: the browser for the page, curl and
+# openssl as independent TLS clients, systemd-analyze for the unit checks.
+SYSTEM_COMMANDS := chromium:chromium curl:curl openssl:openssl systemd-analyze:systemd
 
-.PHONY: install system-deps run test screenshots clean
+.PHONY: install system-deps run test screenshots audit bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +22,9 @@ install: $(STAMP)
 # install and the tests that need it fail with that message instead of skipping silently.
 system-deps:
 	@missing=""; \
-	command -v chromium >/dev/null || missing="$$missing chromium"; \
-	command -v curl >/dev/null || missing="$$missing curl"; \
+	for pair in $(SYSTEM_COMMANDS); do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \
@@ -40,27 +42,12 @@ test: $(STAMP) system-deps
 screenshots: $(STAMP) system-deps
 	OPENSEG_SCREENSHOT_DIR=docs/screenshots $(BIN)/pytest -q -m browser tests/test_page_browser.py
 
+# The security evidence on one screen (SECURITY.md, "Audit in one hour").
+audit: $(STAMP) system-deps
+	$(BIN)/python deploy/audit.py
+
 run: $(STAMP)
 	$(BIN)/python -m openseg_emulator.devstack --dir $(RUNDIR)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
-
-# `make audit`: the security evidence on one screen (SECURITY.md, "Audit in one hour"). Installs what
-# it uses itself: the Python tools into the venv if missing, systemd-analyze and openssl with apt (root).
-AUDIT_PYTHON_PACKAGES := 'import-linter>=2.1' 'sslyze>=6.0,<7'
-.PHONY: audit
-audit: $(STAMP)
-	@$(BIN)/python -c "import importlinter, sslyze" 2>/dev/null || $(BIN)/pip install --quiet $(AUDIT_PYTHON_PACKAGES)
-	@missing=""; \
-	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
-	command -v openssl >/dev/null || missing="$$missing openssl"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else \
-	    echo "please install:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; \
-	  fi; \
-	fi
-	$(BIN)/python deploy/audit.py
