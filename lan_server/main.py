@@ -6,6 +6,7 @@ stderr naming the config key or file at fault; nothing is listening yet at that 
   2. read the config                      6. serve HTTPS (the only TCP socket), start the receiver
   3. load the users file                  7. until SIGTERM/SIGINT: feed systemd's watchdog while a
   4. TLS context; the port is free           probe gets through and the receiver runs; then stop both
+Between 4 and 5 the history store in `[lan] state_dir` is checked and pruned (history_store).
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from . import tls
 from .app import PROBE_HEADER, LanApp
 from .auth import Authenticator
 from .channel_receiver import ChannelReceiver
+from .history_receiver import HistoryChannelReceiver
+from .history_store import HistoryError, open_history
 from .readings import Readings
 from .users_file import UsersFileError, UsersStore
 
@@ -171,10 +174,16 @@ def run(config_path: str) -> int:
     lan, channel = cfg.lan, cfg.channel
     _check_port_free(lan["bind"], lan["port"])
 
-    readings = Readings(stale_after_s=lan["stale_after_s"])
+    try:
+        history = open_history(lan["state_dir"], lan["history_retention_days"],
+                               log=logging.getLogger("openseg.lan.history").info)
+    except HistoryError as exc:
+        raise StartupError(f"[lan] state_dir: {exc}") from None
+    readings = Readings(stale_after_s=lan["stale_after_s"], history=history)
     han_uid = channel["han_uid"] if channel["han_uid"] is not None else os.getuid()
-    receiver = ChannelReceiver(channel["socket_path"], han_uid, readings,
-                               logging.getLogger("openseg.lan.channel").info)
+    channel_log = logging.getLogger("openseg.lan.channel").info
+    receiver = (ChannelReceiver(channel["socket_path"], han_uid, readings, channel_log) if history is None
+                else HistoryChannelReceiver(channel["socket_path"], han_uid, readings, channel_log, history))
     try:
         receiver.bind()
     except OSError as exc:
@@ -206,6 +215,8 @@ def run(config_path: str) -> int:
         sd_notify.notify("STOPPING=1")
         cherrypy.engine.exit()
         receiver.stop()
+        if history is not None:
+            history.close()         # the receiver thread has ended: this thread may write now
         log.info("stopped")
 
 
