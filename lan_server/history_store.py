@@ -344,6 +344,11 @@ class Row:
     def interval_s(self) -> float | None:
         return None if self.interval_ms is None else self.interval_ms / 1000
 
+    @property
+    def cause(self) -> str | None:
+        """As readings.Gap names it (None for a reading)."""
+        return self.gap
+
 
 class HistoryReader:
     """One request thread's read-only view. Queries take ms bounds: since inclusive, until exclusive."""

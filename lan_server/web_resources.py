@@ -13,8 +13,11 @@ from urllib.parse import urlencode
 
 from . import espi_feed as ef
 from . import espi_query
-from .readings import Gap, Reading, Readings, Snapshot, data_status
-from .scaling import value_text
+from . import interval_energy as ie
+from .history_source import source_for
+from .history_store import HistoryStore
+from .readings import Reading, Readings, Snapshot, data_status
+from .scaling import Scaling, decimal_text, resolution_exponent, scaled_int, value_text
 
 ATOM_TYPE = "application/atom+xml"
 JSON_TYPE = "application/json"
@@ -34,8 +37,8 @@ def _text(status: int, message: str, headers: dict[str, str] | None = None) -> R
     return Response(status, TEXT_TYPE, (message + "\n").encode(), {**NO_STORE, **(headers or {})})
 
 
-def _atom(root) -> Response:
-    return Response(200, ATOM_TYPE, ef.serialize(root), dict(NO_STORE))
+def _atom(body: bytes) -> Response:
+    return Response(200, ATOM_TYPE, body, dict(NO_STORE))
 
 
 class _Raw(str):
@@ -76,9 +79,13 @@ def _value(reading: Reading | None, quantity: str) -> _Raw | None:
 
 
 # -- ESPI -------------------------------------------------------------------------------------------
-def _retry_after(snap: Snapshot) -> str:
+def _retry_after(snap: Snapshot, mr: ef.MeterReadingDef | None = None) -> str:
     interval = snap.poll_interval_s
-    return str(max(1, math.ceil(interval if interval is not None else 10.0)))
+    wait = interval if interval is not None else 10.0
+    if mr is not None and mr.quantity == "interval":
+        # The next quarter hour closes at its boundary, and is known once a reading follows it.
+        wait += ie.INTERVAL_S - snap.now % ie.INTERVAL_S
+    return str(max(1, math.ceil(wait)))
 
 
 def espi(readings: Readings, *, path: str, params: Mapping[str, str], subscription: str,
@@ -97,43 +104,55 @@ def espi(readings: Readings, *, path: str, params: Mapping[str, str], subscripti
         query = espi_query.parse(params)
     except espi_query.QueryError as exc:
         return _text(400, str(exc))
-    snap = readings.snapshot()
+    snap = readings.snapshot(history=False)
+    source = source_for(readings, snap)
+    if not source.intervals:
+        snap = readings.snapshot()          # history off: the recent window in memory is the history
+        source = source_for(readings, snap)
     ctx = ef.Context(snap=snap, base_url=base_url, subscription=subscription, time_zone=time_zone,
-                     query_string=("?" + urlencode(list(params.items()))) if params else "")
+                     source=source, query_string=("?" + urlencode(list(params.items()))) if params else "")
     kind, arg, ib = route
+    if kind in ("meter_reading", "interval_blocks", "interval_block") and not ctx.offers(mr_id=arg) \
+            or kind == "reading_type" and not ctx.offers(rt_id=arg):
+        return _text(404, "no such ESPI resource")
     if kind == "batch":
-        return _atom(ef.batch_feed(ctx, query, usage_point=arg == "usage_point"))
+        return _atom(ef.batch_document(ctx, query, dict(params), usage_point=arg == "usage_point"))
     if kind == "usage_points":
-        return _atom(ef.feed(ctx, path=ef.usage_points_path(subscription), title="Usage points",
-                             entries=query.page([ef.usage_point_entry(ctx)])))
+        return _atom(ef.feed_document(ctx, path=ef.usage_points_path(subscription), title="Usage points",
+                                      entries=query.page([ef.usage_point_entry(ctx)])))
     if kind == "usage_point":
-        return _atom(ef.usage_point_entry(ctx).element)
+        return _atom(ef.entry_document(ef.usage_point_entry(ctx)))
     if kind == "meter_readings":
-        entries = [ef.meter_reading_entry(ctx, mr) for mr in ef.METER_READINGS.values()]
-        return _atom(ef.feed(ctx, path=ef.meter_readings_path(subscription), title="Meter readings",
-                             entries=query.page(entries)))
+        entries = [ef.meter_reading_entry(ctx, mr) for mr in ctx.meter_readings]
+        return _atom(ef.feed_document(ctx, path=ef.meter_readings_path(subscription), title="Meter readings",
+                                      entries=query.page(entries)))
     if kind == "meter_reading":
-        return _atom(ef.meter_reading_entry(ctx, ef.METER_READINGS[arg]).element)
+        return _atom(ef.entry_document(ef.meter_reading_entry(ctx, ef.METER_READINGS[arg])))
     if kind == "reading_types":
-        entries = [ef.reading_type_document(ctx, mr) for mr in ef.READING_TYPES.values()]
-        return _atom(ef.feed(ctx, path="ReadingType", title="Reading types", entries=query.page(entries)))
+        with source.consistent():
+            entries = [ef.reading_type_entry(ctx, mr) for mr in ctx.meter_readings]
+        return _atom(ef.feed_document(ctx, path="ReadingType", title="Reading types",
+                                      entries=query.page(entries)))
     if kind == "reading_type":
-        return _atom(ef.reading_type_document(ctx, ef.READING_TYPES[arg]).element)
+        with source.consistent():
+            return _atom(ef.entry_document(ef.reading_type_entry(ctx, ef.READING_TYPES[arg])))
     if kind == "local_times":
-        return _atom(ef.feed(ctx, path="LocalTimeParameters", title="Local time parameters",
-                             entries=query.page([ef.local_time_entry(ctx)])))
+        return _atom(ef.feed_document(ctx, path="LocalTimeParameters", title="Local time parameters",
+                                      entries=query.page([ef.local_time_entry(ctx)])))
     if kind == "local_time":
-        return _atom(ef.local_time_entry(ctx).element)
+        return _atom(ef.entry_document(ef.local_time_entry(ctx)))
+    mr = ef.METER_READINGS[arg]
     if kind == "interval_blocks":
-        root = ef.interval_blocks_feed(ctx, ef.METER_READINGS[arg], query)
-        if root is None:
-            return _text(503, "no meter value yet", {"Retry-After": _retry_after(snap)})
-        return _atom(root)
+        body = ef.interval_blocks_document(ctx, mr, query, dict(params))
+        if body is None:
+            what = "no complete quarter hour yet" if mr.quantity == "interval" else "no meter value yet"
+            return _text(503, what, {"Retry-After": _retry_after(snap, mr)})
+        return _atom(body)
     # kind == "interval_block"
-    root = ef.interval_block_document(ctx, ef.METER_READINGS[arg], ib)
-    if root is None:
+    body = ef.interval_block_document(ctx, mr, ib)
+    if body is None:
         return _text(404, "no such interval block in the history held")
-    return _atom(root)
+    return _atom(body)
 
 
 def _route(segs: list[str]) -> tuple[str, str | None, str | None] | None:
@@ -231,7 +250,24 @@ def status_json(readings: Readings, channel_counters: dict, lan_started: float) 
         "lan_started": iso_ms(lan_started),
         "lan_uptime_s": _age(snap.now, lan_started),
         "channel": channel_counters,
+        "history": _history_status(readings),
     })
+
+
+def _history_status(readings: Readings) -> dict:
+    """The persistent history: how much it holds, its bounds, and whether writing it fails."""
+    store = getattr(readings, "history", None)
+    if not isinstance(store, HistoryStore):
+        return {"enabled": False}
+    st = store.stats()
+    reader = store.reader()
+    with reader.snapshot():
+        oldest, newest = reader.oldest_ms(), reader.newest_ms()
+    return {"enabled": True, "retention_days": st.retention_days, "rows": st.rows,
+            "oldest": iso_ms(oldest / 1000) if oldest is not None else None,
+            "newest": iso_ms(newest / 1000) if newest is not None else None,
+            "file_bytes": st.file_bytes, "bound_bytes": st.bound_bytes, "bound_rows": st.bound_rows,
+            "not_stored": st.skipped, "write_errors": st.write_errors, "lost": st.dropped}
 
 
 HISTORY_DEFAULT_MIN = 60
@@ -240,8 +276,9 @@ HISTORY_MAX_MIN = 1440
 
 def history_json(readings: Readings, params: Mapping[str, Any]) -> Response:
     """`minutes=N` (1-1440, default 60) of history for the page's chart: points and gaps in time
-    order. Only what memory holds is returned (Readings.history_s), so the first point may be later
-    than `from`; a gap is a slot the HAN could not read, never to be drawn as a line."""
+    order, from the history store (or, with history off, what memory holds: Readings.history_s, so
+    the first point may then be later than `from`); a gap is a slot the HAN could not read, never to
+    be drawn as a line."""
     minutes = HISTORY_DEFAULT_MIN
     for name, value in params.items():
         if name != "minutes":
@@ -252,16 +289,38 @@ def history_json(readings: Readings, params: Mapping[str, Any]) -> Response:
             return _text(400, f"query parameter 'minutes': expected a whole number from 1 to "
                               f"{HISTORY_MAX_MIN}")
         minutes = int(value)
-    snap = readings.snapshot()
+    snap = readings.snapshot(history=False)
+    source = source_for(readings, snap)
+    if not source.intervals:
+        snap = readings.snapshot()
+        source = source_for(readings, snap)
     since = snap.now - minutes * 60
     points, gaps = [], []
-    for e in snap.history:
-        if e.time < since:
-            continue
-        if isinstance(e, Reading):
-            points.append({"time": iso_ms(e.time), "slot": e.slot, "demand_w": _value(e, "demand"),
-                           "summation_wh": _value(e, "summation")})
-        elif isinstance(e, Gap):
-            gaps.append({"slot": e.slot, "due": iso_ms(e.due), "cause": e.cause})
+    text = _ValueText()
+    with source.consistent():
+        for e in source.entries(since):
+            cause = getattr(e, "cause", None)
+            if cause is None:
+                # Written out directly: the 24-hour view is ~12 000 points at the production poll.
+                points.append(_Raw(f'{{"time":"{iso_ms(e.time)}","slot":{e.slot},'
+                                   f'"demand_w":{text(e.demand, e.scaling)},'
+                                   f'"summation_wh":{text(e.summation, e.scaling)}}}'))
+            else:
+                gaps.append({"slot": e.slot, "due": iso_ms(e.time), "cause": cause})
     return _json({"minutes": minutes, "from": iso_ms(since), "to": iso_ms(snap.now),
                   "poll_interval_s": snap.poll_interval_s, "points": points, "gaps": gaps})
+
+
+class _ValueText:
+    """scaling.value_text with the exponent worked out once per scaling."""
+
+    def __init__(self):
+        self._p: dict[Scaling, int] = {}
+
+    def __call__(self, raw: int | None, scaling: Scaling) -> str:
+        if raw is None:
+            return "null"
+        p = self._p.get(scaling)
+        if p is None:
+            p = self._p[scaling] = resolution_exponent(scaling)
+        return decimal_text(scaled_int(raw, scaling, p), p)

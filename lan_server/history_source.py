@@ -1,0 +1,126 @@
+"""What the ESPI and JSON answers read history from: the store, through the request thread's own
+read-only connection, or, with history off (retention 0, or a test without a store), the in-memory
+recent window. Both give the same things in the same shapes, so espi_feed and web_resources have one
+code path; the current value always comes from memory (readings.Snapshot), the fast path.
+
+Windows are data time in epoch seconds, `since` inclusive and `until` exclusive, `None` unbounded: a
+reading is in the window when its time tag is, an interval when its start is (espi_query).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from . import interval_energy as ie
+from . import scaling as sc
+from .history_store import HistoryReader, HistoryStore, Row, t_ms_of
+from .readings import Gap, Reading, Snapshot
+
+QUANTITIES = ("demand", "summation")
+
+
+def _largest(readings, quantity: str, into: dict[sc.Scaling, int]) -> None:
+    for r in readings:
+        raw = getattr(r, quantity)
+        if raw is not None and abs(raw) > into.get(r.scaling, -1):
+            into[r.scaling] = abs(raw)
+
+
+class MemorySource:
+    """History off: what memory holds (Readings.history_s), no interval MeterReading."""
+    intervals = False
+
+    def __init__(self, snap: Snapshot):
+        self.snap = snap
+
+    def _series(self, quantity: str) -> list[Reading]:
+        """The readings carrying `quantity`, the history plus the latest, in time order."""
+        snap = self.snap
+        out = [e for e in snap.history if isinstance(e, Reading) and getattr(e, quantity) is not None]
+        latest = snap.latest_demand if quantity == "demand" else snap.latest_summation
+        if latest is not None and all(r is not latest for r in out):
+            out.append(latest)
+            out.sort(key=lambda r: r.time)
+        return out
+
+    def exponent(self, quantity: str) -> int:
+        largest: dict[sc.Scaling, int] = {}
+        _largest(self._series(quantity), quantity, largest)
+        p = sc.espi_exponent(largest)
+        return 0 if p is None else p
+
+    def readings(self, quantity: str, since: int | None, until: int | None) -> Iterator[Reading]:
+        for r in self._series(quantity):
+            if (since is None or r.time >= since) and (until is None or r.time < until):
+                yield r
+
+    def newest(self, since: int | None = None, until: int | None = None) -> float | None:
+        times = [r.time for q in QUANTITIES for r in self.readings(q, since, until)]
+        return max(times, default=None)
+
+    def entries(self, since: float) -> Iterator[Reading | Gap]:
+        return (e for e in self.snap.history if e.time >= since)
+
+    @contextlib.contextmanager
+    def consistent(self):
+        yield self
+
+
+class StoreSource:
+    """History on: the store, read in one transaction per answer (`consistent`)."""
+    intervals = True
+
+    def __init__(self, snap: Snapshot, store: HistoryStore, reader: HistoryReader | None = None):
+        self.snap = snap
+        self.store = store
+        self.reader = reader or store.reader()
+
+    @contextlib.contextmanager
+    def consistent(self):
+        with self.reader.snapshot():
+            yield self
+
+    def exponent(self, quantity: str) -> int:
+        """One exponent for everything this MeterReading can show: every scaling the store holds and
+        the latest value in memory (espi_exponent's rule), so the ReadingType and every IntervalBlock
+        agree whichever is fetched first."""
+        index = 0 if quantity == "demand" else 1
+        largest = {s: m[index] for s, m in self.store.maxima().items()}
+        latest = self.snap.latest_demand if quantity == "demand" else self.snap.latest_summation
+        if latest is not None:
+            _largest([latest], quantity, largest)
+        p = sc.espi_exponent(largest)
+        return 0 if p is None else p
+
+    @staticmethod
+    def _ms(t: int | None) -> int | None:
+        return None if t is None else t * 1000
+
+    def readings(self, quantity: str, since: int | None, until: int | None) -> Iterator[Row]:
+        return self.reader.rows(self._ms(since), self._ms(until), quantity=quantity)
+
+    def register(self, since: int | None, until: int | None) -> list[ie.RegisterSample]:
+        return self.reader.register(self._ms(since), self._ms(until))
+
+    def latest_interval(self) -> ie.Interval | None:
+        """The newest complete interval, from the last samples held."""
+        newest = self.reader.newest_ms()
+        if newest is None:
+            return None
+        since = newest // 1000 - ie.MAX_ESTIMATE_S - 3 * ie.INTERVAL_S
+        last = None
+        for last in ie.intervals(self.register(since, None)):
+            pass
+        return last
+
+    def newest(self, since: int | None = None, until: int | None = None) -> float | None:
+        t = self.reader.newest_ms(self._ms(since), self._ms(until))
+        return None if t is None else t / 1000
+
+    def entries(self, since: float) -> Iterator[Row]:
+        return self.reader.rows(t_ms_of(since))
+
+
+def source_for(readings, snap: Snapshot):
+    store = getattr(readings, "history", None)
+    return StoreSource(snap, store) if isinstance(store, HistoryStore) else MemorySource(snap)

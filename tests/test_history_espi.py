@@ -1,0 +1,326 @@
+"""ESPI and JSON answers from the history store: the third MeterReading (15-minute energy), range
+queries by data time, paging, the Batch, and the page's 24-hour JSON; every document against usage.xsd."""
+import json
+from fractions import Fraction
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from channel_messages import SCALING_3_10000, T0, Clock, gap, reading, status
+from espi_schema import assert_valid
+from lan_server import espi_feed, history_store as hs, interval_energy as ie, web_resources
+from lan_server.readings import Readings
+
+ATOM = "{http://www.w3.org/2005/Atom}"
+ESPI = "{http://naesb.org/espi}"
+BASE = "https://gw.example:8443"
+ROOT = BASE + "/espi/1_1/resource/"
+SUB = "3f9a1c"
+ZONE = "Europe/Paris"
+MR = f"Subscription/{SUB}/UsagePoint/1/MeterReading"
+STEP = 0.3                  # Wh per count (SCALING_3_10000)
+
+
+def espi(readings, path, params=None, zone=ZONE):
+    return web_resources.espi(readings, path=path, params=params or {}, subscription=SUB, base_url=BASE,
+                              time_zone=zone)
+
+
+def ok(readings, path, params=None):
+    resp = espi(readings, path, params)
+    assert resp.status == 200, (path, params, resp.status, resp.body[:300])
+    return assert_valid(resp.body)
+
+
+def entries(root):
+    return [root] if root.tag == f"{ATOM}entry" else root.findall(f"{ATOM}entry")
+
+
+def content(entry):
+    return entry.find(f"{ATOM}content")[0]
+
+
+def links(el, rel):
+    return [l.get("href") for l in el.findall(f"{ATOM}link") if l.get("rel") == rel]
+
+
+def values(root):
+    """(start, duration, value, quality or None) of every IntervalReading, in document order."""
+    out = []
+    for r in root.iter(f"{ESPI}IntervalReading"):
+        q = r.findtext(f"{ESPI}ReadingQuality/{ESPI}quality")
+        out.append((int(r.findtext(f"{ESPI}timePeriod/{ESPI}start")),
+                    int(r.findtext(f"{ESPI}timePeriod/{ESPI}duration")), int(r.findtext(f"{ESPI}value")),
+                    None if q is None else int(q)))
+    return out
+
+
+def block_values(root, mr):
+    out = []
+    for e in entries(root):
+        if content(e).tag == f"{ESPI}IntervalBlock" and f"/MeterReading/{mr}/" in links(e, "self")[0]:
+            out.extend(values(e))
+    return out
+
+
+def watts(t):
+    """A load that changes every minute, so interpolation is never trivially exact."""
+    k = int(t // 60)
+    return 200 + (k * 7919) % 3000
+
+
+class Feed:
+    """Readings + store fed `hours` of 7-s polls ending at `end`; `missed` slots become gaps."""
+
+    def __init__(self, tmp_path, *, hours=30.0, step=7.0, end=T0, missed=(), store=True, retention=35):
+        self.clock = Clock(end)
+        self.store = hs.HistoryStore(str(tmp_path / hs.FILE_NAME), retention, clock=self.clock,
+                                     log=lambda _: None) if store else None
+        self.r = Readings(30.0, clock=self.clock, history=self.store)
+        self.r.apply(status(0, end - hours * 3600, poll_interval_s=step))
+        self.truth = {}             # slot -> (time, raw summation)
+        raw, n = 40_000_000, int(hours * 3600 / step)
+        t0 = end - n * step
+        for slot in range(n):
+            t = t0 + slot * step + 0.25 + (slot * 37 % 100) / 1000
+            raw += int(watts(t) * step / 3600 / STEP)
+            if slot in missed:
+                self.r.apply(gap(slot + 1, slot, t))
+            else:
+                self.r.apply(reading(slot + 1, slot, t, summation=raw, demand=int(watts(t) / STEP),
+                                     scaling=SCALING_3_10000))
+                self.truth[slot] = (t, raw)
+        if self.store:
+            self.store.flush()
+
+    def close(self):
+        if self.store:
+            self.store.close()
+
+
+@pytest.fixture
+def fed(tmp_path):
+    f = Feed(tmp_path, missed=set(range(5000, 5040)) | {9000})
+    yield f
+    f.close()
+
+
+def stamp(t):
+    return espi_feed.atom_time(t)
+
+
+# -- every resource, with the store behind it ---------------------------------------------------------
+PATHS = [f"Batch/Subscription/{SUB}", f"{MR}", f"{MR}/3", f"{MR}/3/IntervalBlock", f"{MR}/1/IntervalBlock",
+         "ReadingType", "ReadingType/3", f"Subscription/{SUB}/UsagePoint/1"]
+PARAMS = [{}, {"published-min": stamp(T0 - 20 * 3600), "published-max": stamp(T0 - 17 * 3600)},
+          {"updated-min": stamp(T0 - 3 * 86400)}, {"max-results": "2", "start-index": "3"}]
+
+
+@pytest.mark.parametrize("params", PARAMS)
+@pytest.mark.parametrize("path", PATHS)
+def test_every_store_backed_resource_validates(fed, path, params):
+    root = ok(fed.r, path, params)
+    for e in entries(root):
+        assert len(links(e, "self")) == 1 and e.findtext(f"{ATOM}id").startswith("urn:uuid:")
+
+
+def test_a_green_button_client_finds_three_meter_readings(fed):
+    collection = ok(fed.r, MR)
+    found = {}
+    for e in entries(collection):
+        (rt_href,) = [h for h in links(e, "related") if "/ReadingType/" in h]
+        (ib_href,) = [h for h in links(e, "related") if h.endswith("/IntervalBlock")]
+        rt = content(ok(fed.r, rt_href[len(ROOT):]))
+        found[links(e, "self")[0].rsplit("/", 1)[1]] = (rt, ok(fed.r, ib_href[len(ROOT):]))
+    assert sorted(found) == ["1", "2", "3"]
+    rt3, current3 = found["3"]
+    fields = {c.tag.replace(ESPI, ""): c.text for c in rt3}
+    assert (fields["accumulationBehaviour"], fields["kind"], fields["uom"], fields["intervalLength"]) == \
+        ("4", "12", "72", "900")
+    assert fields["powerOfTenMultiplier"] == found["2"][0].findtext(f"{ESPI}powerOfTenMultiplier")
+    # Without parameters, MeterReading 3 answers its current value: the newest complete quarter hour.
+    ((start, duration, value, quality),) = values(current3)
+    last_sample = max(t for t, _ in fed.truth.values())
+    assert duration == 900 and start + 900 <= last_sample < start + 1800 and quality is None
+    assert value > 0
+
+
+# -- range queries: data time, min inclusive, max exclusive -----------------------------------------------
+def test_raw_readings_by_data_time_reach_past_memory(fed):
+    lo, hi = T0 - 20 * 3600, T0 - 19 * 3600          # long gone from memory (3 h), held by the store
+    assert all(e.time >= T0 - 3 * 3600 - 10 for e in fed.r.snapshot().history)
+    got = values(ok(fed.r, f"{MR}/2/IntervalBlock", {"published-min": stamp(lo), "published-max": stamp(hi)}))
+    expected = sorted((int(t), raw * 3) for t, raw in fed.truth.values() if lo <= int(t) < hi)
+    assert [(s, v) for s, _, v, _ in got] == expected and len(expected) > 500
+    # The exact edges: a reading starting exactly at -max is out, exactly at -min is in.
+    first, second = sorted(int(t) for t, _ in fed.truth.values() if int(t) >= lo)[:2]
+    edge = values(ok(fed.r, f"{MR}/1/IntervalBlock",
+                     {"updated-min": stamp(first), "updated-max": stamp(second)}))
+    assert [s for s, *_ in edge] == [first]
+    # published and updated together: the intersection.
+    both = values(ok(fed.r, f"{MR}/1/IntervalBlock", {"published-min": stamp(lo), "updated-max": stamp(second)}))
+    assert [s for s, *_ in both] == [first]
+    empty = ok(fed.r, f"{MR}/1/IntervalBlock", {"published-min": "2030-01-01T00:00:00Z"})
+    assert entries(empty) == [] and empty.tag == f"{ATOM}feed"
+
+
+def test_intervals_by_their_start_and_blocks_by_local_day(fed):
+    lo, hi = T0 - 26 * 3600 + 450, T0 - 2 * 3600      # off the grid (T0 is 13:20 past): starts >= lo, < hi
+    root = ok(fed.r, f"{MR}/3/IntervalBlock", {"published-min": stamp(lo), "published-max": stamp(hi)})
+    starts = [s for s, *_ in values(root)]
+    assert starts and min(starts) == -(-lo // 900) * 900 and max(starts) == (hi - 1) // 900 * 900
+    assert all(s % 900 == 0 for s in starts)
+    for e in entries(root):
+        day = int(links(e, "self")[0].rsplit("/", 1)[1])
+        assert ie.is_day_start(day, ZONE)
+        assert all(day <= s < ie.next_day_start(day, ZONE) for s, *_ in values(e))
+        start = int(content(e).findtext(f"{ESPI}interval/{ESPI}start"))
+        duration = int(content(e).findtext(f"{ESPI}interval/{ESPI}duration"))
+        assert start == values(e)[0][0] and start + duration == values(e)[-1][0] + 900
+        # A block's own URI answers that whole local day as held.
+        member = ok(fed.r, links(e, "self")[0][len(ROOT):])
+        assert set(values(e)) <= set(values(member))
+    day = ie.day_start(T0 - 12 * 3600, ZONE)
+    assert espi(fed.r, f"{MR}/3/IntervalBlock/{day + 900}").status == 404      # not a local midnight
+    assert espi(fed.r, f"{MR}/3/IntervalBlock/{day - 40 * 86400}").status == 404   # nothing held
+
+
+def test_missed_readings_across_a_boundary_are_marked_estimated(fed):
+    root = ok(fed.r, f"Batch/Subscription/{SUB}")
+    intervals = {s: (v, q) for s, _, v, q in block_values(root, "3")}
+    gap_from = fed.truth[4999][0]
+    gap_to = fed.truth[5040][0]
+    for start, (v, q) in intervals.items():
+        touches = any(gap_from < b < gap_to for b in (start, start + 900))
+        assert (q == ie.ESTIMATED) == touches, start
+    assert sum(q == ie.ESTIMATED for v, q in intervals.values()) >= 2
+    # A single missed slot (9000) inside a quarter hour changes nothing: no mark there.
+    t9000 = fed.truth[8999][0]
+    inside = t9000 - t9000 % 900
+    assert intervals[inside][1] is None
+
+
+def test_interval_energies_sum_to_the_register_delta(fed):
+    batch = ok(fed.r, f"Batch/Subscription/{SUB}", {"published-min": stamp(T0 - 40 * 3600)})
+    p = {content(e).findtext(f"{ESPI}uom") + content(e).findtext(f"{ESPI}accumulationBehaviour"):
+         int(content(e).findtext(f"{ESPI}powerOfTenMultiplier"))
+         for e in entries(batch) if content(e).tag == f"{ESPI}ReadingType"}
+    assert p["721"] == p["724"] == -1
+    register = [(s, v) for s, _, v, _ in block_values(batch, "2")]      # (start s, value) at 0.1 Wh
+    times_ms = {int(t): hs.t_ms_of(t) for t, _ in fed.truth.values()}
+    samples = sorted((times_ms[s], Fraction(v, 10)) for s, v in register)
+
+    def at(b):
+        """The register at boundary b, interpolated as the ESPI document's own readings allow."""
+        for (t1, r1), (t2, r2) in zip(samples, samples[1:]):
+            if t1 < b * 1000 <= t2:
+                return r1 + (r2 - r1) * Fraction(b * 1000 - t1, t2 - t1)
+        raise AssertionError(b)
+
+    run = [(s, v) for s, _, v, _ in block_values(batch, "3")]
+    assert len(run) > 100 and all(b[0] - a[0] == 900 for a, b in zip(run, run[1:]))   # no hole here
+    for i, j in ((0, len(run)), (10, 50), (len(run) - 9, len(run))):
+        part = run[i:j]
+        begin, end = part[0][0], part[-1][0] + 900
+        assert sum(v for _, v in part) == round(at(end) * 10) - round(at(begin) * 10)
+
+
+# -- paging ----------------------------------------------------------------------------------------------
+def test_paging_over_blocks_and_next_links_when_an_answer_is_full(fed, monkeypatch):
+    window = {"published-min": stamp(T0 - 10 * 3600)}
+    whole = ok(fed.r, f"{MR}/1/IntervalBlock", window)
+    ids = [e.findtext(f"{ATOM}id") for e in entries(whole)]
+    assert len(ids) == 11 and not links(whole, "next")            # ten hours and a bit, one answer
+    page = ok(fed.r, f"{MR}/1/IntervalBlock", {**window, "start-index": "3", "max-results": "4"})
+    assert [e.findtext(f"{ATOM}id") for e in entries(page)] == ids[2:6]
+    (nxt,) = links(page, "next")
+    assert dict(parse_qsl(urlsplit(nxt).query)) == {**window, "start-index": "7", "max-results": "4"}
+    # A reading budget of two hours' worth: the answer stops at a block boundary and says where to go on.
+    monkeypatch.setattr(espi_feed, "MAX_READINGS", 1100)
+    seen, url, pages = [], ROOT + f"{MR}/1/IntervalBlock?" + "&".join(f"{k}={v}" for k, v in window.items()), 0
+    while url:
+        parts = urlsplit(url)
+        root = ok(fed.r, parts.path[len("/espi/1_1/resource/"):], dict(parse_qsl(parts.query)))
+        assert sum(len(values(e)) for e in entries(root)) <= 1100 or len(entries(root)) == 1
+        seen += [e.findtext(f"{ATOM}id") for e in entries(root)]
+        url = (links(root, "next") or [None])[0]
+        pages += 1
+    assert seen == ids and pages >= 5
+
+
+def test_batch_pages_across_meter_readings(fed, monkeypatch):
+    window = {"published-min": stamp(T0 - 5 * 3600)}
+    whole = ok(fed.r, f"Batch/Subscription/{SUB}", window)
+    blocks = [links(e, "self")[0] for e in entries(whole) if content(e).tag == f"{ESPI}IntervalBlock"]
+    got, start = [], 1
+    while True:
+        root = ok(fed.r, f"Batch/Subscription/{SUB}", {**window, "start-index": str(start), "max-results": "5"})
+        kinds = [content(e).tag.replace(ESPI, "") for e in entries(root)]
+        assert kinds.count("MeterReading") == 3 and kinds.count("ReadingType") == 3   # always described
+        page = [links(e, "self")[0] for e in entries(root) if content(e).tag == f"{ESPI}IntervalBlock"]
+        got += page
+        if not links(root, "next"):
+            break
+        start += len(page)
+    assert got == blocks
+
+
+def test_download_my_data_holds_every_interval_and_a_day_of_readings(tmp_path):
+    f = Feed(tmp_path, hours=50.0, step=60.0)
+    try:
+        batch = ok(f.r, f"Batch/Subscription/{SUB}")
+        raw = [s for s, *_ in block_values(batch, "1")]
+        assert min(raw) >= T0 - 86400 and len(raw) == sum(1 for t, _ in f.truth.values() if t >= T0 - 86400)
+        quarters = [s for s, *_ in block_values(batch, "3")]
+        first_sample = min(t for t, _ in f.truth.values())
+        assert min(quarters) < T0 - 49 * 3600 and min(quarters) >= first_sample - 900
+        assert len(quarters) == len(list(ie.intervals(f.store.reader().register())))
+        assert not links(batch, "next")
+    finally:
+        f.close()
+
+
+# -- history off, the current value, the JSON ---------------------------------------------------------------
+def test_history_off_serves_two_meter_readings_from_memory(tmp_path):
+    f = Feed(tmp_path, hours=2.0, store=False)
+    assert len(entries(ok(f.r, MR))) == 2
+    for path in (f"{MR}/3", f"{MR}/3/IntervalBlock", "ReadingType/3"):
+        assert espi(f.r, path).status == 404
+
+
+def test_no_complete_quarter_hour_yet_is_503_until_the_next_can_close(tmp_path):
+    clock = Clock(T0 - T0 % 900 + 100)                  # 100 s into a quarter hour
+    store = hs.HistoryStore(str(tmp_path / hs.FILE_NAME), 35, clock=clock, log=lambda _: None)
+    r = Readings(30.0, clock=clock, history=store)
+    r.apply(status(0, clock(), poll_interval_s=7.0))
+    r.apply(reading(1, 1, clock()))
+    store.flush()
+    resp = espi(r, f"{MR}/3/IntervalBlock")
+    assert resp.status == 503 and int(resp.headers["Retry-After"]) == 800 + 7
+    assert espi(r, f"{MR}/1/IntervalBlock").status == 200
+    store.close()
+
+
+def test_history_json_reads_a_whole_day_from_the_store_in_the_same_shape(tmp_path):
+    (tmp_path / "store").mkdir()
+    with_store = Feed(tmp_path / "store", hours=26.0)
+    memory_only = Feed(tmp_path, hours=26.0, store=False)
+    try:
+        day = json.loads(web_resources.history_json(with_store.r, {"minutes": "1440"}).body)
+        assert len(day["points"]) == sum(1 for t, _ in with_store.truth.values() if t >= T0 - 86400)
+        assert day["points"][0]["time"] >= day["from"]
+        # Within what memory holds, the store's answer is byte for byte the memory's.
+        for minutes in ("60", "180"):
+            a = web_resources.history_json(with_store.r, {"minutes": minutes}).body
+            b = web_resources.history_json(memory_only.r, {"minutes": minutes}).body
+            assert a == b
+    finally:
+        with_store.close()
+
+
+def test_status_reports_the_history(fed):
+    js = json.loads(web_resources.status_json(fed.r, {}, T0).body)["history"]
+    assert js["enabled"] and js["retention_days"] == 35 and js["rows"] == len(fed.truth) + 41
+    assert js["oldest"] < js["newest"] and js["file_bytes"] > 0 and js["write_errors"] == 0
+    off = Readings(30.0, clock=Clock())
+    assert json.loads(web_resources.status_json(off, {}, T0).body)["history"] == {"enabled": False}
