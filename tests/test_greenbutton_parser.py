@@ -1,0 +1,236 @@
+"""Download My Data as a Green Button tool reads it: the Batch feed from a real `openseg-lan`, validated
+against usage.xsd and parsed by the PyPI `greenbutton-objects` parser (2024.7.11), whose usage points,
+reading types and interval values must match what the emulator produced.
+
+Two sources of meter data:
+- two days of the emulator's own meter (openseg_emulator.meter_model.MeterModel over its seeded
+  HouseholdProfile, the classes `openseg-emulator` runs) sampled every 7 s on a simulated clock and sent
+  to the LAN as the HAN would, with missed slots and a HAN restart; the quarter-hour energies are then
+  checked against the model's exact energy, which only a simulated clock can give for whole days;
+- the whole real chain (emulator on a pty, openseg-han, openseg-lan) for a few seconds: every reading
+  in the feed is a value the emulator's frame log says the meter answered.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tempfile
+import time
+import tomllib
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from greenbutton_objects import enums as gb_enums
+from greenbutton_objects import parse as gb_parse
+
+from channel_messages import gap, reading, status
+from espi_schema import assert_valid
+from lan_fixtures import LanServer, wait_until
+from lan_server import interval_energy as ie
+from openseg_emulator.devstack import Stack
+from openseg_emulator.household import HouseholdProfile
+from openseg_emulator.meter_model import MeterModel
+from shared_schema import messages
+
+pytestmark = pytest.mark.integration
+
+MULTIPLIER, DIVISOR = 3, 10000          # 0.3 W / 0.3 Wh per count
+COUNT = Fraction(1000 * MULTIPLIER, DIVISOR)
+POLL_S = 7.0
+DAYS = 2
+
+
+def parse_batch(body: bytes, tmp: Path):
+    assert_valid(body)
+    path = tmp / "green-button.xml"
+    path.write_bytes(body)
+    return gb_parse.parse_feed(str(path))
+
+
+def by_uom(usage_point):
+    out = {}
+    for mr in usage_point.meterReadings:
+        out.setdefault(mr.readingType.uom, []).append(mr)
+    return out
+
+
+class SimulatedMeter:
+    """The emulator's meter on a simulated clock: model time 0 is wall time `t0`."""
+
+    def __init__(self, t0: float):
+        self.t0 = t0
+        self.model = MeterModel(HouseholdProfile(seed=11, start_tod_s=t0 % 86400), Fraction("2345.678"),
+                                MULTIPLIER, DIVISOR)
+        summation_fmt, demand_fmt = self.model.formatting()
+        self.scaling = {"multiplier": MULTIPLIER, "divisor": DIVISOR, "unit": 0,
+                        "summation_formatting": summation_fmt, "demand_formatting": demand_fmt}
+
+    def sample(self, wall: float):
+        return self.model.sample(Fraction(wall - self.t0).limit_denominator(10**6))
+
+    def energy_wh(self, wall_from: float, wall_to: float) -> Fraction:
+        m = self.model
+        return (m.energy_kwh(Fraction(wall_to - self.t0)) - m.energy_kwh(Fraction(wall_from - self.t0))) * 1000
+
+
+@pytest.fixture(scope="module")
+def two_days(tmp_path_factory):
+    """A real openseg-lan fed two days of 7-s polls of the emulator's meter, ending now."""
+    workdir = Path(tempfile.mkdtemp(prefix="gb-", dir="/tmp"))      # short: AF_UNIX path limit
+    lan = LanServer(workdir)
+    lan.start()
+    cfg = tomllib.loads(Path(lan.config).read_text())
+    sock_path = str(Path(lan.config).parent / cfg["channel"]["socket_path"])
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    now = time.time()
+    t0 = now - DAYS * 86400 - 60
+    meter = SimulatedMeter(t0)
+    slots = int((now - t0 - 30) / POLL_S)
+    # Missed: 25 slots around a quarter-hour boundary on day 1 (the HAN sent gaps), and a HAN restart
+    # (numbering from 0 again) 30 hours in; both must show as estimated quarter hours.
+    boundary = (t0 + 30 * 3600) // 900 * 900 - 8 * 3600
+    missed = {k for k in range(slots) if boundary - 90 < t0 + 30 + k * POLL_S < boundary + 85}
+    restart_at = int(30 * 3600 / POLL_S)
+    sent = {}
+    seq = 0
+    sock.sendto(messages.encode(status(seq, t0, poll_interval_s=POLL_S)), sock_path)
+    for k in range(slots):
+        seq += 1
+        slot = k if k < restart_at else k - restart_at
+        due = t0 + 30 + k * POLL_S
+        t = due + 0.18 + (k % 13) / 100          # the reply's arrival: the reading's time tag
+        if k in missed:
+            msg = gap(seq, slot, due)
+        else:
+            s = meter.sample(t)
+            msg = reading(seq, slot, t, summation=s.summation_raw, demand=s.demand_raw, scaling=meter.scaling)
+            sent[int(t)] = (t, s)
+        sock.sendto(messages.encode(msg), sock_path)          # blocking: nothing dropped
+    wait_until(lambda: json.loads(lan.request("/api/v1/status")[2])["channel"]["received"] == slots + 1,
+               60, "the LAN to take every datagram")
+    yield lan, meter, sent, missed, boundary
+    sock.close()
+    lan.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_download_my_data_is_read_by_greenbutton_objects(two_days, tmp_path):
+    lan, meter, sent, missed, boundary = two_days
+    code, headers, body = lan.request(f"/espi/1_1/resource/Batch/Subscription/{lan.subscription}?download=1")
+    assert code == 200 and "attachment" in headers.get("content-disposition", "")
+    usage_points = parse_batch(body, tmp_path)
+
+    assert len(usage_points) == 1
+    (up,) = usage_points
+    assert up.serviceCategory == gb_enums.ServiceKind.electricity
+    mrs = by_uom(up)
+    assert len(up.meterReadings) == 3
+    (demand,) = mrs[gb_enums.UomType.watts]
+    register, energy = sorted(mrs[gb_enums.UomType.wattHours],
+                              key=lambda mr: mr.readingType.accumulationBehaviour.value)
+    rt_d, rt_r, rt_e = demand.readingType, register.readingType, energy.readingType
+    assert (rt_d.accumulationBehaviour, rt_d.kind) == (gb_enums.AccumulationBehaviourType.instantaneous,
+                                                       gb_enums.KindType.power)
+    assert rt_r.accumulationBehaviour == gb_enums.AccumulationBehaviourType.bulkQuantity
+    assert (rt_e.accumulationBehaviour, rt_e.kind, rt_e.intervalLength) == (
+        gb_enums.AccumulationBehaviourType.deltaData, gb_enums.KindType.energy, 900)
+    assert rt_r.flowDirection == rt_e.flowDirection == gb_enums.FlowDirectionType.forward
+
+    # Demand and register: the last 24 hours of readings, each exactly the meter's raw value scaled.
+    horizon = time.time() - 86400
+    expected = {start: s for start, (t, s) in sent.items() if t >= horizon}
+    for mr, raw_of in ((demand, lambda s: s.demand_raw), (register, lambda s: s.summation_raw)):
+        got = {int(ir.timePeriod.start.timestamp()): ir for ir in mr.intervalReadings}
+        assert set(got) == set(expected)
+        p = mr.readingType.powerOfTenMultiplier
+        for start, ir in got.items():
+            assert ir._value * Fraction(10) ** p == raw_of(expected[start]) * COUNT
+            assert ir.timePeriod.duration.total_seconds() == POLL_S
+        assert abs(got[max(got)].value - float(raw_of(expected[max(got)]) * COUNT)) < 1e-6 * max(1, got[max(got)].value)
+
+    # Quarter hours over both days, against the model's exact energy.
+    p = rt_e.powerOfTenMultiplier
+    assert p == rt_r.powerOfTenMultiplier
+    quarters = sorted(energy.intervalReadings, key=lambda ir: ir.timePeriod.start)
+    assert len(quarters) >= DAYS * 96 - 8
+    demand_max_w = max(float(s.kw) * 1000 for _, s in sent.values())
+    # Each boundary value is off by at most one register count (the meter floors) plus the energy of
+    # the 7-s slot it is interpolated across.
+    per_boundary = float(COUNT) + demand_max_w * (POLL_S + 0.2) / 3600
+    estimated = set()
+    for ir in quarters:
+        start = int(ir.timePeriod.start.timestamp())
+        assert ir.timePeriod.duration.total_seconds() == 900
+        value = ir._value * Fraction(10) ** p
+        truth = meter.energy_wh(start, start + 900)
+        qualities = {rq.quality for rq in ir.readingQualities}
+        if qualities:
+            assert qualities == {gb_enums.QualityOfReading.estimatedUsingLinearInterpolation}
+            estimated.add(start)
+        else:
+            assert abs(value - truth) <= 2 * per_boundary, (start, float(value), float(truth))
+    # The missed slots straddle `boundary`; the HAN restart is another estimated boundary.
+    assert {boundary - 900, boundary} <= estimated
+    assert 2 <= len(estimated) <= 4
+    # Over a whole run of consecutive quarters the errors do not add up: only the two ends count.
+    run = [ir for ir in quarters if int(ir.timePeriod.start.timestamp()) > boundary + 900]
+    run_start = int(run[0].timePeriod.start.timestamp())
+    run_end = int(run[-1].timePeriod.start.timestamp()) + 900
+    assert all(int(b.timePeriod.start.timestamp()) - int(a.timePeriod.start.timestamp()) == 900
+               for a, b in zip(run, run[1:]))
+    total = sum(ir._value for ir in run) * Fraction(10) ** p
+    assert abs(total - meter.energy_wh(run_start, run_end)) <= 2 * per_boundary + 1
+
+
+def test_a_window_of_the_batch_is_read_too(two_days, tmp_path):
+    lan, meter, sent, missed, boundary = two_days
+    lo = time.gmtime(time.time() - 36 * 3600)
+    hi = time.gmtime(time.time() - 30 * 3600)
+    params = (f"published-min={time.strftime('%Y-%m-%dT%H:%M:%SZ', lo)}"
+              f"&published-max={time.strftime('%Y-%m-%dT%H:%M:%SZ', hi)}")
+    code, _, body = lan.request(f"/espi/1_1/resource/Batch/Subscription/{lan.subscription}?{params}")
+    assert code == 200
+    (up,) = parse_batch(body, tmp_path)
+    lo_s, hi_s = time.mktime(lo) - time.timezone, time.mktime(hi) - time.timezone
+    for mr in up.meterReadings:
+        starts = [ir.timePeriod.start.timestamp() for ir in mr.intervalReadings]
+        assert starts and all(lo_s <= s < hi_s for s in starts)
+        if mr.readingType.intervalLength == 900:
+            assert len(starts) == 24
+        else:
+            assert len(starts) == sum(1 for t, _ in sent.values() if lo_s <= int(t) < hi_s)
+
+
+def test_the_real_chain_emulator_han_lan(tmp_path):
+    workdir = Path(tempfile.mkdtemp(prefix="gs-", dir="/tmp"))
+    try:
+        with Stack(workdir, poll_interval_s=0.4, emulator_args=["--multiplier", str(MULTIPLIER), "--divisor",
+                                                                 str(DIVISOR), "--seed", "5",
+                                                                 "--join-delay-s", "0.2"]) as stack:
+            def enough():
+                code, js = stack.get_json("/api/v1/status")
+                return code == 200 and (js.get("channel") or {}).get("received", 0) >= 25
+            wait_until(enough, 60, "25 channel messages from the HAN")
+            code, _, body = stack.get(f"/espi/1_1/resource/Batch/Subscription/{stack.subscription}")
+            assert code == 200
+            answers = [f for f in stack.frames() if f.get("event") == "answer" and "0x0000" in f.get("attrs", {})]
+        (up,) = parse_batch(body, tmp_path)
+        mrs = by_uom(up)
+        assert len(up.meterReadings) == 3
+        (demand,) = mrs[gb_enums.UomType.watts]
+        register = [mr for mr in mrs[gb_enums.UomType.wattHours]
+                    if mr.readingType.accumulationBehaviour == gb_enums.AccumulationBehaviourType.bulkQuantity][0]
+        demand_values = [ir._value * Fraction(10) ** demand.readingType.powerOfTenMultiplier
+                         for ir in sorted(demand.intervalReadings, key=lambda ir: ir.timePeriod.start)]
+        register_values = [ir._value * Fraction(10) ** register.readingType.powerOfTenMultiplier
+                           for ir in sorted(register.intervalReadings, key=lambda ir: ir.timePeriod.start)]
+        assert len(demand_values) >= 20
+        answered = [(a["attrs"]["0x0400"] * COUNT, a["attrs"]["0x0000"] * COUNT) for a in answers]
+        # Every reading in the feed is one the meter answered, in the order it answered them.
+        pairs = list(zip(demand_values, register_values))
+        it = iter(answered)
+        assert all(any(pair == ans for ans in it) for pair in pairs), (pairs[:3], answered[:3])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
