@@ -71,6 +71,7 @@ LOCAL_TIME_ID = "1"
 BLOCK_SECONDS = 3600
 MAX_READINGS = 60_000           # per answer (~7 MB of XML); more comes with rel="next"
 BATCH_READINGS_S = 86_400
+INTERVAL_CHUNK_S = 2 * 86_400   # of 15-minute energy computed at a time (~400 register samples)
 
 
 @dataclass(frozen=True)
@@ -243,9 +244,25 @@ def blocks(ctx: Context, mr: MeterReadingDef, since: int | None, until: int | No
     p = exponent(ctx, mr)
     if mr.quantity != "interval":
         return _hour_blocks(_raw_points(ctx, mr, p, since, until))
-    run = (iv for iv in ie.intervals(ctx.source.register(since, until))
-           if (since is None or iv.start >= since) and (until is None or iv.start < until))
-    return _day_blocks(_interval_points(run, p), ctx.time_zone)
+    return _day_blocks(_interval_points(_intervals(ctx.source, since, until), p), ctx.time_zone)
+
+
+def _intervals(source, since: int | None, until: int | None) -> Iterator[ie.Interval]:
+    """The intervals starting in [since, until), computed INTERVAL_CHUNK_S at a time: the register
+    query for a window brackets its own edges, so chunks join exactly, and memory holds one chunk's
+    register samples whatever the length of the history."""
+    lo = since if since is not None else source.oldest()
+    newest = source.newest()
+    hi = until if until is not None else (None if newest is None else int(newest // 1) + 1)
+    if lo is None or hi is None:
+        return
+    lo = int(lo // 1)
+    while lo < hi:
+        end = min(hi, lo + INTERVAL_CHUNK_S)
+        for iv in ie.intervals(source.register(lo, end)):
+            if lo <= iv.start < end:
+                yield iv
+        lo = end
 
 
 def current_block(ctx: Context, mr: MeterReadingDef) -> Block | None:

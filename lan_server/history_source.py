@@ -117,6 +117,10 @@ class StoreSource:
         t = self.reader.newest_ms(self._ms(since), self._ms(until))
         return None if t is None else t / 1000
 
+    def oldest(self) -> float | None:
+        t = self.reader.oldest_ms()
+        return None if t is None else t / 1000
+
     def entries(self, since: float) -> Iterator[Row]:
         return self.reader.rows(t_ms_of(since))
 
