@@ -69,7 +69,7 @@ MAX_ROWS_PER_DAY = 86_400
 BYTES_PER_ROW_BOUND = 64        # measured: ~37 at 7-s polls, ~45 with 1-s polls and 64-bit counters
 FUTURE_SLACK_S = 3600.0
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
-READER_CACHE_KIB = 1024         # per request thread
+READER_CACHE_KIB = 256          # per request thread (128 of them: 32 MiB at most)
 LOG_EVERY_S = 60.0
 
 _SCHEMA = (
