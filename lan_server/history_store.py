@@ -527,7 +527,9 @@ def open_history(state_dir: str, retention_days: int, *, log: Callable[[str], No
     the retention is 0: then any store left from before is deleted, since 0 means keep no record."""
     path = store_path(state_dir)
     if retention_days == 0:
-        removed = [f for f in _files(path) if os.path.exists(f)]
+        aside = [os.path.join(state_dir, n) for n in (os.listdir(state_dir) if os.path.isdir(state_dir) else ())
+                 if n.startswith(FILE_NAME + ".damaged-")]
+        removed = [f for f in _files(path) + aside if os.path.exists(f)]
         for f in removed:
             os.unlink(f)
         if removed:

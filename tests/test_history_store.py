@@ -281,6 +281,7 @@ def test_retention_zero_keeps_no_record_and_deletes_an_old_one(tmp_path, clock):
     Readings(30.0, clock=clock, history=store).apply(reading(1, 1, clock()))
     store.close()
     assert os.path.exists(tmp_path / hs.FILE_NAME)
+    (tmp_path / (hs.FILE_NAME + ".damaged-1700000000")).write_bytes(b"an old copy moved aside")
     logs = []
     assert hs.open_history(str(tmp_path), 0, clock=clock, log=logs.append) is None
     assert not any(name.startswith(hs.FILE_NAME) for name in os.listdir(tmp_path))
