@@ -51,12 +51,11 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Callable, Iterator
 from urllib.parse import quote
 
 from .interval_energy import INTERVAL_MS, RegisterSample
-from .readings import Entry, Gap, Reading
+from .readings import Entry, Reading
 from .scaling import Scaling
 
 SCHEMA_VERSION = 1

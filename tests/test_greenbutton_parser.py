@@ -28,7 +28,6 @@ from greenbutton_objects import parse as gb_parse
 from channel_messages import gap, reading, status
 from espi_schema import assert_valid
 from lan_fixtures import LanServer, wait_until
-from lan_server import interval_energy as ie
 from openseg_emulator.devstack import Stack
 from openseg_emulator.household import HouseholdProfile
 from openseg_emulator.meter_model import MeterModel
