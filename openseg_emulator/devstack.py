@@ -27,10 +27,13 @@ from typing import Callable
 BIN = Path(sys.executable).parent
 
 
-def _command(name: str) -> str:
+def command(name: str) -> str:
     """The console script installed beside this interpreter (the venv), else the one on PATH."""
     local = BIN / name
     return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+_command = command   # old name, still used by bench/common.py
 
 
 def free_port() -> int:
@@ -126,7 +129,7 @@ class Stack:
         if not self.config_path.exists():
             port = self.lan_port or free_port()
             out = subprocess.run(
-                [_command("openseg-admin"), "init", "--dir", str(self.gateway_dir), "--serial",
+                [command("openseg-admin"), "init", "--dir", str(self.gateway_dir), "--serial",
                  str(self.link), "--lan-port", str(port)],
                 check=True, capture_output=True, text=True, timeout=60).stdout
             login = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
@@ -172,7 +175,7 @@ class Stack:
         setattr(self, name, None)
 
     def start_emulator(self) -> None:
-        argv = [_command("openseg-emulator"), "--link", str(self.link), "--frame-log", str(self.frame_log)]
+        argv = [command("openseg-emulator"), "--link", str(self.link), "--frame-log", str(self.frame_log)]
         if self.load_w is not None:
             if not self.load_file.exists():
                 self.load_file.write_text(f"{self.load_w}\n")
@@ -182,12 +185,12 @@ class Stack:
         self._died("emulator", raise_=True)
 
     def start_lan(self) -> None:
-        self.lan = self._spawn("lan", [_command("openseg-lan"), "--config", str(self.config_path)])
+        self.lan = self._spawn("lan", [command("openseg-lan"), "--config", str(self.config_path)])
         wait_until(lambda: self._port_open() or self._died("lan"), 30, "openseg-lan to listen")
         self._died("lan", raise_=True)
 
     def start_han(self) -> None:
-        self.han = self._spawn("han", [_command("openseg-han"), "--config", str(self.config_path)])
+        self.han = self._spawn("han", [command("openseg-han"), "--config", str(self.config_path)])
 
     def stop_han(self, sig: int = signal.SIGTERM) -> None:
         self._stop("han", sig)

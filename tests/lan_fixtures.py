@@ -18,41 +18,18 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
+
+from openseg_emulator.devstack import command, free_port, wait_until  # noqa: F401 (tests import them from here)
 
 BIN = Path(sys.executable).parent
 CURL = shutil.which("curl")
 DEFAULT = object()
-
-
-def command(name: str) -> str:
-    local = BIN / name
-    return str(local) if local.exists() else (shutil.which(name) or name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def run_admin(*args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

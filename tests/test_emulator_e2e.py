@@ -21,6 +21,8 @@ import pytest
 import serial
 from xbee.frame import APIFrame
 
+from openseg_emulator.devstack import wait_until
+
 pytestmark = pytest.mark.integration
 
 EMULATOR = str(Path(sys.executable).parent / "openseg-emulator")
@@ -30,14 +32,7 @@ COORD_IEEE = H("000d6f000abcdef0")
 
 
 def wait_for(predicate, what, timeout=DEADLINE_S, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(predicate, timeout, what, interval)
 
 
 class Emulator:

@@ -18,13 +18,12 @@ import hashlib
 import os
 import re
 import signal
-import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from openseg_emulator.devstack import Stack
+from openseg_emulator.devstack import Stack, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -68,14 +67,7 @@ def _require_browser() -> None:
 
 
 def _wait(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(predicate, timeout, what, interval)
 
 
 def _number(text: str) -> float:
