@@ -46,6 +46,7 @@ class PollRead:
     garbage: bool = False           # line noise was put in front of a corrupted answer
     delivery: int | None = None     # the radio's TX status delivery code (0 = delivered)
     delivery_t: float | None = None
+    attrs: dict | None = None       # the raw values the answer carried ("0x0000": summation, ...)
 
 
 def read_frames(path: Path) -> list[dict]:
@@ -88,7 +89,7 @@ def poll_reads(frames: list[dict]) -> list[PollRead]:
         elif event in ("answer", "fault") and pending.get(f.get("zcl_seq")):
             read = pending[f["zcl_seq"]].popleft()
             if event == "answer":
-                read.answered = f["t"]
+                read.answered, read.attrs = f["t"], f.get("attrs")
             else:
                 read.fault, read.garbage = f["fault"], bool(f.get("garbage"))
     return reads

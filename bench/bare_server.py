@@ -1,0 +1,54 @@
+"""The throughput benchmark's reference: a bare CherryPy HTTPS "hello" with exactly the LAN server's TLS
+and HTTP settings (lan_server.tls.server_context, the worker-handshake SSL adapter, and the same
+CherryPy configuration: thread pool, timeouts, limits), and no application work at all.
+
+    python bench/bare_server.py --port N --certificate cert.pem --private-key key.pem
+
+Stops on SIGTERM/SIGINT.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cherrypy  # noqa: E402
+
+from lan_server import main as lan_main, tls  # noqa: E402
+
+BODY = b"hello\n"
+
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))])
+    return [BODY]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--certificate", required=True)
+    ap.add_argument("--private-key", required=True)
+    args = ap.parse_args()
+    context = tls.server_context(args.certificate, args.private_key)
+    lan = {"bind": "127.0.0.1", "port": args.port, "certificate": args.certificate,
+           "private_key": args.private_key}
+    lan_main.configure_http(hello, lan, context)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    cherrypy.engine.start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        cherrypy.engine.exit()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
