@@ -176,9 +176,11 @@ def test_slow_idle_and_guessing_clients_delay_neither_a_legitimate_client_nor_po
     try:
         for g in guessers:
             g.start()
-        # Long enough for the idle connections to time out and be reopened, and the slow ones to be held
-        # past the server's 10 s socket timeout (which they reset with every byte).
-        while any(g.is_alive() for g in guessers) or time.time() - began < 12:
+        # Until the guesses are done, the idle connections have timed out and been reopened, and the slow
+        # ones have been held for ten of their bytes, past the server's 10 s socket timeout (which each
+        # byte resets).
+        while (any(g.is_alive() for g in guessers) or held.slow_bytes < 50 * 10 or held.idle_opened < 40):
+            assert time.time() - began < 120, (held.slow_bytes, held.idle_opened, len(guesses))
             legit.once()
             time.sleep(0.2)
         for g in guessers:

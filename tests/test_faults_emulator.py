@@ -93,9 +93,11 @@ def test_answers_later_than_the_timeout_are_losses_and_a_vanished_port_leaves_no
         before, after = [r for r in reads if r.run == 0], [r for r in reads if r.run == 1]
         # Before the port went: the i-th query is slot i. All but the stalled ones reached the radio on
         # time; the stalled ones are exactly the slots due while it was stopped.
+        # (A query due within 50 ms of either signal may fall on either side of it.)
         stalled = [i for i, r in enumerate(before) if r.t - (start + i * interval) > 0.1]
-        due_in_stall = [k for k in range(len(before)) if stopped < start + k * interval < resumed]
-        assert stalled == due_in_stall and len(stalled) >= 1, (stalled, due_in_stall)
+        surely = {k for k in range(len(before)) if stopped + 0.05 < start + k * interval < resumed - 0.05}
+        maybe = {k for k in range(len(before)) if stopped - 0.05 < start + k * interval < resumed + 0.05}
+        assert surely and surely <= set(stalled) <= maybe, (stalled, surely, maybe)
         on_time = [r for i, r in enumerate(before) if i not in stalled]
         assert slots_on_grid([r.t for r in on_time], interval, start) == [i for i in range(len(before))
                                                                           if i not in stalled]
