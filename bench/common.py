@@ -132,8 +132,8 @@ class BenchStack(Stack):
 
     @staticmethod
     def _han_command() -> str:
-        from openseg_emulator.devstack import _command
-        return _command("openseg-han")
+        from openseg_emulator.devstack import command
+        return command("openseg-han")
 
     def relay_messages(self) -> list[dict]:
         if not self.relay_log.exists():

@@ -48,6 +48,7 @@ parameters reach all of it, page by page.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import uuid
 from dataclasses import dataclass
@@ -276,8 +277,10 @@ def current_block(ctx: Context, mr: MeterReadingDef) -> Block | None:
         (pt,) = _interval_points([last], p)
         return Block(str(ie.day_start(pt.start, ctx.time_zone)), (pt,))
     latest = ctx.snap.latest_demand if mr.quantity == "demand" else ctx.snap.latest_summation
-    if latest is None:
-        return None
+    return None if latest is None else _latest_block(mr, latest, p)
+
+
+def _latest_block(mr: MeterReadingDef, latest, p: int) -> Block:
     duration = max(0, round(latest.interval_s)) if latest.interval_s is not None else 0
     pt = Point(int(latest.time // 1), duration, sc.scaled_int(getattr(latest, mr.quantity), latest.scaling, p))
     return Block(str(pt.start - pt.start % BLOCK_SECONDS), (pt,))
@@ -436,7 +439,9 @@ def _write(build) -> bytes:
 
 
 def feed_document(ctx: Context, *, path: str, title: str, entries: list[Entry]) -> bytes:
-    updated = max((e.updated for e in entries), default=ctx.snap.now)
+    updated = max((e.updated for e in entries), default=None)
+    if updated is None:
+        updated = ctx.snap.now
 
     def build(xf):
         f = _Feed(ctx, xf, path=path, title=title, updated=updated)
@@ -481,10 +486,31 @@ def _updated(ctx: Context, since, until, static: float | None = None) -> float:
     return max(times) if times else ctx.snap.now
 
 
+@functools.lru_cache(maxsize=64)
+def _current_value_document(subscription: str, base_url: str, query_string: str, mr: MeterReadingDef, latest,
+                            p: int) -> bytes:
+    """The parameterless IntervalBlock answer of MeterReading 1 or 2. It depends on exactly these
+    arguments (nothing else reaches it: no snapshot, no store), so it is built once per reading and per
+    base URL instead of once per request: at load, building it with lxml among the server's threads was
+    half the LAN process's CPU (bench/RESULTS.md). Bounded: 64 small documents."""
+    ctx = Context(snap=None, base_url=base_url, subscription=subscription, time_zone="", source=None,
+                  query_string=query_string)
+    entry = interval_block_entry(ctx, mr, _latest_block(mr, latest, p))
+    return feed_document(ctx, path=interval_blocks_path(subscription, mr.id), title=f"{mr.title}: current value",
+                         entries=[entry])
+
+
 def interval_blocks_document(ctx: Context, mr: MeterReadingDef, query, params: dict[str, str]) -> bytes | None:
     """No ESPI parameter: the current value only (None if there is none yet, the caller's 503).
     With parameters: the history held in the window, paged."""
     path = interval_blocks_path(ctx.subscription, mr.id)
+    if not query.history and mr.quantity != "interval":
+        # From memory only (the latest reading, the store's running maxima): no read transaction.
+        latest = ctx.snap.latest_demand if mr.quantity == "demand" else ctx.snap.latest_summation
+        if latest is None:
+            return None
+        return _current_value_document(ctx.subscription, ctx.base_url, ctx.query_string, mr, latest,
+                                       exponent(ctx, mr))
     with ctx.source.consistent():
         if not query.history:
             block = current_block(ctx, mr)

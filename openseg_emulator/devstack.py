@@ -33,7 +33,6 @@ def command(name: str) -> str:
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
-_command = command   # old name, still used by bench/common.py
 
 
 def free_port() -> int:

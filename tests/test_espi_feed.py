@@ -189,6 +189,39 @@ def test_current_value_is_exactly_scaled(clock, scaling, raw_demand, raw_sum, de
         assert value * Fraction(10) ** p == expected
 
 
+def test_current_value_answer_is_built_once_per_reading_and_never_outlives_it(clock):
+    """The parameterless IntervalBlock answer is memoised (espi_feed._current_value_document): the same
+    bytes while the reading is the same, a new document for each new reading (also when a larger value
+    changes the exponent), per subscription and base URL; and the same bytes the uncached builder makes."""
+    r = Readings(30.0, clock=clock)
+    path = f"Subscription/{SUB}/UsagePoint/1/MeterReading/1/IntervalBlock"
+    values = []
+    for seq, demand in enumerate([1234, 1234, 5, 9_000_000, 1234], start=1):
+        r.apply(reading(seq, seq, clock.advance(7.0), demand=demand, summation=10 + seq))
+        first, again = espi(r, path).body, espi(r, path).body
+        assert first == again
+        feed = assert_valid(first)
+        (start, value), = readings_values(feed)
+        p = int(content(assert_valid(espi(r, "ReadingType/1").body)).findtext(f"{ESPI}powerOfTenMultiplier"))
+        values.append((start, value * Fraction(10) ** p))
+        # What the generic builder writes for the same state, byte for byte.
+        snap = r.snapshot()
+        ctx = espi_feed.Context(snap=snap, base_url=BASE, subscription=SUB, time_zone="Europe/Paris",
+                                source=web_resources.source_for(r, snap))
+        mr = espi_feed.METER_READINGS["1"]
+        block = espi_feed.current_block(ctx, mr)
+        assert first == espi_feed.feed_document(ctx, path=espi_feed.interval_blocks_path(SUB, "1"),
+                                                title=f"{mr.title}: current value",
+                                                entries=[espi_feed.interval_block_entry(ctx, mr, block)])
+    assert [v for _, v in values] == [Fraction("370.2")] * 2 + [
+        Fraction("1.5"), Fraction(2_700_000), Fraction("370.2")]
+    assert len({t for t, _ in values}) == 5
+    other = web_resources.espi(r, path=path.replace(SUB, "other"), params={}, subscription="other",
+                               base_url="https://other.example", time_zone="Europe/Paris").body
+    assert b"https://other.example/espi/1_1/resource/Subscription/other/" in other
+    assert BASE.encode() not in other
+
+
 def test_history_by_data_time_and_empty_feed(populated):
     path = f"Subscription/{SUB}/UsagePoint/1/MeterReading/1/IntervalBlock"
     lo, hi = T0 + 3600, T0 + 3600 + 600
