@@ -46,6 +46,13 @@ screenshots: $(STAMP) system-deps
 audit: $(STAMP) system-deps
 	$(BIN)/python deploy/audit.py
 
+# Speed and memory goals (issues 6 and 7), measured and written to bench/RESULTS.md, never asserted:
+# about 95 minutes (10 + 10 min of poll timing, an hour of memory). `make bench BENCH_ARGS=--quick`
+# is an 8-minute smoke run of the same measurements.
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_history.py
+
 run: $(STAMP)
 	$(BIN)/python -m openseg_emulator.devstack --dir $(RUNDIR)
 
