@@ -22,7 +22,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shutil
 import socket
 import sqlite3
@@ -38,8 +37,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
 from channel_messages import reading, status  # noqa: E402
+from common import machine  # noqa: E402
 from lan_server import espi_feed, history_store as hs, web_resources  # noqa: E402
 from lan_server.readings import Readings  # noqa: E402
 from shared_schema import messages  # noqa: E402
@@ -232,19 +233,6 @@ def bench_latency(rounds: int, per_client: int = 300, clients: int = 4):
     return out
 
 
-def machine() -> str:
-    cpu = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu}), Python "
-            f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}")
-
-
 def write_section(text: str) -> None:
     path = REPO / "bench" / "RESULTS.md"
     head = "## History store (issue 7)"
@@ -279,7 +267,7 @@ def main() -> int:
         "## History store (issue 7)",
         "",
         f"`bench/bench_history.py --days {args.days} --rounds {args.rounds}` on {time.strftime('%Y-%m-%d')}: "
-        f"{machine()}.",
+        f"{machine()}, SQLite {sqlite3.sqlite_version}.",
         "",
         f"Store: {built['rows']} rows ({args.days} days of 7-s readings), written through the real writer in "
         f"{built['write_s']:.1f} s; file {built['db_bytes'] / 1e6:.1f} MB = "

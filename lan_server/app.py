@@ -21,10 +21,10 @@ import re
 import secrets
 import time
 import urllib.parse
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .auth import WWW_AUTHENTICATE, Authenticator
+from .web_resources import Response as Reply     # one reply shape for the app and its resources
 
 log = logging.getLogger("openseg.lan.http")
 access_log = logging.getLogger("openseg.lan.access")
@@ -68,13 +68,6 @@ MAX_QUERY_FIELDS = 32
 PROBE_HEADER = "X-OpenSEG-Probe"
 
 
-@dataclass
-class Reply:
-    """Same shape as web_resources.Response, for the answers the app makes itself."""
-    status: int
-    content_type: str
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _text(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
