@@ -1,13 +1,16 @@
-"""One slot's query: Read Attributes (CurrentSummationDelivered, InstantaneousDemand) -> a value or a cause.
+"""One slot's query: Read Attributes (CurrentSummationDelivered, CurrentSummationReceived,
+InstantaneousDemand) -> a value or a cause.
 
 The outcome is either raw values with their time tag (the wall clock right after the read() that
 completed the reply, with the round trip kept so the tag's uncertainty is known) or exactly one of the
 lost causes in `messages.LOST_CAUSES`. Values stay raw: the meter's multiplier/divisor travel with them,
 so the LAN side keeps the meter's full resolution.
 
-A reply whose two values are both unusable (each attribute refused, or each the type's "invalid" value,
+A reply whose values are all unusable (each attribute refused, or each the type's "invalid" value,
 which a meter sends when it has no measurement) is lost with cause "zcl-status": the meter answered, and
 what it answered was "no value". A reply that has one usable value is a reading with only that value.
+CurrentSummationReceived answered UNSUPPORTED_ATTRIBUTE is the normal answer of a meter that does not
+measure export: the reading simply carries no export value, and that is not reported as a problem.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ class PollOutcome:
     detail: str = ""
     summation: int | None = None
     demand: int | None = None
+    received: int | None = None       # CurrentSummationReceived (energy exported), when the meter has it
     time: float | None = None         # wall-clock time tag
     rtt_s: float | None = None
 
@@ -36,13 +40,16 @@ def poll_once(radio: Radio, meter: Meter, timeout: float) -> PollOutcome:
     read = radio.zcl_read(meter.ieee, meter.nwk, meter.endpoint, zcl.POLL_READ, timeout)
     if read.cause is not None:
         return PollOutcome(read.cause, read.detail)
-    summation = read.results.get(zcl.CURRENT_SUMMATION_DELIVERED.id)
-    demand = read.results.get(zcl.INSTANTANEOUS_DEMAND.id)
-    if summation is None and demand is None:
-        return PollOutcome("malformed", "the response carries neither attribute that was asked for")
+    asked = (("summation", zcl.CURRENT_SUMMATION_DELIVERED), ("received", zcl.CURRENT_SUMMATION_RECEIVED),
+             ("demand", zcl.INSTANTANEOUS_DEMAND))
+    results = {name: read.results.get(attr.id) for name, attr in asked}
+    if all(r is None for r in results.values()):
+        return PollOutcome("malformed", "the response carries no attribute that was asked for")
     values = {}
     problems = []
-    for name, result in (("summation", summation), ("demand", demand)):
+    for name, result in results.items():
+        if name == "received" and result is not None and result.status == zcl.STATUS_UNSUPPORTED_ATTRIBUTE:
+            continue        # a meter without export measurement: no value, nothing wrong
         if result is None:
             problems.append(f"{name} missing")
         elif result.status != zcl.STATUS_SUCCESS:
@@ -55,7 +62,7 @@ def poll_once(radio: Radio, meter: Meter, timeout: float) -> PollOutcome:
         return PollOutcome("zcl-status", ", ".join(problems))
     reply = read.reply
     return PollOutcome(None, ", ".join(problems), values.get("summation"), values.get("demand"),
-                       time=reply.wall, rtt_s=max(0.0, reply.mono - read.sent_mono))
+                       values.get("received"), time=reply.wall, rtt_s=max(0.0, reply.mono - read.sent_mono))
 
 
 @dataclass

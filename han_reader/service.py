@@ -203,6 +203,8 @@ class HanService:
                 fields["summation"] = outcome.summation
             if outcome.demand is not None:
                 fields["demand"] = outcome.demand
+            if outcome.received is not None:
+                fields["received"] = outcome.received
             if outcome.detail:
                 log.info("slot %d: partial reading (%s)", slot, outcome.detail)
             self.sender.send("reading", fields)

@@ -54,6 +54,7 @@ class Attribute:
 
 # Simple Metering server attributes the gateway reads (ZigBee Smart Energy 1.x, table D.2x).
 CURRENT_SUMMATION_DELIVERED = Attribute(0x0000, "CurrentSummationDelivered", 0x25)
+CURRENT_SUMMATION_RECEIVED = Attribute(0x0001, "CurrentSummationReceived", 0x25)   # energy exported
 UNIT_OF_MEASURE = Attribute(0x0300, "UnitOfMeasure", 0x30)
 MULTIPLIER = Attribute(0x0301, "Multiplier", 0x22)
 DIVISOR = Attribute(0x0302, "Divisor", 0x22)
@@ -62,13 +63,14 @@ DEMAND_FORMATTING = Attribute(0x0304, "DemandFormatting", 0x18)
 METERING_DEVICE_TYPE = Attribute(0x0306, "MeteringDeviceType", 0x18)
 INSTANTANEOUS_DEMAND = Attribute(0x0400, "InstantaneousDemand", 0x2A)
 
-ATTRIBUTES = {a.id: a for a in (CURRENT_SUMMATION_DELIVERED, UNIT_OF_MEASURE, MULTIPLIER, DIVISOR,
-                                SUMMATION_FORMATTING, DEMAND_FORMATTING, METERING_DEVICE_TYPE,
-                                INSTANTANEOUS_DEMAND)}
+ATTRIBUTES = {a.id: a for a in (CURRENT_SUMMATION_DELIVERED, CURRENT_SUMMATION_RECEIVED, UNIT_OF_MEASURE,
+                                MULTIPLIER, DIVISOR, SUMMATION_FORMATTING, DEMAND_FORMATTING,
+                                METERING_DEVICE_TYPE, INSTANTANEOUS_DEMAND)}
 
 SCALING_READ = (UNIT_OF_MEASURE, MULTIPLIER, DIVISOR, SUMMATION_FORMATTING, DEMAND_FORMATTING,
                 METERING_DEVICE_TYPE)
-POLL_READ = (CURRENT_SUMMATION_DELIVERED, INSTANTANEOUS_DEMAND)
+# One read per slot. A meter that does not measure export answers 0x0001 with UNSUPPORTED_ATTRIBUTE.
+POLL_READ = (CURRENT_SUMMATION_DELIVERED, CURRENT_SUMMATION_RECEIVED, INSTANTANEOUS_DEMAND)
 
 # UnitOfMeasure values (SE 1.x): only 0x00 (kW & kWh, binary) is electric in a form we scale.
 UNITS = {0x00: "kW & kWh", 0x01: "m3 & m3/h", 0x02: "ft3 & ft3/h", 0x03: "ccf & ccf/h",

@@ -17,6 +17,9 @@ from typing import Any
 
 import msgpack
 
+# The version changes only when a message that was valid would become invalid or change meaning; the
+# LAN side then drops the other version's datagrams (counted as "version"). Adding an optional field
+# keeps it: every message an older HAN sends stays valid (e.g. "received", added in place).
 VERSION = 1
 MAX_DATAGRAM = 2048          # a status message is ~400 bytes; anything larger is not ours
 
@@ -72,6 +75,8 @@ FIELDS: dict[str, dict[str, tuple]] = {
         "time": ("float", (0.0, 1e11), True),       # wall time the reply arrived: the value's time tag
         "rtt_s": ("float", (0.0, 3600.0), True),    # request -> reply, so the tag's uncertainty is known
         "summation": ("uint", (0, UINT48_MAX), False),   # raw CurrentSummationDelivered, absent if invalid
+        # raw CurrentSummationReceived (energy exported); absent if invalid or the meter does not have it
+        "received": ("uint", (0, UINT48_MAX), False),
         "demand": ("int", (INT24_MIN + 1, INT24_MAX), False),  # raw InstantaneousDemand, absent if invalid
         "scaling": ("map", SCALING, True),
     },
@@ -95,6 +100,9 @@ FIELDS: dict[str, dict[str, tuple]] = {
         "poll_interval_s": ("float", (0.001, 86400.0), True),
     },
 }
+
+
+READING_VALUES = ("summation", "received", "demand")
 
 
 def _check(table: dict[str, tuple], msg: Any, where: str) -> None:
@@ -135,8 +143,8 @@ def validate(msg: Any) -> dict:
     if kind not in FIELDS:
         raise MessageError(f"kind: expected one of {', '.join(KINDS)}")
     _check({**COMMON, **FIELDS[kind]}, msg, "")
-    if kind == "reading" and "summation" not in msg and "demand" not in msg:
-        raise MessageError("reading: carries neither summation nor demand")
+    if kind == "reading" and not any(k in msg for k in READING_VALUES):
+        raise MessageError("reading: carries no value (summation, received or demand)")
     return msg
 
 

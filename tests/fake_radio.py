@@ -48,6 +48,8 @@ class Node:
     summation: int = 123_456_789          # raw CurrentSummationDelivered
     summation_step: int = 7               # added after every answered poll, like a running meter
     demand: int = 1_500                   # raw InstantaneousDemand
+    received: int = 4_321                 # raw CurrentSummationReceived (unsupported: put 0x0001 below)
+    received_step: int = 2
     unit: int = 0x00
     multiplier: int = 3
     divisor: int = 10_000
@@ -61,7 +63,7 @@ class Node:
         if attr_id in self.unsupported or attr_id not in zcl.ATTRIBUTES:
             return struct.pack("<HB", attr_id, zcl.STATUS_UNSUPPORTED_ATTRIBUTE)
         attr = zcl.ATTRIBUTES[attr_id]
-        value = {0x0000: self.summation, 0x0400: self.demand, 0x0300: self.unit, 0x0301: self.multiplier,
+        value = {0x0000: self.summation, 0x0001: self.received, 0x0400: self.demand, 0x0300: self.unit, 0x0301: self.multiplier,
                  0x0302: self.divisor, 0x0303: self.summation_formatting, 0x0304: self.demand_formatting,
                  0x0306: self.device_type}[attr_id]
         _, size, signed = zcl.TYPES[attr.type]
@@ -238,7 +240,7 @@ class FakeRadio:
             return
         seq = payload[1]
         attrs = [struct.unpack_from("<H", payload, 3 + 2 * i)[0] for i in range((len(payload) - 3) // 2)]
-        is_poll = attrs == [0x0000, 0x0400]
+        is_poll = attrs == [a.id for a in zcl.POLL_READ]
         fault = self.poll_faults.pop(0) if is_poll and self.poll_faults else None
         if fault == "tx-fail":
             self._tx_status(fid, dest16, 0x21)
@@ -263,5 +265,7 @@ class FakeRadio:
         self.emit(frame, wire=wire)
         if is_poll and fault is None:
             self.answers.append({"seq": seq, "summation": meter.summation, "demand": meter.demand,
+                                 "received": None if 0x0001 in meter.unsupported else meter.received,
                                  "t": self.clock.now + self.reply_delay})
             meter.summation += meter.summation_step
+            meter.received += meter.received_step

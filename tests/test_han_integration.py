@@ -32,7 +32,7 @@ BIN = Path(sys.executable).parent
 INTERVAL = 0.3
 TIMEOUT = 0.15
 DEADLINE = 20.0          # generous: a loaded CI machine may be slow, a passing run is far quicker
-POLL_READ_IDS = "00000004"   # CurrentSummationDelivered, InstantaneousDemand as they appear in the payload
+POLL_READ_IDS = "000001000004"   # CurrentSummationDelivered, -Received, InstantaneousDemand, in the payload
 
 
 def command(name: str) -> str:

@@ -37,6 +37,7 @@ def test_a_reading_is_tagged_when_the_reply_arrived_with_its_round_trip():
     out = poller.poll_once(radio, meter, TIMEOUT)
     assert out.cause is None
     assert out.summation == 0xFFFFFFFFFFFE and out.demand == -1500      # uint48 max-1, signed int24
+    assert out.received == 4_321 == hw.answers[0]["received"]
     assert out.time == pytest.approx(sent_wall + 0.4)
     assert out.rtt_s == pytest.approx(0.4)
     assert hw.answers[0]["summation"] == 0xFFFFFFFFFFFE
@@ -96,6 +97,47 @@ def test_reply_contents(body, cause, summation, demand):
     hw.poll_faults = [lambda seq: bytes((0x18, seq, 0x01)) + body]
     out = poller.poll_once(radio, meter, TIMEOUT)
     assert (out.cause, out.summation, out.demand) == (cause, summation, demand)
+
+
+RECEIVED_UNSUPPORTED = struct.pack("<HB", 0x0001, 0x86)
+
+
+@pytest.mark.parametrize("body, cause, values, detail", [
+    # all three: a reading with export
+    (rec(0x0000, 0x25, 42) + rec(0x0001, 0x25, 7) + rec(0x0400, 0x2A, -900, True), None, (42, 7, -900), ""),
+    # a meter that does not measure export: a reading without it, and nothing to report
+    (rec(0x0000, 0x25, 42) + RECEIVED_UNSUPPORTED + rec(0x0400, 0x2A, 900, True), None, (42, None, 900), ""),
+    # received flagged invalid: a reading without it, said so
+    (rec(0x0000, 0x25, 42) + rec(0x0001, 0x25, 0xFFFFFFFFFFFF) + rec(0x0400, 0x2A, 1, True), None,
+     (42, None, 1), "received invalid"),
+    # only the export register usable: still a reading
+    (struct.pack("<HB", 0, 0x86) + rec(0x0001, 0x25, 7) + struct.pack("<HB", 0x0400, 0x86), None,
+     (None, 7, None), "summation status 0x86, demand status 0x86"),
+    # nothing usable, export unsupported: lost as zcl-status, not a reading
+    (struct.pack("<HB", 0, 0x86) + RECEIVED_UNSUPPORTED + struct.pack("<HB", 0x0400, 0x86), "zcl-status",
+     (None, None, None), "summation status 0x86, demand status 0x86"),
+    # only the export register answered: the others missing from the reply
+    (rec(0x0001, 0x25, 7), None, (None, 7, None), "summation missing, demand missing"),
+])
+def test_received_register(body, cause, values, detail):
+    hw, radio, meter = rig()
+    hw.poll_faults = [lambda seq: bytes((0x18, seq, 0x01)) + body]
+    out = poller.poll_once(radio, meter, TIMEOUT)
+    assert (out.cause, (out.summation, out.received, out.demand), out.detail) == (cause, values, detail)
+
+
+def test_unsupported_received_is_not_a_lost_query():
+    hw, radio, meter = rig(Node(endpoint=9, unsupported={0x0001}))
+    c = poller.Counters()
+    for _ in range(3):
+        out = poller.poll_once(radio, meter, TIMEOUT)
+        c.count(out)
+        assert out.cause is None and out.received is None and out.detail == ""
+        assert out.summation is not None and out.demand is not None
+    assert (c.queries_total, c.queries_lost) == (3, 0)
+    # and the meter got one read per slot, holding all three attributes
+    reads = [f["frame"] for f in hw.frame_log if f["class"] == "zcl-read"]
+    assert len(reads) == 3 and all(r.endswith(zcl.read_attributes(0, zcl.POLL_READ)[3:]) for r in reads)
 
 
 def test_a_late_reply_to_an_earlier_query_is_not_taken_for_this_one():

@@ -6,11 +6,18 @@ reading or one gap (never skipped), and not one frame other than a read or disco
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from han_reader import xbee_frames
+from han_reader import xbee_frames, zcl
 from han_reader.service import EXIT_OK, EXIT_RADIO_MISCONFIGURED, retry_timing
 
 from fake_radio import FakeClock, FakeRadio, Node
 from han_fixtures import Rig
+
+
+SCALING_IDS = zcl.read_attributes(0, zcl.SCALING_READ)[3:]
+
+
+def is_scaling_read(f):
+    return f["class"] == "zcl-read" and f["frame"].endswith(SCALING_IDS)
 
 
 def check_invariants(rig):
@@ -74,7 +81,7 @@ def test_meter_power_loss_gives_gaps_then_unreachable_then_polling_again():
     assert all(30 <= s.due_mono(g["slot"]) - rig.t0 <= 80 for g in gaps)
     assert len(gaps) == sum(1 for k in range(s.next) if 30 <= s.due_mono(k) - rig.t0 < 80 + 0.02)
     # no rediscovery for a meter that only lost power: one scaling read in all
-    scaling = [f for f in rig.radio_hw.frame_log if f["class"] == "zcl-read" and len(f["frame"]) > 27]
+    scaling = [f for f in rig.radio_hw.frame_log if is_scaling_read(f)]
     assert len(scaling) == 1
     check_invariants(rig)
 
@@ -96,7 +103,7 @@ def test_radio_reset_leads_back_through_join_and_discovery(status):
     gaps = rig.sender.of("gap")
     assert gaps and {g["cause"] for g in gaps} == {"not-polling"}
     # scaling read again after the reset
-    scaling = [f for f in rig.radio_hw.frame_log if f["class"] == "zcl-read" and len(f["frame"]) > 27]
+    scaling = [f for f in rig.radio_hw.frame_log if is_scaling_read(f)]
     assert len(scaling) == 2
     assert rig.sender.of("reading")[-1]["slot"] == rig.service.schedule.next - 1
     check_invariants(rig)
@@ -172,7 +179,7 @@ def test_a_gas_meter_is_refused_and_never_polled():
     assert rig.sender.states() == ["joining", "discovering"]
     assert "refused" in rig.sender.of("status")[-1]["detail"]
     reads = [f for f in rig.radio_hw.frame_log if f["class"] == "zcl-read"]
-    assert all(len(f["frame"]) > 27 for f in reads)       # scaling reads only, never a poll
+    assert all(is_scaling_read(f) for f in reads)          # scaling reads only, never a poll
     assert 3 <= len(reads) <= 7                           # retried slowly (every 60 s)
     check_invariants(rig)
 

@@ -20,7 +20,10 @@ STATUS = {"v": 1, "seq": 9, "kind": "status", "sent": 1.7e9, "state": "polling",
           "poll_interval_s": 7.0}
 
 
-@pytest.mark.parametrize("msg", [READING, GAP, STATUS])
+READING_EXPORT = {**READING, "received": 987654321}
+
+
+@pytest.mark.parametrize("msg", [READING, READING_EXPORT, GAP, STATUS])
 def test_round_trip(msg):
     assert messages.decode(messages.encode(msg)) == msg
 
@@ -29,7 +32,8 @@ def test_round_trip(msg):
     ({"v": 2}, "v"), ({"seq": -1}, "seq"), ({"summation": 1 << 48}, "summation"),
     ({"demand": -0x800000}, "demand"), ({"time": math.nan}, "time"), ({"extra": 1}, "extra"),
     ({"scaling": {**SCALING, "divisor": 0}}, "scaling.divisor"), ({"slot": True}, "slot"),
-    ({"kind": "write"}, "kind"),
+    ({"kind": "write"}, "kind"), ({"received": 1 << 48}, "received"), ({"received": -1}, "received"),
+    ({"received": 1.5}, "received"), ({"received": True}, "received"),
 ])
 def test_bad_fields_are_named(change, field):
     with pytest.raises(messages.MessageError, match=f"^{field}"):
@@ -38,8 +42,13 @@ def test_bad_fields_are_named(change, field):
 
 def test_reading_needs_a_value():
     msg = {k: v for k, v in READING.items() if k not in ("summation", "demand")}
-    with pytest.raises(messages.MessageError, match="neither"):
+    with pytest.raises(messages.MessageError, match="carries no value"):
         messages.validate(msg)
+    # the export register alone is a value; a reading without it (an older HAN) stays valid
+    assert messages.validate({**msg, "received": 0})["received"] == 0
+    assert "received" not in messages.decode(messages.encode(READING))
+    # the largest register value a meter can report fits the store's signed 64-bit integers
+    assert messages.validate({**READING, "received": messages.UINT48_MAX})["received"] < 1 << 63
 
 
 def test_decode_bounds_sizes():

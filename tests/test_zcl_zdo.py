@@ -12,7 +12,9 @@ def record(attr, type_id, value_bytes):
 
 
 def test_read_attributes_request_is_byte_exact():
-    assert zcl.read_attributes(0x2A, zcl.POLL_READ) == bytes([0x00, 0x2A, 0x00, 0x00, 0x00, 0x00, 0x04])
+    # one request for all three per-slot attributes: 0x0000 delivered, 0x0001 received, 0x0400 demand
+    assert zcl.read_attributes(0x2A, zcl.POLL_READ) == bytes([0x00, 0x2A, 0x00, 0x00, 0x00, 0x01, 0x00,
+                                                             0x00, 0x04])
     with pytest.raises(ValueError):
         zcl.read_attributes(1, ())
 
@@ -24,6 +26,22 @@ def test_parse_poll_response_with_signed_demand_and_48_bit_summation():
     assert rsp.seq == 7 and rsp.command == zcl.CMD_READ_ATTRIBUTES_RESPONSE
     assert rsp.results[0x0000].value == 0xFFFFFFFFFFFE
     assert rsp.results[0x0400].value == -1500
+
+
+def test_parse_poll_response_with_and_without_received():
+    delivered = record(0x0000, 0x25, (123_456).to_bytes(6, "little"))
+    demand = record(0x0400, 0x2A, (-2500).to_bytes(3, "little", signed=True))
+    rsp = zcl.parse_response(bytes([0x18, 8, 0x01]) + delivered
+                             + record(0x0001, 0x25, (0xFFFFFFFFFFFE).to_bytes(6, "little")) + demand)
+    assert rsp.results[0x0001] == zcl.AttributeResult(0x0001, 0, 0x25, 0xFFFFFFFFFFFE)
+    assert rsp.results[0x0000].value == 123_456 and rsp.results[0x0400].value == -2500
+    # a meter without export measurement: UNSUPPORTED_ATTRIBUTE for 0x0001, the others as usual
+    rsp = zcl.parse_response(bytes([0x18, 9, 0x01]) + delivered + bytes([0x01, 0x00, 0x86]) + demand)
+    assert rsp.results[0x0001] == zcl.AttributeResult(0x0001, zcl.STATUS_UNSUPPORTED_ATTRIBUTE)
+    assert rsp.results[0x0000].value == 123_456 and rsp.results[0x0400].value == -2500
+    # a received register of the wrong type is malformed, like any other attribute
+    with pytest.raises(zcl.ZclError, match="expected 0x25"):
+        zcl.parse_response(bytes([0x18, 9, 0x01]) + record(0x0001, 0x23, bytes(4)))
 
 
 def test_invalid_sentinels_are_not_values():
