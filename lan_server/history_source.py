@@ -13,10 +13,8 @@ from typing import Iterator
 
 from . import interval_energy as ie
 from . import scaling as sc
-from .history_store import HistoryReader, HistoryStore, Row, t_ms_of
+from .history_store import QUANTITIES, HistoryReader, HistoryStore, Row, t_ms_of
 from .readings import Gap, Reading, Snapshot
-
-QUANTITIES = ("demand", "summation")
 
 
 def _largest(readings, quantity: str, into: dict[sc.Scaling, int]) -> None:
@@ -37,7 +35,7 @@ class MemorySource:
         """The readings carrying `quantity`, the history plus the latest, in time order."""
         snap = self.snap
         out = [e for e in snap.history if isinstance(e, Reading) and getattr(e, quantity) is not None]
-        latest = snap.latest_demand if quantity == "demand" else snap.latest_summation
+        latest = snap.latest_with(quantity)
         if latest is not None and all(r is not latest for r in out):
             out.append(latest)
             out.sort(key=lambda r: r.time)
@@ -84,9 +82,9 @@ class StoreSource:
         """One exponent for everything this MeterReading can show: every scaling the store holds and
         the latest value in memory (espi_exponent's rule), so the ReadingType and every IntervalBlock
         agree whichever is fetched first."""
-        index = 0 if quantity == "demand" else 1
+        index = QUANTITIES.index(quantity)
         largest = {s: m[index] for s, m in self.store.maxima().items()}
-        latest = self.snap.latest_demand if quantity == "demand" else self.snap.latest_summation
+        latest = self.snap.latest_with(quantity)
         if latest is not None:
             _largest([latest], quantity, largest)
         p = sc.espi_exponent(largest)
@@ -99,17 +97,19 @@ class StoreSource:
     def readings(self, quantity: str, since: int | None, until: int | None) -> Iterator[Row]:
         return self.reader.rows(self._ms(since), self._ms(until), quantity=quantity)
 
-    def register(self, since: int | None, until: int | None) -> list[ie.RegisterSample]:
-        return self.reader.register(self._ms(since), self._ms(until))
+    def register(self, since: int | None, until: int | None,
+                 quantity: str = "summation") -> list[ie.RegisterSample]:
+        """Register samples for ie.intervals: "summation" (imported) or "received" (exported)."""
+        return self.reader.register(self._ms(since), self._ms(until), quantity)
 
-    def latest_interval(self) -> ie.Interval | None:
-        """The newest complete interval, from the last samples held."""
+    def latest_interval(self, quantity: str = "summation") -> ie.Interval | None:
+        """The newest complete interval of that register's series, from the last samples held."""
         newest = self.reader.newest_ms()
         if newest is None:
             return None
         since = newest // 1000 - ie.MAX_ESTIMATE_S - 3 * ie.INTERVAL_S
         last = None
-        for last in ie.intervals(self.register(since, None)):
+        for last in ie.intervals(self.register(since, None, quantity)):
             pass
         return last
 

@@ -22,14 +22,17 @@ neither mode can a crash or a power cut corrupt the file: SQLite's WAL is built 
 damaged by something else (a failing SD card) fails `PRAGMA quick_check` at start; it is renamed aside,
 logged, and a fresh store is started, so the gateway keeps serving.
 
-Schema (version 1):
+Schema (version 2):
     scaling(id INTEGER PRIMARY KEY, multiplier, divisor, unit, summation_formatting, demand_formatting)
-    sample(t_ms, seq, slot, summation, demand, scaling, interval_ms, gap) PRIMARY KEY (t_ms, seq),
+    sample(t_ms, seq, slot, summation, demand, scaling, interval_ms, gap, received) PRIMARY KEY (t_ms, seq),
         WITHOUT ROWID: one row per poll slot, a reading (raw counts as the meter sent them, NULL where
-        the meter flagged a value invalid, and its scaling) or a gap (its cause; NULL values). t_ms is
+        the meter flagged a value invalid or, for `received` (CurrentSummationReceived, energy exported),
+        does not report it; and its scaling) or a gap (its cause; NULL values). t_ms is
         the reading's time tag or the gap's due time in ms since the epoch. The table is clustered on
         time, so a range query reads consecutive pages and pruning deletes a prefix.
     meta(key PRIMARY KEY, value): the schema version.
+A version 1 store (no `received` column) is upgraded in place at open: the column is added, NULL in
+the rows already held, which is what they knew.
 
 Disk use is bounded by construction:
 - rows older than the retention are deleted (at start, then every PRUNE_EVERY_S; retention 0 means no
@@ -58,7 +61,10 @@ from .interval_energy import INTERVAL_MS, RegisterSample
 from .readings import Entry, Reading
 from .scaling import Scaling
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# The raw registers a sample row holds, in the order maxima() reports them.
+QUANTITIES = ("demand", "summation", "received")
+REGISTERS = ("summation", "received")     # energy registers: the 15-minute series are built on these
 FILE_NAME = "history.sqlite3"
 COMMIT_EVERY_S = 0.5            # the longest a received reading stays uncommitted while busy
 MAX_BATCH = 2000                # rows per transaction at most
@@ -78,11 +84,13 @@ _SCHEMA = (
     "demand_formatting INTEGER NOT NULL, UNIQUE(multiplier, divisor, unit, summation_formatting, "
     "demand_formatting))",
     "CREATE TABLE IF NOT EXISTS sample(t_ms INTEGER NOT NULL, seq INTEGER NOT NULL, slot INTEGER NOT NULL, "
-    "summation INTEGER, demand INTEGER, scaling INTEGER, interval_ms INTEGER, gap TEXT, "
+    "summation INTEGER, demand INTEGER, scaling INTEGER, interval_ms INTEGER, gap TEXT, received INTEGER, "
     "PRIMARY KEY (t_ms, seq)) WITHOUT ROWID",
 )
-_INSERT = "INSERT OR IGNORE INTO sample VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_SAMPLE_COLUMNS = "t_ms, seq, slot, summation, demand, scaling, interval_ms, gap"
+# Version 1 -> 2: the export register. ADD COLUMN only rewrites the schema, not the rows.
+_UPGRADE_1_TO_2 = "ALTER TABLE sample ADD COLUMN received INTEGER"
+_INSERT = "INSERT OR IGNORE INTO sample VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_SAMPLE_COLUMNS = "t_ms, seq, slot, summation, demand, scaling, interval_ms, gap, received"
 
 
 class HistoryError(Exception):
@@ -143,7 +151,7 @@ class HistoryWriter:
         self._last_log: dict[str, float] = {}
         # Published by reference for the request threads (never mutated once published).
         self.scalings: dict[int, Scaling] = {}
-        self.maxima: dict[Scaling, tuple[int, int]] = {}
+        self.maxima: dict[Scaling, tuple[int, int, int]] = {}
         self._scaling_ids: dict[Scaling, int] = {}
         self._load_scalings()
         self.rows = self.conn.execute("SELECT count(*) FROM sample").fetchone()[0]
@@ -161,6 +169,11 @@ class HistoryWriter:
         row = c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
             c.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] == 1:
+            c.execute(_UPGRADE_1_TO_2)
+            c.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+            self._log(f"history: {self.path} upgraded from schema version 1 to {SCHEMA_VERSION} "
+                      "(energy exported)")
         elif row[0] != SCHEMA_VERSION:
             c.execute("ROLLBACK")
             raise HistoryError(f"{self.path}: schema version {row[0]}, this version reads {SCHEMA_VERSION}")
@@ -174,11 +187,11 @@ class HistoryWriter:
         self.scalings = ids
         self._scaling_ids = {s: i for i, s in ids.items()}
         maxima = {}
-        for sid, dmax, smax in self.conn.execute(
-                "SELECT scaling, max(abs(demand)), max(summation) FROM sample "
+        for sid, dmax, smax, rmax in self.conn.execute(
+                "SELECT scaling, max(abs(demand)), max(summation), max(received) FROM sample "
                 "WHERE scaling IS NOT NULL GROUP BY scaling"):
             if sid in ids:
-                maxima[ids[sid]] = (dmax or 0, smax or 0)
+                maxima[ids[sid]] = (dmax or 0, smax or 0, rmax or 0)
         self.maxima = maxima
 
     # -- writing --------------------------------------------------------------------------------------
@@ -201,11 +214,11 @@ class HistoryWriter:
         if isinstance(entry, Reading):
             sid = self._scaling_id(entry.scaling)
             row = (t_ms_of(t), _sqlite_int(entry.seq), entry.slot, entry.summation, entry.demand, sid,
-                   None if entry.interval_s is None else round(entry.interval_s * 1000), None)
+                   None if entry.interval_s is None else round(entry.interval_s * 1000), None, entry.received)
             self._note_maxima(entry)
         else:
             row = (t_ms_of(entry.due), _sqlite_int(entry.seq), entry.slot, None, None, None, None,
-                   entry.cause)
+                   entry.cause, None)
         if not self._pending:
             self._pending_since = self._mono()
         self._pending.append(row)
@@ -228,8 +241,8 @@ class HistoryWriter:
         return sid
 
     def _note_maxima(self, r: Reading) -> None:
-        old = self.maxima.get(r.scaling, (0, 0))
-        new = (max(old[0], abs(r.demand or 0)), max(old[1], r.summation or 0))
+        old = self.maxima.get(r.scaling, (0, 0, 0))
+        new = (max(old[0], abs(r.demand or 0)), max(old[1], r.summation or 0), max(old[2], r.received or 0))
         if new != old:
             self.maxima = {**self.maxima, r.scaling: new}
 
@@ -334,6 +347,7 @@ class Row:
     scaling: Scaling | None
     interval_ms: int | None
     gap: str | None
+    received: int | None
 
     @property
     def time(self) -> float:
@@ -385,25 +399,25 @@ class HistoryReader:
 
     def rows(self, since_ms: int | None = None, until_ms: int | None = None,
              quantity: str | None = None) -> Iterator[Row]:
-        """Readings and gaps in time order; with `quantity` ("demand" or "summation"), only the
-        readings that carry it."""
+        """Readings and gaps in time order; with `quantity` ("demand", "summation" or "received"),
+        only the readings that carry it."""
         where, args = self._window(since_ms, until_ms)
         if quantity is not None:
-            if quantity not in ("demand", "summation"):
+            if quantity not in QUANTITIES:
                 raise ValueError(quantity)
             where.append(f"{quantity} IS NOT NULL")
         sql = f"SELECT {_SAMPLE_COLUMNS} FROM sample"
         if where:
             sql += " WHERE " + " AND ".join(where)
         cache: dict[int, Scaling] = {}
-        for t, seq, slot, summation, demand, sid, interval_ms, gap in self.conn.execute(
+        for t, seq, slot, summation, demand, sid, interval_ms, gap, received in self.conn.execute(
                 sql + " ORDER BY t_ms, seq", args):
             scaling = None
             if sid is not None:
                 scaling = cache.get(sid)
                 if scaling is None:
                     scaling = cache[sid] = self._scaling(sid)
-            yield Row(t, seq, slot, summation, demand, scaling, interval_ms, gap)
+            yield Row(t, seq, slot, summation, demand, scaling, interval_ms, gap, received)
 
     @staticmethod
     def _window(since_ms, until_ms) -> tuple[list[str], list[int]]:
@@ -416,37 +430,42 @@ class HistoryReader:
             args.append(until_ms)
         return where, args
 
-    def register(self, since_ms: int | None = None, until_ms: int | None = None) -> list[RegisterSample]:
+    def register(self, since_ms: int | None = None, until_ms: int | None = None,
+                 quantity: str = "summation") -> list[RegisterSample]:
         """The register samples `interval_energy.intervals` needs for every interval that starts in
         [since, until): the first and last sample of each 15-minute bucket from `since` to the end of
         the last such interval (the same reduction as interval_energy.thin, done by SQLite), plus the
-        sample just before and the one just after, which bracket the first and the last boundary."""
+        sample just before and the one just after, which bracket the first and the last boundary.
+        `quantity` names the register: "summation" (energy imported) or "received" (exported); each
+        is its own series, built from the readings that carry it."""
+        if quantity not in REGISTERS:
+            raise ValueError(quantity)
         if until_ms is not None:
             until_ms = -(-until_ms // INTERVAL_MS) * INTERVAL_MS
         where, args = self._window(since_ms, until_ms)
-        cond = " AND ".join(["summation IS NOT NULL"] + where)
-        cols = "t_ms, slot, summation, scaling, interval_ms"
+        cond = " AND ".join([f"{quantity} IS NOT NULL"] + where)
+        cols = f"t_ms, slot, {quantity}, scaling, interval_ms"
         picked: dict[int, tuple] = {}
         # SQLite takes the bare columns of a min()/max() aggregate from the row holding the extreme.
         for agg in ("min", "max"):
-            for t, slot, summation, sid, interval_ms in self.conn.execute(
-                    f"SELECT {agg}(t_ms), slot, summation, scaling, interval_ms FROM sample WHERE {cond} "
+            for t, slot, value, sid, interval_ms in self.conn.execute(
+                    f"SELECT {agg}(t_ms), slot, {quantity}, scaling, interval_ms FROM sample WHERE {cond} "
                     f"GROUP BY t_ms / {INTERVAL_MS}", args):
-                picked[t] = (t, slot, summation, sid, interval_ms)
+                picked[t] = (t, slot, value, sid, interval_ms)
         if since_ms is not None:
-            row = self.conn.execute(f"SELECT {cols} FROM sample WHERE summation IS NOT NULL AND t_ms < ? "
+            row = self.conn.execute(f"SELECT {cols} FROM sample WHERE {quantity} IS NOT NULL AND t_ms < ? "
                                     "ORDER BY t_ms DESC LIMIT 1", (since_ms,)).fetchone()
             if row:
                 picked[row[0]] = row
         if until_ms is not None:
-            row = self.conn.execute(f"SELECT {cols} FROM sample WHERE summation IS NOT NULL AND t_ms >= ? "
+            row = self.conn.execute(f"SELECT {cols} FROM sample WHERE {quantity} IS NOT NULL AND t_ms >= ? "
                                     "ORDER BY t_ms LIMIT 1", (until_ms,)).fetchone()
             if row:
                 picked[row[0]] = row
         out = []
         for t in sorted(picked):
-            _, slot, summation, sid, interval_ms = picked[t]
-            out.append(RegisterSample(t, self._scaling(sid).step * summation, slot, interval_ms))
+            _, slot, value, sid, interval_ms = picked[t]
+            out.append(RegisterSample(t, self._scaling(sid).step * value, slot, interval_ms))
         return out
 
     def newest_ms(self, since_ms: int | None = None, until_ms: int | None = None) -> int | None:
@@ -492,8 +511,9 @@ class HistoryStore:
                 self._readers.append(r)
         return r
 
-    def maxima(self) -> dict[Scaling, tuple[int, int]]:
-        """Per scaling seen: (largest |demand|, largest summation) in raw counts."""
+    def maxima(self) -> dict[Scaling, tuple[int, int, int]]:
+        """Per scaling seen: (largest |demand|, largest summation, largest received) in raw counts,
+        in the order of QUANTITIES."""
         return self.writer.maxima
 
     def stats(self) -> StoreStats:

@@ -30,6 +30,7 @@ class Reading:
     demand: int | None
     scaling: Scaling
     interval_s: float | None     # the poll interval in force when it was taken (see Readings.apply)
+    received: int | None = None  # raw CurrentSummationReceived (energy exported); None: not reported
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +84,16 @@ class Snapshot:
     latest: Reading | None             # the most recent reading, whatever it carries
     latest_demand: Reading | None      # the most recent reading that carries a demand value
     latest_summation: Reading | None
+    latest_received: Reading | None    # the most recent reading that carries an export value
     history: tuple[Entry, ...]         # readings and gaps in time order, within history_s of now
     report: HanReport | None
     last_message_at: float | None      # LAN clock, any kind of message
     scaling_since: float | None        # time tag of the first reading with the current scaling
+
+    def latest_with(self, quantity: str) -> Reading | None:
+        """The most recent reading carrying `quantity` ("demand", "summation" or "received")."""
+        return {"demand": self.latest_demand, "summation": self.latest_summation,
+                "received": self.latest_received}[quantity]
 
     @property
     def poll_interval_s(self) -> float | None:
@@ -124,6 +131,7 @@ class Readings:
         self._latest: Reading | None = None
         self._latest_demand: Reading | None = None
         self._latest_summation: Reading | None = None
+        self._latest_received: Reading | None = None
         self._report: HanReport | None = None
         self._last_message_at: float | None = None
         self._scaling_since: float | None = None
@@ -142,7 +150,8 @@ class Readings:
                 reading = Reading(
                     seq=msg["seq"], slot=msg["slot"], due=float(msg["due"]), time=float(msg["time"]),
                     rtt_s=float(msg["rtt_s"]), summation=msg.get("summation"), demand=msg.get("demand"),
-                    scaling=Scaling.from_message(msg["scaling"]), interval_s=self._interval_for(msg))
+                    scaling=Scaling.from_message(msg["scaling"]), interval_s=self._interval_for(msg),
+                    received=msg.get("received"))
                 if self._latest is None or self._latest.scaling != reading.scaling:
                     self._scaling_since = reading.time
                 self._latest = reading
@@ -150,6 +159,8 @@ class Readings:
                     self._latest_demand = reading
                 if reading.summation is not None:
                     self._latest_summation = reading
+                if reading.received is not None:
+                    self._latest_received = reading
                 self._insert(reading)
                 entry = reading
             elif kind == "gap":
@@ -197,7 +208,8 @@ class Readings:
                 now=now, created=self.created, stale_after_s=self.stale_after_s,
                 silent_after_s=self.silent_after_s, history_s=self.history_s,
                 latest=self._latest, latest_demand=self._latest_demand,
-                latest_summation=self._latest_summation, history=entries, report=self._report,
+                latest_summation=self._latest_summation, latest_received=self._latest_received,
+                history=entries, report=self._report,
                 last_message_at=self._last_message_at, scaling_since=self._scaling_since)
 
     def __len__(self) -> int:

@@ -205,12 +205,14 @@ def _route(segs: list[str]) -> tuple[str, str | None, str | None] | None:
 # -- JSON -------------------------------------------------------------------------------------------
 def current_json(readings: Readings) -> Response:
     """The latest reading: W and Wh exactly as the meter's scaling gives them (a quantity the meter
-    flagged invalid in that reading is null), its time tag, its age and ok / stale / no-data."""
+    flagged invalid in that reading is null, and so is `received_wh` from a meter that does not report
+    energy exported), its time tag, its age and ok / stale / no-data."""
     snap = readings.snapshot(history=False)
     latest = snap.latest
     return _json({
         "demand_w": _value(latest, "demand"),
         "summation_wh": _value(latest, "summation"),
+        "received_wh": _value(latest, "received"),
         "time": iso_ms(latest.time) if latest else None,
         "age_s": _age(snap.now, latest.time) if latest else None,
         "status": data_status(snap),
@@ -304,7 +306,8 @@ def history_json(readings: Readings, params: Mapping[str, Any]) -> Response:
                 # Written out directly: the 24-hour view is ~12 000 points at the production poll.
                 points.append(_Raw(f'{{"time":"{iso_ms(e.time)}","slot":{e.slot},'
                                    f'"demand_w":{text(e.demand, e.scaling)},'
-                                   f'"summation_wh":{text(e.summation, e.scaling)}}}'))
+                                   f'"summation_wh":{text(e.summation, e.scaling)},'
+                                   f'"received_wh":{text(e.received, e.scaling)}}}'))
             else:
                 gaps.append({"slot": e.slot, "due": iso_ms(e.time), "cause": cause})
     return _json({"minutes": minutes, "from": iso_ms(since), "to": iso_ms(snap.now),

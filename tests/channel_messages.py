@@ -10,13 +10,15 @@ SCALING_1_1000 = {"multiplier": 1, "divisor": 1000, "unit": 0, "summation_format
 
 
 def reading(seq: int, slot: int, t: float, *, summation: int | None = 123456789,
-            demand: int | None = 1500, scaling: dict = SCALING_3_10000) -> dict:
+            demand: int | None = 1500, scaling: dict = SCALING_3_10000, received: int | None = None) -> dict:
     msg = {"v": 1, "seq": seq, "kind": "reading", "sent": t + 0.01, "slot": slot, "due": t - 0.2,
            "time": t, "rtt_s": 0.2, "scaling": dict(scaling)}
     if summation is not None:
         msg["summation"] = summation
     if demand is not None:
         msg["demand"] = demand
+    if received is not None:
+        msg["received"] = received
     return msg
 
 

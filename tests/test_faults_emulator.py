@@ -155,6 +155,6 @@ def test_meter_power_off_for_a_while_and_a_radio_reset():
         gaps_after = [k for k in range(slots[len(before) - 1] + 1, slots[len(before)])]
         assert gaps_after and all(book[k]["cause"] == "not-polling" for k in gaps_after)
         scaling = [f for f in events(frames, "rx") if f.get("class") == "zcl-read"
-                   and f["detail"]["attrs"] != ["0x0000", "0x0400"]]
+                   and f["detail"]["attrs"] != ["0x0000", "0x0001", "0x0400"]]
         assert len(scaling) == 2 and scaling[1]["t"] > reset
         assert s.han.poll() is None

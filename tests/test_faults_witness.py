@@ -29,7 +29,7 @@ from openseg_emulator.devstack import Stack
 from shared_schema import messages
 
 DEADLINE = 30.0         # generous: a loaded CI machine is slow; a passing run is far quicker
-POLL_ATTRS = ["0x0000", "0x0400"]     # CurrentSummationDelivered, InstantaneousDemand: a poll read
+POLL_ATTRS = ["0x0000", "0x0001", "0x0400"]   # Summation Delivered, Received, InstantaneousDemand: a poll
 LOST = set(messages.LOST_CAUSES)
 
 

@@ -45,7 +45,8 @@ def feed(readings, clock, n, *, start_seq=1, step=7.0, gaps=(), **kw):
         if slot in gaps:
             readings.apply(gap(start_seq + i, slot, t - 0.3))
         else:
-            readings.apply(reading(start_seq + i, slot, t, summation=10_000 + 3 * slot, demand=100 + slot % 7, **kw))
+            readings.apply(reading(start_seq + i, slot, t, summation=10_000 + 3 * slot, demand=100 + slot % 7,
+                                   received=None if slot % 4 == 0 else 500 + slot, **kw))
 
 
 def test_readings_and_gaps_come_back_as_they_went_in(tmp_path, clock):
@@ -64,17 +65,21 @@ def test_readings_and_gaps_come_back_as_they_went_in(tmp_path, clock):
         if hasattr(m, "cause"):
             assert row.gap == m.cause and row.summation is None and row.scaling is None
         else:
-            assert (row.summation, row.demand, row.scaling) == (m.summation, m.demand, m.scaling)
+            assert (row.summation, row.demand, row.received, row.scaling) == \
+                (m.summation, m.demand, m.received, m.scaling)
             assert row.interval_s == m.interval_s == 7.0 and row.gap is None
     assert rows[-1].scaling == Scaling.from_message(SCALING_1_1000)
     with store.reader().snapshot() as rd:
         assert [x.slot for x in rd.rows(quantity="summation")] == [x.slot for x in rows[:-1] if not x.gap]
         assert len(list(rd.rows(quantity="demand"))) == 29
+        assert [x.slot for x in rd.rows(quantity="received")] == [k for k in range(1, 31)
+                                                                   if k not in (5, 6) and k % 4]
+        assert rows[0].received == 501 and rows[3].received is None     # slot 4: not reported
         since = rows[10].t_ms
         assert [x.t_ms for x in rd.rows(since, rows[20].t_ms)] == [x.t_ms for x in rows[10:20]]
         assert rd.newest_ms() == rows[-1].t_ms and rd.oldest_ms() == rows[0].t_ms
-    assert store.maxima() == {Scaling.from_message(SCALING_3_10000): (106, 10_000 + 3 * 30),
-                              Scaling.from_message(SCALING_1_1000): (12, 0)}
+    assert store.maxima() == {Scaling.from_message(SCALING_3_10000): (106, 10_000 + 3 * 30, 500 + 30),
+                              Scaling.from_message(SCALING_1_1000): (12, 0, 0)}
     store.close()
     again = make_store(tmp_path, clock)            # maxima and row count are rebuilt from the file
     assert again.maxima() == store.maxima() and again.writer.rows == 31
@@ -241,37 +246,46 @@ def test_a_read_snapshot_is_consistent_while_the_writer_goes_on(tmp_path):
 
 
 # -- the SQL reduction equals interval_energy.thin ---------------------------------------------------------
-STEPS = st.lists(st.tuples(st.floats(0.2, 1500.0), st.integers(0, 900), st.booleans(), st.booleans()),
+STEPS = st.lists(st.tuples(st.floats(0.2, 1500.0), st.integers(0, 900), st.booleans(), st.booleans(),
+                           st.integers(0, 900), st.booleans()),
                  max_size=80)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(STEPS, st.integers(0, 3 * 3600), st.integers(900, 6 * 3600))
 def test_register_query_gives_the_same_intervals_as_all_samples(tmp_path_factory, steps, lo, width):
+    """For each register (imported and exported, each its own series with its own missing values)."""
     tmp = tmp_path_factory.mktemp("reg")
     clock = Clock(T0)
     store = make_store(tmp, clock)
     r = Readings(30.0, clock=clock, history=store)
     r.apply(status(0, clock(), poll_interval_s=7.0))
-    total, slot = 10_000_000, 0
-    for seq, (dt, dwh, is_gap, invalid) in enumerate(steps, start=1):
+    total, exported, slot = 10_000_000, 0, 0
+    for seq, (dt, dwh, is_gap, invalid, dwh_out, no_export) in enumerate(steps, start=1):
         t = clock.advance(dt)
         slot += 1
         if is_gap:
             r.apply(gap(seq, slot, t))
             continue
         total += dwh
-        r.apply(reading(seq, slot, t, summation=None if invalid else total))
+        exported += dwh_out
+        if invalid and no_export:
+            continue        # a reading carries at least one value
+        r.apply(reading(seq, slot, t, summation=None if invalid else total,
+                        received=None if no_export else exported))
     store.flush()
     with store.reader().snapshot() as rd:
-        full = [ie.RegisterSample(x.t_ms, x.scaling.step * x.summation, x.slot, x.interval_ms)
-                for x in rd.rows(quantity="summation")]
-        everything = list(ie.intervals(full))
-        assert list(ie.intervals(rd.register())) == everything
-        since, until = hs.t_ms_of(T0 + lo), hs.t_ms_of(T0 + lo + width)
-        windowed = [iv for iv in ie.intervals(rd.register(since, until))
-                    if since <= iv.start * 1000 < until]
-        assert windowed == [iv for iv in everything if since <= iv.start * 1000 < until]
+        for quantity in ("summation", "received"):
+            full = [ie.RegisterSample(x.t_ms, x.scaling.step * getattr(x, quantity), x.slot, x.interval_ms)
+                    for x in rd.rows(quantity=quantity)]
+            everything = list(ie.intervals(full))
+            assert list(ie.intervals(rd.register(quantity=quantity))) == everything
+            since, until = hs.t_ms_of(T0 + lo), hs.t_ms_of(T0 + lo + width)
+            windowed = [iv for iv in ie.intervals(rd.register(since, until, quantity))
+                        if since <= iv.start * 1000 < until]
+            assert windowed == [iv for iv in everything if since <= iv.start * 1000 < until]
+        with pytest.raises(ValueError):
+            rd.register(quantity="demand")      # not an energy register
     store.close()
 
 
@@ -304,6 +318,37 @@ def test_a_newer_schema_is_refused_by_name(tmp_path, clock):
     store.close()
     with pytest.raises(hs.HistoryError, match="schema version 99"):
         hs.open_history(str(tmp_path), 35, clock=clock, log=lambda _: None)
+
+
+def test_a_version_1_store_is_upgraded_in_place_keeping_its_rows(tmp_path, clock):
+    path = tmp_path / hs.FILE_NAME
+    old = sqlite3.connect(path)     # the version 1 schema, as the previous release created it
+    old.executescript(
+        "CREATE TABLE meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+        "INSERT INTO meta VALUES ('schema', 1);"
+        "CREATE TABLE scaling(id INTEGER PRIMARY KEY, multiplier INTEGER NOT NULL, divisor INTEGER NOT NULL, "
+        "unit INTEGER NOT NULL, summation_formatting INTEGER NOT NULL, demand_formatting INTEGER NOT NULL, "
+        "UNIQUE(multiplier, divisor, unit, summation_formatting, demand_formatting));"
+        "INSERT INTO scaling VALUES (1, 3, 10000, 0, 51, 36);"
+        "CREATE TABLE sample(t_ms INTEGER NOT NULL, seq INTEGER NOT NULL, slot INTEGER NOT NULL, "
+        "summation INTEGER, demand INTEGER, scaling INTEGER, interval_ms INTEGER, gap TEXT, "
+        "PRIMARY KEY (t_ms, seq)) WITHOUT ROWID;")
+    old.execute("INSERT INTO sample VALUES (?, 1, 1, 5000, 10, 1, 7000, NULL)", (hs.t_ms_of(clock() - 60),))
+    old.commit()
+    old.close()
+    logs = []
+    store = hs.open_history(str(tmp_path), 35, clock=clock, log=logs.append)
+    assert any("upgraded from schema version 1" in line for line in logs)
+    Readings(30.0, clock=clock, history=store).apply(reading(2, 2, clock(), summation=5003, received=77))
+    store.flush()
+    with store.reader().snapshot() as rd:
+        before, after = rd.rows()
+    assert (before.summation, before.received) == (5000, None) and (after.summation, after.received) == (5003, 77)
+    assert store.maxima()[Scaling.from_message(SCALING_3_10000)] == (1500, 5003, 77)
+    store.close()
+    again = hs.open_history(str(tmp_path), 35, clock=clock, log=lambda _: None)   # opens as version 2
+    assert again.writer.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == 2
+    again.close()
 
 
 def test_the_state_directory_is_created_private(tmp_path, clock):

@@ -50,7 +50,7 @@ def test_401_with_wrong_credentials_then_200_with_right_ones(lan):
     status, headers, body = lan.request("/api/v1/current")
     assert status == 200
     data = json.loads(body)
-    assert {"demand_w", "summation_wh", "time", "age_s", "status"} <= data.keys()
+    assert {"demand_w", "summation_wh", "received_wh", "time", "age_s", "status"} <= data.keys()
 
 
 def test_curl_401_and_200(lan):

@@ -38,13 +38,29 @@ def test_current_is_exactly_scaled(scaling, demand, summation, demand_w, summati
 def test_current_no_data_then_stale_and_invalid_quantity():
     clock = Clock()
     r = Readings(30.0, clock=clock)
-    assert body(web_resources.current_json(r)) == {"demand_w": None, "summation_wh": None, "time": None,
-                                                   "age_s": None, "status": "no-data"}
+    assert body(web_resources.current_json(r)) == {"demand_w": None, "summation_wh": None, "received_wh": None,
+                                                   "time": None, "age_s": None, "status": "no-data"}
     r.apply(reading(1, 1, clock(), demand=None))
     js = body(web_resources.current_json(r))
     assert js["demand_w"] is None and js["summation_wh"] is not None and js["status"] == "ok"
     clock.advance(31)
     assert body(web_resources.current_json(r))["status"] == "stale"
+
+
+@pytest.mark.parametrize("scaling, received, received_wh", [
+    (SCALING_3_10000, 4_000_001, Decimal("1200000.3")),
+    (SCALING_1_1000, 0, 0),
+    (SCALING_3_10000, (1 << 48) - 1, Decimal("84442493013196.5")),    # every digit of a full register
+])
+def test_current_carries_energy_exported_exactly_scaled(scaling, received, received_wh):
+    r = Readings(30.0, clock=Clock())
+    r.apply(reading(1, 1, T0 - 1, demand=-2500, summation=987654321, scaling=scaling, received=received))
+    js = body(web_resources.current_json(r))
+    assert js["received_wh"] == received_wh and js["summation_wh"] is not None and js["demand_w"] < 0
+    # a meter that does not report export (an older HAN, or 0x0001 unsupported): null, not a stale value
+    r.apply(reading(2, 2, T0 - 0.5, demand=300, summation=987654322, scaling=scaling))
+    js = body(web_resources.current_json(r))
+    assert js["received_wh"] is None and js["demand_w"] > 0
 
 
 def test_status_reports_what_the_han_side_said_and_how_old_it_is():
@@ -78,7 +94,8 @@ def test_history_points_and_gaps_in_time_order():
     r = Readings(30.0, clock=clock)
     for slot in range(20):
         t = clock.advance(7.0)
-        r.apply(gap(slot, slot, t) if slot in (4, 5) else reading(slot, slot, t, demand=1000 + slot))
+        r.apply(gap(slot, slot, t) if slot in (4, 5) else
+                reading(slot, slot, t, demand=1000 + slot, received=None if slot < 10 else 20 + slot))
     clock.advance(1.0)
     js = body(web_resources.history_json(r, {"minutes": "1"}))
     assert js["minutes"] == 1
@@ -89,6 +106,8 @@ def test_history_points_and_gaps_in_time_order():
     times = [p["time"] for p in js["points"]]
     assert times == sorted(times) and len(times) == 18
     assert js["points"][0]["demand_w"] == Decimal("300") and js["points"][0]["summation_wh"] is not None
+    # energy exported beside energy imported, null where the reading did not carry it (0.3 Wh a count)
+    assert [p["received_wh"] for p in js["points"]] == [None] * 8 + [Decimal(3 * (20 + k)) / 10 for k in range(10, 20)]
 
 
 @pytest.mark.parametrize("params, name", [({"minutes": "0"}, "minutes"), ({"minutes": "1441"}, "minutes"),
