@@ -286,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-interval", type=float, default=7.0, help="seconds between meter reads")
     parser.add_argument("--lan-port", type=int, default=8443)
     args = parser.parse_args(argv)
+    # A household with solar panels, so the page shows energy exported around midday as well.
     stack = Stack(args.dir, poll_interval_s=args.poll_interval, lan_port=args.lan_port,
-                  capture_logs=False)
+                  capture_logs=False, emulator_args=["--solar"])
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     with stack:

@@ -84,14 +84,16 @@ def _watts(text: str) -> Fraction:
         raise argparse.ArgumentTypeError(f"--load-w: {e}")
 
 
-def _kwh(text: str) -> Fraction:
-    try:
-        v = Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"--start-kwh must be a number of kWh, not {text!r}")
-    if v < 0:
-        raise argparse.ArgumentTypeError("--start-kwh must be >= 0")
-    return v
+def _kwh(name: str):
+    def parse(text: str) -> Fraction:
+        try:
+            v = Fraction(text)
+        except (ValueError, ZeroDivisionError):
+            raise argparse.ArgumentTypeError(f"{name} must be a number of kWh, not {text!r}")
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 0")
+        return v
+    return parse
 
 
 def _time_of_day(text: str) -> int:
@@ -139,14 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UnitOfMeasure (0 = kW/kWh)")
     m.add_argument("--device-type", type=_int_in("--device-type", 0, 255), default=0, metavar="N",
                    help="MeteringDeviceType (0 = electric)")
-    m.add_argument("--start-kwh", type=_kwh, default=Fraction("12345.678"), metavar="X",
-                   help="summation register at start, kWh (default 12345.678)")
+    m.add_argument("--start-kwh", type=_kwh("--start-kwh"), default=Fraction("12345.678"), metavar="X",
+                   help="summation register (energy imported) at start, kWh (default 12345.678)")
+    m.add_argument("--start-received-kwh", type=_kwh("--start-received-kwh"), default=Fraction(0), metavar="X",
+                   help="CurrentSummationReceived register (energy exported) at start, kWh (default 0)")
+    m.add_argument("--no-export", action="store_true",
+                   help="a meter without export measurement: CurrentSummationReceived (0x0001) is answered "
+                        "UNSUPPORTED_ATTRIBUTE")
     load = m.add_mutually_exclusive_group()
     load.add_argument("--load-w", type=_watts, metavar="W", help="constant load in watts (negative = export)")
     load.add_argument("--load-file", metavar="FILE",
                       help="file holding the load in watts, re-read when it changes and on SIGHUP")
-    m.add_argument("--export", action="store_true",
-                   help="household with solar panels: demand goes negative, CurrentSummationReceived served")
+    m.add_argument("--solar", action="store_true",
+                   help=f"the household has solar panels ({SOLAR_PEAK_W} W peak): demand goes negative around "
+                        "midday and the meter's received register counts the export")
     m.add_argument("--time-of-day", type=_time_of_day, metavar="HH:MM",
                    help="local time of day the household profile starts at (default: now)")
     f = p.add_argument_group("faults and timing")
@@ -268,12 +276,13 @@ class Emulator:
             load_desc = {"profile": "constant", "w": float(args.load_w)}
         else:
             tod = args.time_of_day if args.time_of_day is not None else _local_time_of_day()
-            self.load = HouseholdProfile(args.seed, tod, SOLAR_PEAK_W if args.export else 0)
-            load_desc = {"profile": "household", "w": float(self.load.demand_w(0)), "start_time_of_day_s": tod}
-        self.model = MeterModel(self.load, args.start_kwh, args.multiplier, args.divisor)
+            self.load = HouseholdProfile(args.seed, tod, SOLAR_PEAK_W if args.solar else 0)
+            load_desc = {"profile": "household", "w": float(self.load.demand_w(0)), "start_time_of_day_s": tod,
+                         "solar_peak_w": self.load.solar_peak_w}
+        self.model = MeterModel(self.load, args.start_kwh, args.multiplier, args.divisor, args.start_received_kwh)
         summation_fmt, demand_fmt = self.model.formatting()
         self.meter_settings = metering.MeterSettings(args.unit, args.device_type, args.multiplier, args.divisor,
-                                                     summation_fmt, demand_fmt, args.export)
+                                                     summation_fmt, demand_fmt, export=not args.no_export)
         self.network = Network(args.meter_address, args.meter_endpoint)
         self.radio = Radio(RadioConfig(api_mode=args.api_mode, api_options=args.api_options,
                                        firmware=args.firmware, hardware=args.hardware,
@@ -362,6 +371,8 @@ class Emulator:
                  "attrs": {f"0x{a:04x}": values[a] for a in reply.read.attributes if a in values},
                  "kwh": float(sample.kwh), "kw": float(sample.kw),
                  "kwh_exact": str(sample.kwh), "kw_exact": str(sample.kw), "t_sample": t_sample}
+        if self.meter_settings.export:
+            facts["received_kwh_exact"] = str(sample.received_kwh)
         fault = self.faults.decide()
         if fault == DROP:
             self.frame_log.write("fault", fault=DROP, **facts)

@@ -7,6 +7,8 @@ only rounding is the meter's own (floor to the register's resolution), which is 
 
 Raw values, as ZCL reports them (SE 1.x Simple Metering):
   CurrentSummationDelivered = floor(kWh × divisor ÷ multiplier), uint48, 0xFFFFFFFFFFFF being "invalid"
+  CurrentSummationReceived  = the same, of the energy exported (while the demand is negative), counted
+                              from `start_received_kwh`; neither register ever decreases
   InstantaneousDemand       = kW × divisor ÷ multiplier rounded half away from zero, int24 clamped to
                               ±0x7FFFFF (−0x800000 is "invalid")
 A multiplier or divisor of 0 counts as 1, as the host treats it (docs/han-protocol.md).
@@ -95,15 +97,16 @@ class MeterModel:
     """A Simple Metering server's registers over a load: demand_w(t), energy_kwh(t) and raw values."""
 
     def __init__(self, load: Load, start_kwh: Fraction | int | str = Fraction("12345.678"),
-                 multiplier: int = 1, divisor: int = 1000):
+                 multiplier: int = 1, divisor: int = 1000, start_received_kwh: Fraction | int | str = 0):
         for name, v in (("multiplier", multiplier), ("divisor", divisor)):
             if not 0 <= v <= 0xFFFFFF:
                 raise ValueError(f"{name} must be a uint24 (0-16777215), not {v}")
-        start_kwh = Fraction(start_kwh)
-        if start_kwh < 0:
-            raise ValueError("start_kwh must be >= 0")
+        start_kwh, start_received_kwh = Fraction(start_kwh), Fraction(start_received_kwh)
+        if start_kwh < 0 or start_received_kwh < 0:
+            raise ValueError("start_kwh and start_received_kwh must be >= 0")
         self.load = load
         self.start_kwh = start_kwh
+        self.start_received_kwh = start_received_kwh
         self.multiplier = multiplier
         self.divisor = divisor
         # Raw units per kWh (or per kW): what the attribute counts.
@@ -116,7 +119,7 @@ class MeterModel:
         return self.start_kwh + self.load.delivered_ws(t) / WS_PER_KWH
 
     def received_kwh(self, t: float | Fraction) -> Fraction:
-        return self.load.received_ws(t) / WS_PER_KWH
+        return self.start_received_kwh + self.load.received_ws(t) / WS_PER_KWH
 
     def summation_raw(self, kwh: Fraction) -> int:
         return min(math.floor(kwh * self._raw_per_unit), UINT48_MAX_VALID)

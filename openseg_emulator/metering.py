@@ -68,7 +68,8 @@ ATTRIBUTE_TYPES = {
     METERING_DEVICE_TYPE: BITMAP8,
     INSTANTANEOUS_DEMAND: INT24,
 }
-# The reads a host makes every slot; only answers to these are subject to fault injection.
+# A read holding either of these is a slot's poll (which may also ask for CurrentSummationReceived);
+# only answers to polls are subject to fault injection.
 POLL_ATTRIBUTES = frozenset((CURRENT_SUMMATION_DELIVERED, INSTANTANEOUS_DEMAND))
 
 
@@ -193,7 +194,7 @@ class MeterSettings:
     divisor: int = 1000
     summation_formatting: int = 0x33
     demand_formatting: int = 0x23
-    export: bool = False             # also serves CurrentSummationReceived
+    export: bool = True              # serves CurrentSummationReceived (False: answers it 0x86)
 
 
 def attribute_values(settings: MeterSettings, summation_raw: int, demand_raw: int,

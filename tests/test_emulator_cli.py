@@ -16,6 +16,9 @@ from openseg_emulator.pty_link import UartWriter
     (["--multiplier", "nope"], "--multiplier must be an integer"),
     (["--load-w", "abc"], "--load-w: not a number of watts"),
     (["--load-w", "5", "--load-file", "x"], "not allowed with argument"),
+    (["--start-received-kwh", "-1"], "--start-received-kwh must be >= 0"),
+    (["--start-received-kwh", "lots"], "--start-received-kwh must be a number of kWh"),
+    (["--start-kwh", "-2"], "--start-kwh must be >= 0"),
 ])
 def test_bad_options_exit_2_naming_the_option(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exc:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -250,6 +251,36 @@ def test_discovery_and_reads_end_to_end(start_emulator, host_factory, meter_addr
     assert answer["kw"] == 1.5 and answer["t_start"] <= answer["t"]
     classes = [e["class"] for e in emu.events("rx")]
     assert set(classes) <= {"at-query", "zdo-discovery", "zcl-read"} and classes.count("zcl-read") == 2
+
+
+@pytest.mark.parametrize("export", [True, False])
+def test_energy_exported_while_the_load_is_negative(start_emulator, host_factory, export):
+    """A constant export of 3600 W: the received register starts at --start-received-kwh and counts up
+    1 Wh a second, the delivered one stands still; with --no-export the meter answers 0x0001 with
+    UNSUPPORTED_ATTRIBUTE (0x86) and still answers the rest of the same read."""
+    emu = start_emulator("--load-w", "-3600", "--start-received-kwh", "250.5", "--start-kwh", "100",
+                         *(() if export else ("--no-export",)))
+    host = host_factory(emu.link)
+    host.wait_joined()
+    answers = []
+    for seq in (0x50, 0x51):
+        host.read_meter(seq, [0x0000, 0x0001, 0x0400])
+        reply = host.read_until(lambda f, seq=seq: zcl_reply(f, seq), "poll read")[-1]
+        answers.append((parse_read_response(reply), reply))
+        time.sleep(1.2)     # let the register move (the values are checked against the frame log)
+    logged = emu.wait_event("answer", "both answers in the frame log", count=2)
+    for (values, reply), log in zip(answers, logged):
+        assert values[0x0000] == 100_000 and values[0x0400] == -3600
+        assert log["attrs"] == {f"0x{a:04x}": v for a, v in values.items()}
+        if export:
+            # raw Wh (divisor 1000): floor of the exact register the emulator logged
+            assert values[0x0001] == int(Fraction(log["received_kwh_exact"]) * 1000) >= 250_500
+        else:
+            assert 0x0001 not in values and "received_kwh_exact" not in log
+            assert reply[18 + 3 + 10:18 + 3 + 13] == bytes([0x01, 0x00, 0x86])   # the 0x0001 record
+    if export:
+        first, second = answers[0][0][0x0001], answers[1][0][0x0001]
+        assert second - first >= 1      # >= 1.2 s at 1 Wh/s, floored
 
 
 def test_non_reads_are_refused_and_logged_as_not_a_read(start_emulator, host_factory):

@@ -70,6 +70,23 @@ def test_solar_export_goes_negative_by_day_and_is_counted_as_received():
     assert profile.received_ws(14 * 3600) > 0 and profile.received_ws(5 * 3600) == 0
 
 
+def test_received_register_starts_where_told_and_only_counts_export():
+    load = SteppedLoad(1200)
+    load.set_w(100, -3600)          # exporting 3.6 kW from t = 100 s
+    load.set_w(200, 500)
+    meter = MeterModel(load, start_kwh="10", start_received_kwh="7.25", multiplier=1, divisor=1000)
+    assert meter.sample(50).received_raw == 7250 and meter.sample(100).received_raw == 7250
+    s = meter.sample(150)
+    assert s.received_kwh == Fraction("7.25") + Fraction(50 * 3600, 3_600_000) and s.received_raw == 7300
+    assert s.summation_raw == 10_000 + 1200 * 100 // 3600 and s.demand_raw == -3600
+    later = [meter.sample(t) for t in range(0, 400, 7)]
+    for a, b in zip(later, later[1:]):          # neither register ever decreases
+        assert b.received_raw >= a.received_raw and b.summation_raw >= a.summation_raw
+    assert later[-1].received_raw == 7350
+    with pytest.raises(ValueError):
+        MeterModel(load, start_received_kwh=-1)
+
+
 def test_stepped_load_integrates_exactly():
     load = SteppedLoad(1000)
     load.set_w(Fraction(10), 2500)
