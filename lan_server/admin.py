@@ -1,7 +1,8 @@
 """`openseg-admin`: create an installation and manage LAN users.
 
     openseg-admin init --dir DIR [--lan-port N] [--serial PATH] [--bind ADDR] [--user NAME]
-                       [--san NAME_OR_IP]... [--force]
+                       [--san NAME_OR_IP]... [--socket-path PATH] [--han-uid UID] [--state-dir DIR]
+                       [--force]
     openseg-admin user add NAME [--password-stdin] [--subscription ID] --config F
     openseg-admin user passwd NAME [--password-stdin] --config F
     openseg-admin user remove NAME --config F
@@ -14,12 +15,14 @@ Secrets are printed once and stored only as hashes; there is no default password
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import ipaddress
 import os
 import socket
 import sys
 import tomllib
+from typing import Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -55,8 +58,13 @@ def toml_string(value: str) -> str:
     return "".join(out)
 
 
-def gateway_toml(*, serial: str, bind: str, port: int) -> str:
+def gateway_toml(*, serial: str, bind: str, port: int, socket_path: str = SOCKET_REL,
+                 han_uid: int | None = None, state_dir: str | None = None) -> str:
+    """The defaults suit a folder of one's own (`make run`); deploy/install-gateway passes the
+    production socket path, the HAN user's uid and the state directory the units expect."""
     today = dt.date.today().isoformat()
+    uid_line = "" if han_uid is None else f"han_uid = {han_uid}\n"
+    state_line = "" if state_dir is None else f"state_dir = {toml_string(state_dir)}\n"
     return f"""# OpenSEG gateway configuration, written by `openseg-admin init` on {today}.
 # Relative paths are relative to this file's folder. Every key is described in the README.
 
@@ -66,15 +74,15 @@ serial_port = {toml_string(serial)}
 # poll_interval_s = 7.0
 
 [channel]
-socket_path = {toml_string(SOCKET_REL)}
-
+socket_path = {toml_string(socket_path)}
+{uid_line}
 [lan]
 bind = {toml_string(bind)}
 port = {port}
 certificate = "tls/cert.pem"
 private_key = "tls/key.pem"
 users_file = "users.toml"
-# time_zone = "UTC"
+{state_line}# time_zone = "UTC"
 """
 
 
@@ -131,7 +139,8 @@ def cmd_init(args) -> None:
         raise AdminError(f"{target} already exists and is not empty; refusing to overwrite an "
                          "installation (use --force to replace its config, key, certificate and users)")
 
-    text = gateway_toml(serial=args.serial, bind=args.bind, port=args.lan_port)
+    text = gateway_toml(serial=args.serial, bind=args.bind, port=args.lan_port, socket_path=args.socket_path,
+                        han_uid=args.han_uid, state_dir=args.state_dir)
     config_path = os.path.join(target, CONFIG_NAME)
     try:   # check before writing anything, e.g. a DIR so deep the socket path does not fit AF_UNIX
         config_schema.parse(tomllib.loads(text), config_path)
@@ -140,11 +149,13 @@ def cmd_init(args) -> None:
 
     os.makedirs(target, mode=0o755, exist_ok=True)
     os.makedirs(os.path.join(target, "tls"), mode=0o700, exist_ok=True)
-    # The channel socket's folder: its owner binds there, the HAN's group may reach the socket by
-    # name, nobody may list it (the same mode the receiver creates it with).
-    run_dir = os.path.join(target, os.path.dirname(SOCKET_REL))
-    os.makedirs(run_dir, mode=0o710, exist_ok=True)
-    os.chmod(run_dir, 0o710)
+    if args.socket_path == SOCKET_REL:
+        # The channel socket's folder: its owner binds there, the HAN's group may reach the socket by
+        # name, nobody may list it (the same mode the receiver creates it with). A socket path of
+        # the installer's (/run/openseg) is made by tmpfiles.d instead.
+        run_dir = os.path.join(target, os.path.dirname(SOCKET_REL))
+        os.makedirs(run_dir, mode=0o710, exist_ok=True)
+        os.chmod(run_dir, 0o710)
 
     extra = [args.bind] + list(args.san)
     certs.write_identity(os.path.join(target, "tls", "key.pem"), os.path.join(target, "tls", "cert.pem"), extra)
@@ -233,12 +244,29 @@ def cmd_user_list(args) -> None:
 
 
 # -- cert ------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def keeping_owners(*paths: str) -> Iterator[None]:
+    """Files replaced inside the block get their old owner back. `openseg-admin` runs as root on a
+    real gateway, and a key that became root's (mode 0600) would stop openseg-lan from starting."""
+    owners = {}
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(path)
+            owners[path] = (st.st_uid, st.st_gid)
+    yield
+    for path, owner in owners.items():
+        st = os.stat(path)
+        if (st.st_uid, st.st_gid) != owner:
+            os.chown(path, *owner)
+
+
 def cmd_cert_renew(args) -> None:
     """A new key and certificate in place (the old ones expire after a year); users are untouched.
     openseg-lan reads them at start, so it needs a restart afterwards."""
     _check_sans(args.san)
     lan = config_schema.load(args.config).lan
-    certs.write_identity(lan["private_key"], lan["certificate"], [lan["bind"]] + list(args.san))
+    with keeping_owners(lan["private_key"], lan["certificate"]):
+        certs.write_identity(lan["private_key"], lan["certificate"], [lan["bind"]] + list(args.san))
     cert = x509.load_pem_x509_certificate(open(lan["certificate"], "rb").read())
     print(f"certificate: {lan['certificate']}")
     print(f"sha256: {cert.fingerprint(hashes.SHA256()).hex(':')}")
@@ -258,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--user", default=DEFAULT_USER, help=f"the first user's name (default {DEFAULT_USER})")
     init.add_argument("--san", action="append", default=[], metavar="NAME_OR_IP",
                       help="another host name or address for the certificate (repeatable)")
+    init.add_argument("--socket-path", default=SOCKET_REL, metavar="PATH",
+                      help=f"the HAN->LAN channel socket (default {SOCKET_REL}, relative to DIR)")
+    init.add_argument("--han-uid", type=int, metavar="UID",
+                      help="the uid the LAN accepts readings from (default: its own, one user for both)")
+    init.add_argument("--state-dir", metavar="DIR", help="where the LAN keeps its history (default DIR/state)")
     init.add_argument("--force", action="store_true", help="replace an existing installation in DIR")
     init.set_defaults(func=cmd_init)
 

@@ -344,3 +344,33 @@ def test_rewriting_the_users_file_keeps_its_owner(tmp_path):
     st = os.stat(path)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4343, 0o600)
     assert path.read_text() == "# new\n"
+
+
+def test_cert_renew_keeps_the_key_and_certificate_owners(installation):
+    """Run as root on a gateway (SECURITY.md: key.pem belongs to openseg-lan), `cert renew` must not
+    leave a key only root can read: openseg-lan would refuse to start. tests/test_system_boot.py
+    checks the same with the real users and a real restart."""
+    if os.getuid() != 0:
+        pytest.skip("changing a file's owner needs root (CI runs as root)")
+    cfg, _ = installation
+    lan = config_schema.load(cfg).lan
+    os.chown(lan["private_key"], 4242, 4343)
+    os.chown(lan["certificate"], 0, 4343)
+    key_before = open(lan["private_key"]).read()
+    assert run_admin("cert", "renew", "--config", cfg).returncode == 0
+    assert open(lan["private_key"]).read() != key_before
+    st = os.stat(lan["private_key"])
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4343, 0o600)
+    st = os.stat(lan["certificate"])
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 4343, 0o644)
+
+
+def test_init_writes_the_installers_production_settings(tmp_path):
+    """deploy/install-gateway's init: the socket in /run/openseg, the HAN's uid, the state directory."""
+    out = run_admin("init", "--dir", str(tmp_path / "gw"), "--socket-path", "/run/openseg/readings.sock",
+                    "--han-uid", "998", "--state-dir", "/var/lib/openseg", "--bind", "0.0.0.0")
+    assert out.returncode == 0, out.stderr
+    cfg = config_schema.load(str(tmp_path / "gw" / "gateway.toml"))
+    assert cfg.channel == {"socket_path": "/run/openseg/readings.sock", "han_uid": 998}
+    assert cfg.lan["state_dir"] == "/var/lib/openseg" and cfg.lan["bind"] == "0.0.0.0"
+    assert not (tmp_path / "gw" / "run").exists(), "no socket folder of its own beside the config"

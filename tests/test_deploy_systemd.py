@@ -281,3 +281,27 @@ def test_both_processes_work_with_memory_deny_write_execute(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["batch"] == 200 and report["bytes"] > 1000, report
     assert report["alive"] and report["wx_refused_in_child"], report
+
+
+# Threads of openseg-lan besides the HTTP worker pool: the main thread, the channel receiver, the accept
+# loop and CherryPy's engine threads. Counted in the booted unit by tests/test_system_boot.py, which
+# fails if the LAN ever runs more than this.
+LAN_THREADS_BESIDE_THE_POOL = 8
+TASKS_HEADROOM = 16
+
+
+def test_lan_tasks_max_covers_the_worker_pool_from_the_code():
+    """TasksMax below the pool crash-loops the LAN ("can't start new thread"), as the shipped
+    TasksMax=64 did against 128 workers: the limit is checked against the pool size in the code."""
+    from lan_server.main import THREAD_POOL
+    [tasks_max] = read_unit("openseg-lan.service")["Service"]["TasksMax"]
+    assert int(tasks_max) >= THREAD_POOL + LAN_THREADS_BESIDE_THE_POOL + TASKS_HEADROOM, \
+        f"TasksMax={tasks_max} < {THREAD_POOL} workers + {LAN_THREADS_BESIDE_THE_POOL} + {TASKS_HEADROOM} headroom"
+
+
+def test_han_is_favoured_for_the_cpu():
+    """The HAN's poll loop must not wait behind an HTTPS flood of the LAN (tests/test_system_boot.py
+    measures its timing under one): more CPU weight than the default 100 and a higher priority."""
+    service = read_unit("openseg-han.service")["Service"]
+    assert int(service["CPUWeight"][0]) > 100 and int(service["Nice"][0]) < 0, service
+    assert "CPUWeight" not in read_unit("openseg-lan.service")["Service"]
