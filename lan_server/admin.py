@@ -9,7 +9,8 @@
     openseg-admin user list --config F
     openseg-admin cert renew --config F [--san NAME_OR_IP]...
 
-Exit codes: 0 done; 1 refused (bad name, user exists, DIR not empty...); 2 bad config file or usage.
+Exit codes: 0 done; 1 refused (bad name, user exists, DIR not empty...); 2 a config or users file that
+cannot be used (unreadable, not UTF-8, not TOML, a bad key: one line names the file), or bad usage.
 Secrets are printed once and stored only as hashes; there is no default password anywhere.
 """
 from __future__ import annotations
@@ -40,6 +41,10 @@ SOCKET_REL = "run/readings.sock"
 
 class AdminError(Exception):
     """Refused: the message says why; exit code 1."""
+
+
+class UsersFileUnusable(Exception):
+    """The users file exists but cannot be used; exit code 2, like a bad config file."""
 
 
 def toml_string(value: str) -> str:
@@ -184,7 +189,7 @@ def _load_existing(path: str) -> dict[str, User]:
     try:
         return load(path)
     except UsersFileError as exc:
-        raise AdminError(f"{exc} (fix or remove the file first)") from None
+        raise UsersFileUnusable(f"{exc} (fix or remove the file first)") from None
 
 
 def cmd_user_add(args) -> None:
@@ -325,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     except AdminError as exc:
         print(f"openseg-admin: {exc}", file=sys.stderr)
         return 1
-    except config_schema.ConfigError as exc:
+    except (config_schema.ConfigError, UsersFileUnusable) as exc:
         print(f"openseg-admin: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

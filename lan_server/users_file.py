@@ -20,9 +20,10 @@ import re
 import secrets
 import threading
 import time
-import tomllib
 from dataclasses import dataclass
 from typing import Callable, Iterator
+
+from shared_schema.text_file import TextFileError, parse_toml, read_text
 
 from . import passwords
 
@@ -62,9 +63,9 @@ def generate_subscription_id() -> str:
 
 def parse(text: str, where: str = "users file") -> dict[str, User]:
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsersFileError(f"{where}: not valid TOML: {exc}") from None
+        data = parse_toml(text, where)
+    except TextFileError as exc:
+        raise UsersFileError(str(exc)) from None
     unknown = set(data) - {"users"}
     if unknown:
         raise UsersFileError(f"{where}: unknown key {sorted(unknown)[0]!r} (only [users.NAME] tables)")
@@ -93,12 +94,9 @@ def parse(text: str, where: str = "users file") -> dict[str, User]:
 
 def load(path: str) -> dict[str, User]:
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise UsersFileError(f"{path}: no such users file (create one with `openseg-admin init`)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsersFileError(f"{path}: cannot read: {exc}") from None
+        text = read_text(path, "users file", " (create one with `openseg-admin init`)")
+    except TextFileError as exc:
+        raise UsersFileError(str(exc)) from None
     return parse(text, path)
 
 

@@ -20,9 +20,10 @@ import ssl
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Callable
+
+from shared_schema.text_file import TextFileError, parse_toml, read_text
 
 BIN = Path(sys.executable).parent
 
@@ -139,9 +140,12 @@ class Stack:
             fd = os.open(login_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump(login, f)
-        self.login = json.loads(login_file.read_text())
-        with open(self.config_path, "rb") as f:
-            cfg = tomllib.load(f)
+        try:
+            self.login = json.loads(read_text(str(login_file), "devstack login file"))
+        except ValueError as exc:       # TextFileError is one; json's JSONDecodeError another
+            raise TextFileError(f"{login_file}: not the login `openseg-admin init` printed ({exc}); "
+                                f"delete {self.workdir} to start afresh") from None
+        cfg = parse_toml(read_text(str(self.config_path), "config file"), str(self.config_path))
         han = cfg.setdefault("han", {})
         han.update({"serial_port": str(self.link), "poll_interval_s": float(self.poll_interval_s),
                     "response_timeout_s": float(self.response_timeout_s)})
@@ -291,7 +295,17 @@ def main(argv: list[str] | None = None) -> int:
                   capture_logs=False, emulator_args=["--solar"])
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    with stack:
+    try:
+        stack.start()
+    except TextFileError as exc:
+        stack.stop()
+        print(f"devstack: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+        stack.stop()        # the process at fault has said why on stderr, above
+        print(f"devstack: {str(exc).strip()}", file=sys.stderr)
+        return 1
+    try:
         print(f"\nOpenSEG is running (emulated meter on {stack.link}).", flush=True)
         print(f"  url:          {stack.url}/")
         print(f"  username:     {stack.username}")
@@ -311,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
+    finally:
+        stack.stop()
     return 0
 
 

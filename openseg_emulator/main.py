@@ -187,7 +187,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         try:
             args.load_source = LoadFile(args.load_file)
         except LoadFileError as e:
-            parser.error(f"--load-file: {e}")
+            parser.exit(2, f"{parser.prog}: --load-file: {e}\n")     # one line, no usage: a file fault
     else:
         args.load_source = None
     if args.seed is None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import tomllib
 import zoneinfo
 from dataclasses import dataclass
 from typing import Any
+
+from .text_file import TextFileError, parse_toml, read_text, shown
 
 PRODUCTION_MIN_POLL_S = 7.0   # the utility's rule: never more than one query per 7 s on the HAN
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
@@ -105,14 +106,14 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
     out: dict[str, dict[str, Any]] = {}
     for section in data:
         if section not in SCHEMA:
-            raise ConfigError(f"[{section}]: unknown section (known: {', '.join(SCHEMA)})")
+            raise ConfigError(f"[{shown(section)}]: unknown section (known: {', '.join(SCHEMA)})")
     for section, keys in SCHEMA.items():
         given = data.get(section, {})
         if not isinstance(given, dict):
             raise ConfigError(f"[{section}]: must be a table")
         for key in given:
             if key not in keys:
-                raise ConfigError(f"[{section}] {key}: unknown key (known: {', '.join(keys)})")
+                raise ConfigError(f"[{section}] {shown(key)}: unknown key (known: {', '.join(keys)})")
         values = {}
         for key, (typ, default, check) in keys.items():
             if key not in given:
@@ -124,6 +125,8 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
                 if check and (problem := check(value)):
                     raise ConfigError(f"[{section}] {key}: {problem} (got {value!r})")
             if (section, key) in PATH_KEYS:
+                if "\0" in value:
+                    raise ConfigError(f"[{section}] {key}: a path cannot hold a NUL character (got {value!r})")
                 value = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
             values[key] = value
         out[section] = values
@@ -141,11 +144,13 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
 
 
 def load(path: str) -> Config:
+    """The config file at `path`, checked; every fault (unreadable, a directory, not UTF-8, not TOML,
+    a bad key) is a ConfigError whose one-line message names the file or the key."""
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse(data, path)
+        data = parse_toml(read_text(path, "config file"), path)
+    except TextFileError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        return parse(data, path)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -292,7 +292,7 @@ def test_broken_users_file_is_reported_not_overwritten(installation):
         f.write("[users.broken\n")
     before = open(path).read()
     out = run_admin("user", "add", "bob", "--config", cfg)
-    assert out.returncode == 1 and "not valid TOML" in out.stderr
+    assert out.returncode == 2 and "not valid TOML" in out.stderr
     assert open(path).read() == before
 
 
