@@ -31,10 +31,9 @@ from cryptography.hazmat.primitives import hashes
 from shared_schema import config as config_schema
 from . import certs, passwords
 from .users_file import (User, UsersFileError, check_name, check_subscription, generate_subscription_id,
-                         load, locked, render, write_atomic)
+                         generate_user_name, load, locked, render, write_atomic)
 
 CONFIG_NAME = "gateway.toml"
-DEFAULT_USER = "home"
 DEFAULT_SERIAL = "/dev/ttyUSB0"
 SOCKET_REL = "run/readings.sock"
 
@@ -131,6 +130,8 @@ def cmd_init(args) -> None:
         ipaddress.ip_address(args.bind)
     except ValueError:
         raise AdminError(f"--bind: must be an IP address such as 127.0.0.1 or 0.0.0.0 (got {args.bind!r})") from None
+    if args.user is None:
+        args.user = generate_user_name()
     if problem := check_name(args.user):
         raise AdminError(f"--user: {problem}")
     if not args.serial.strip():
@@ -288,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--serial", default=DEFAULT_SERIAL, help="the radio's serial port")
     init.add_argument("--bind", default="127.0.0.1",
                       help="address to listen on (a real gateway: 0.0.0.0 or its LAN address)")
-    init.add_argument("--user", default=DEFAULT_USER, help=f"the first user's name (default {DEFAULT_USER})")
+    init.add_argument("--user", help="the first user's name (default: generated, home-<10 hex digits>)")
     init.add_argument("--san", action="append", default=[], metavar="NAME_OR_IP",
                       help="another host name or address for the certificate (repeatable)")
     init.add_argument("--socket-path", default=SOCKET_REL, metavar="PATH",

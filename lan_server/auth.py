@@ -3,11 +3,19 @@
 Order of checks for a request, and why:
 1. A cache of recently *verified* credentials (an HMAC under a per-process key, never the password)
    answers a client that already logged in, in microseconds, so the page polling every few seconds
-   never runs the KDF. It is consulted before the throttle, so a device that knows the password
+   never runs the KDF. It is consulted before the throttles, so a device that knows the password
    keeps working while someone else is being throttled for guessing.
-2. Throttles per client address (IPv6 per /64) and per user name refuse with 429 *before* the KDF,
-   so guessing costs the attacker time and costs the gateway nothing. The per-address limit is
-   lower than the per-user one: a single guessing host is stopped long before the user is.
+2. Throttles refuse with 429 *before* the KDF, so guessing costs the attacker time and costs the
+   gateway nothing. Which throttles apply depends on who asks (`throttles_for`):
+   - a *known client*, an exact address that has logged in as this user before (KNOWN_TTL_S), is
+     counted only against its own (user, address) pair. Nobody else's failures count there, so an
+     attacker guessing at the same user, or from the same /64, cannot lock it out;
+   - any other client is counted per exact address (one noisy device throttles itself only), per
+     IPv6 /64 with a higher limit (rotating privacy addresses does not buy an attacker more guesses,
+     and one device alone, stopped at the address limit, cannot reach it), and per user name (many
+     addresses guessing one user). These limits stop strangers only; a known client is not counted
+     in them and is not refused by them.
+   Link-local IPv6 addresses are never grouped: fe80::/64 is on every interface and means nothing.
 3. The KDF runs for unknown users too (against a dummy hash), so timing does not reveal which
    names exist, and at most `kdf_concurrency` at a time, so a burst of guesses cannot make the
    gateway allocate 32 MiB per worker thread.
@@ -56,16 +64,27 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
 
 
 def client_key(address: str) -> str:
-    """The unit a throttle counts: an IPv4 address, or an IPv6 /64 (one household's prefix)."""
+    """The exact client: an IPv4 address, or an IPv6 address (IPv4-mapped ones as IPv4; a zone id
+    such as %eth0 is dropped, the address itself identifies the device on that link)."""
     try:
-        ip = ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(address.partition("%")[0])
     except ValueError:
         return address
-    if ip.version == 6:
-        if ip.ipv4_mapped:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    if ip.version == 6 and ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
     return str(ip)
+
+
+def prefix_key(address: str) -> str | None:
+    """The IPv6 /64 an address belongs to (one household's or one host's privacy addresses), or None
+    where grouping means nothing: IPv4, IPv4-mapped, and link-local (the same fe80::/64 on every link)."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return None
+    if ip.version != 6 or ip.ipv4_mapped or ip.is_link_local:
+        return None
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 class Throttle:
@@ -161,6 +180,30 @@ class VerifiedCache:
                                         now + self.ttl_s)
 
 
+class KnownClients:
+    """(user, exact address) pairs that logged in successfully within `ttl_s`: the clients whose
+    right password must keep working while strangers guess. Bounded; the least recently seen goes
+    first. Only a successful KDF check adds a pair, so no failed attempt can make or break one."""
+
+    def __init__(self, ttl_s: float, *, clock: Callable[[], float] = time.monotonic, max_entries: int = 1024):
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._max = max_entries
+        self._lock = threading.Lock()
+        self._seen: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
+
+    def knows(self, name: str, address: str) -> bool:
+        seen = self._seen.get((name, address))
+        return seen is not None and self._clock() - seen < self.ttl_s
+
+    def add(self, name: str, address: str) -> None:
+        with self._lock:
+            self._seen[(name, address)] = self._clock()
+            self._seen.move_to_end((name, address))
+            while len(self._seen) > self._max:
+                self._seen.popitem(last=False)
+
+
 @functools.cache
 def _dummy_hash() -> str:
     """What an unknown user's guess is checked against: same parameters as real hashes, a secret
@@ -178,23 +221,56 @@ class Decision:
         return self.user is not None
 
 
+KNOWN_TTL_S = 30 * 86400.0      # a household device that logged in within a month is known
+PREFIX_FACTOR = 5               # a /64 may fail this many times an address's limit
+
+
 class Authenticator:
     """Defaults are for production; tests pass smaller limits and a fake clock."""
 
     def __init__(self, users: UsersStore, *, address_limit: int = 10, user_limit: int = 30,
                  window_s: float = 600.0, cache_ttl_s: float = 300.0, kdf_concurrency: int = 2,
-                 clock: Callable[[], float] = time.monotonic,
+                 known_ttl_s: float = KNOWN_TTL_S, clock: Callable[[], float] = time.monotonic,
                  verify: Callable[[str, str], bool] = passwords.verify_password):
         if address_limit >= user_limit:
             raise ValueError("address_limit must be below user_limit, so one guessing host is "
                              "stopped before the user it guesses at is")
         self.users = users
         self.by_address = Throttle(address_limit, window_s, clock=clock)
+        self.by_prefix = Throttle(address_limit * PREFIX_FACTOR, window_s, clock=clock)
         self.by_user = Throttle(user_limit, window_s, clock=clock)
+        self.by_known = Throttle(address_limit, window_s, clock=clock)
+        self.known = KnownClients(known_ttl_s, clock=clock)
         self.cache = VerifiedCache(cache_ttl_s, clock=clock)
         self._kdf_slots = threading.BoundedSemaphore(kdf_concurrency)
         self._verify = verify
         self._dummy_hash = _dummy_hash()
+
+    def throttles_for(self, name: str, remote_addr: str) -> list[tuple[Throttle, str]]:
+        """The (throttle, key) pairs an attempt by `name` from `remote_addr` is counted in, in order."""
+        addr = client_key(remote_addr)
+        user_key = name if NAME_RE.fullmatch(name) else "\0invalid-name"
+        if self.known.knows(user_key, addr):
+            return [(self.by_known, f"{user_key}\0{addr}")]
+        out = [(self.by_address, addr)]
+        prefix = prefix_key(remote_addr)
+        if prefix is not None:
+            out.append((self.by_prefix, prefix))
+        out.append((self.by_user, user_key))
+        return out
+
+    def _admit(self, counted: list[tuple[Throttle, str]]) -> tuple[int, list[tuple[Throttle, str, float]]]:
+        """Count the attempt in every throttle, or in none: (retry_after_s, []) when one refuses."""
+        taken: list[tuple[Throttle, str, float]] = []
+        for throttle, key in counted:
+            wait, stamp = throttle.acquire(key)
+            if stamp is None:
+                for t, k, s in taken:
+                    t.forgive(k, s)
+                log.debug("throttled: %s (retry after %.0f s)", key, wait)
+                return math.ceil(wait), []
+            taken.append((throttle, key, stamp))
+        return 0, taken
 
     def check(self, remote_addr: str, authorization: str | None) -> Decision:
         creds = parse_basic(authorization)
@@ -205,25 +281,18 @@ class Authenticator:
         if user is not None and self.cache.hit(user, password):
             return Decision(user=user)
 
-        addr_key = client_key(remote_addr)
-        user_key = name if NAME_RE.fullmatch(name) else "\0invalid-name"
-        wait, addr_stamp = self.by_address.acquire(addr_key)
-        if addr_stamp is None:
-            log.debug("throttled: address %s (retry after %.0f s)", addr_key, wait)
-            return Decision(retry_after_s=math.ceil(wait))
-        wait, user_stamp = self.by_user.acquire(user_key)
-        if user_stamp is None:
-            self.by_address.forgive(addr_key, addr_stamp)
-            log.debug("throttled: user %r (retry after %.0f s)", name, wait)
-            return Decision(retry_after_s=math.ceil(wait))
+        wait, taken = self._admit(self.throttles_for(name, remote_addr))
+        if not taken:
+            return Decision(retry_after_s=wait)
 
         with self._kdf_slots:
             good = self._verify(password, user.password_hash if user else self._dummy_hash)
         if good and user is not None:
-            self.by_address.forgive(addr_key, addr_stamp)
-            self.by_user.forgive(user_key, user_stamp)
+            for throttle, key, stamp in taken:
+                throttle.forgive(key, stamp)
+            self.known.add(user.name, client_key(remote_addr))
             self.cache.add(user, password)
             return Decision(user=user)
-        log.warning("login failed: user %s from %s", name if user_key == name else "(invalid name)",
+        log.warning("login failed: user %s from %s", name if NAME_RE.fullmatch(name) else "(invalid name)",
                     remote_addr)
         return Decision()

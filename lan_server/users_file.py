@@ -61,6 +61,12 @@ def generate_subscription_id() -> str:
     return secrets.token_hex(8)
 
 
+def generate_user_name() -> str:
+    """A first user name nobody can guess ("home-" and 40 random bits), so guessing a password
+    starts with guessing a name too; a per-user throttle then has no well-known name to aim at."""
+    return f"home-{secrets.token_hex(5)}"
+
+
 def parse(text: str, where: str = "users file") -> dict[str, User]:
     try:
         data = parse_toml(text, where)

@@ -62,6 +62,10 @@ def test_each_init_has_its_own_key_and_password(tmp_path):
     b, out_b = init(tmp_path, name="b")
     assert parse_fields(out_a.stdout)["password"] != parse_fields(out_b.stdout)["password"]
     assert parse_fields(out_a.stdout)["subscription"] != parse_fields(out_b.stdout)["subscription"]
+    # The user name is not a well-known one either (issue 14: "home" was everyone's first user).
+    names = {parse_fields(out_a.stdout)["username"], parse_fields(out_b.stdout)["username"]}
+    assert len(names) == 2 and "home" not in names
+    assert all(n.startswith("home-") and len(n) == 15 for n in names)
     assert open(f"{a}/tls/key.pem").read() != open(f"{b}/tls/key.pem").read()
 
 

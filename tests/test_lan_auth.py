@@ -14,7 +14,7 @@ import time
 import pytest
 
 from lan_server import passwords, users_file
-from lan_server.auth import Authenticator, Throttle, VerifiedCache, client_key, parse_basic
+from lan_server.auth import Authenticator, Throttle, VerifiedCache, client_key, parse_basic, prefix_key
 from lan_server.users_file import User, UsersFileError, UsersStore
 
 FAST = dict(ln=10, r=8, p=1)       # cheap parameters for tests that hash many times
@@ -85,11 +85,16 @@ def test_parse_basic():
         assert parse_basic(bad) is None, bad
 
 
-def test_client_key_groups_ipv6_by_64():
+def test_client_key_is_the_exact_address_and_prefix_key_the_global_64():
     assert client_key("192.0.2.7") == "192.0.2.7"
     assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
-    assert client_key("2001:db8:1:2::5") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
-    assert client_key("2001:db8:1:3::5") != client_key("2001:db8:1:2::5")
+    assert client_key("2001:db8:1:2::5") != client_key("2001:db8:1:2:ffff::9")
+    assert client_key("fe80::1%eth0") == "fe80::1"
+    assert prefix_key("2001:db8:1:2::5") == prefix_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert prefix_key("2001:db8:1:3::5") != prefix_key("2001:db8:1:2::5")
+    # Never grouped: IPv4, and link-local (every interface has the same fe80::/64).
+    assert prefix_key("192.0.2.7") is None and prefix_key("::ffff:192.0.2.7") is None
+    assert prefix_key("fe80::1%eth0") is None and prefix_key("fe80::2") is None
 
 
 # -- throttle and cache -------------------------------------------------------------------------------
@@ -278,6 +283,67 @@ def test_kdf_concurrency_is_bounded(store):
     for t in threads:
         t.join()
     assert peak[0] == 2
+
+
+def test_issue_lockout_guessing_from_four_addresses_leaves_known_clients_working(store):
+    """Issue 14: 32 wrong guesses from 4 loopback addresses used to lock "alice" out for ten minutes,
+    her right password included, and a display once its cache entry expired."""
+    auth, verify, clock = make_auth(store, address_limit=10, user_limit=30, window_s=600.0, cache_ttl_s=300.0)
+    assert auth.check("127.0.0.1", basic("alice", "alice-password")).ok      # the display, a while ago
+    assert auth.check("127.0.0.9", basic("alice", "alice-password")).ok      # her phone
+    clock.t += 3600
+    for i in range(32):
+        auth.check(f"127.0.0.{2 + i % 4}", basic("alice", f"guess-{i}"))
+    # Guessing stays throttled: from the four addresses, and from any other stranger.
+    assert auth.check("127.0.0.2", basic("alice", "guess-x")).retry_after_s > 0
+    calls = len(verify.calls)
+    assert auth.check("127.0.0.50", basic("alice", "guess-y")).retry_after_s > 0
+    assert len(verify.calls) == calls                                        # no KDF for them
+    # The household's devices, with their cache entries long expired, still get in.
+    assert auth.check("127.0.0.1", basic("alice", "alice-password")).ok
+    assert len(verify.calls) == calls + 1                                    # a KDF, not a 429
+    assert auth.check("127.0.0.9", basic("alice", "alice-password")).ok
+
+
+def test_known_client_is_throttled_on_its_own_failures_only(store):
+    auth, verify, clock = make_auth(store, cache_ttl_s=0)
+    assert auth.check("10.0.0.100", basic("alice", "alice-password")).ok
+    for i in range(3):                                   # guessing from the known address itself
+        assert not auth.check("10.0.0.100", basic("alice", f"guess-{i}")).ok
+    assert auth.check("10.0.0.100", basic("alice", "alice-password")).retry_after_s > 0
+    # Known for alice only: as bob, that address is a stranger with its own address count.
+    assert auth.check("10.0.0.100", basic("bob", "bob-password")).ok
+    clock.t += 61
+    assert auth.check("10.0.0.100", basic("alice", "alice-password")).ok
+
+
+def test_strangers_failures_as_a_user_never_reach_known_addresses_of_that_user(store):
+    auth, _, _ = make_auth(store, cache_ttl_s=0)
+    assert auth.check("10.0.0.100", basic("alice", "alice-password")).ok
+    for i in range(60):                                 # far beyond every limit, from 30 addresses
+        auth.check(f"10.0.1.{i // 2}", basic("alice", "guess-guess"))
+    assert auth.check("10.0.0.100", basic("alice", "alice-password")).ok
+
+
+def test_one_noisy_ipv6_device_does_not_lock_out_its_prefix_or_the_link(store):
+    auth, _, _ = make_auth(store, cache_ttl_s=0)       # address limit 3, so the /64 allows 15
+    for i in range(40):
+        auth.check("2001:db8:1:2::bad", basic("alice", f"guess-{i}"))
+        auth.check("fe80::bad%eth0", basic("alice", f"guess-{i}"))
+    assert auth.check("2001:db8:1:2::bad", basic("bob", "bob-password")).retry_after_s > 0
+    # Other devices on the same /64 and the same link, never logged in before: not refused.
+    assert auth.check("2001:db8:1:2::77", basic("bob", "bob-password")).ok
+    assert auth.check("fe80::77%eth0", basic("bob", "bob-password")).ok
+    assert auth.check("fe80::78%wlan0", basic("bob", "bob-password")).ok
+
+
+def test_rotating_ipv6_addresses_do_not_buy_an_attacker_more_guesses(store):
+    auth, verify, _ = make_auth(store, user_limit=100)  # so that only the /64 limit can stop it
+    for i in range(40):
+        auth.check(f"2001:db8:1:2::{i + 1:x}", basic("mallory", "guess-guess"))
+    assert len(verify.calls) == 15                      # the /64 stopped it at 5 x the address limit
+    assert auth.check("2001:db8:1:2::99", basic("bob", "bob-password")).retry_after_s > 0
+    assert auth.check("2001:db8:1:3::1", basic("bob", "bob-password")).ok
 
 
 def test_address_limit_must_be_below_user_limit(store):
