@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import http
 import importlib
+import ipaddress
 import json
 import logging
 import os
@@ -101,13 +102,18 @@ def parse_query(query: str) -> dict[str, str]:
 class LanApp:
     def __init__(self, *, authenticator: Authenticator, readings: Any,
                  channel_counters: Callable[[], dict], lan_started: float, time_zone: str,
-                 default_base_url: str, static_dir: str = STATIC_DIR, resources: Any = None):
+                 default_base_url: str, static_dir: str = STATIC_DIR, resources: Any = None,
+                 link_hosts: frozenset[str] = frozenset(), currency: int | None = None):
         self.auth = authenticator
         self.readings = readings
         self.channel_counters = channel_counters
         self.lan_started = lan_started
         self.time_zone = time_zone
         self.default_base_url = default_base_url.rstrip("/")
+        # Host names a request may have its ESPI links point at: the certificate's (cert_names).
+        self.link_hosts = frozenset(h.lower() for h in link_hosts)
+        # [lan] currency for ESPI ReadingTypes; None: espi_feed's default.
+        self.espi_options = {} if currency is None else {"currency": currency}
         self.static_dir = os.path.realpath(static_dir)
         # The pure resource builders (ESPI Atom, JSON); injectable so the app is testable alone.
         self.resources = resources or importlib.import_module("lan_server.web_resources")
@@ -192,17 +198,26 @@ class LanApp:
         if download not in ("0", "1"):
             return _text(400, "download: must be 0 or 1")
         reply = self.resources.espi(self.readings, path=rest, params=params, subscription=subscription,
-                                    base_url=self._base_url(environ), time_zone=self.time_zone)
+                                    base_url=self._base_url(environ), time_zone=self.time_zone,
+                                    **self.espi_options)
         if download == "1" and reply.status == 200:
             reply = Reply(reply.status, reply.content_type, reply.body, {
                 **reply.headers, "Content-Disposition": f'attachment; filename="openseg-{subscription}.xml"'})
         return reply
 
     def _base_url(self, environ: dict) -> str:
-        """Links in ESPI documents point back at the host name the client used, if it is sane."""
+        """Links in ESPI documents point back at the host name the client used when the gateway's
+        certificate names it (so a client that reached it as gw.local keeps gw.local), otherwise at the
+        configured base URL: an unchecked Host header would let anyone choose where the links go."""
         host = environ.get("HTTP_HOST", "")
         if _HOST.fullmatch(host):
-            return f"https://{host}"
+            name = host[1:host.index("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+            try:
+                name = str(ipaddress.ip_address(name))      # the certificate's spelling of an address
+            except ValueError:
+                name = name.lower()
+            if name in self.link_hosts:
+                return f"https://{host}"
         return self.default_base_url
 
     def _static(self, name: str) -> Reply:

@@ -13,42 +13,51 @@ Resource space under {base}/espi/1_1/resource/ (ids are fixed; there is one mete
                                                                       hour, {hour} = its epoch second
         .../MeterReading/3/IntervalBlock/{day}                        the intervals starting on one
                                                                       local day, {day} = its first second
+        .../MeterReading/{1,2,3}/IntervalBlock/current                the current value (one reading)
     LocalTimeParameters/1                                             from the configured time zone
-    Batch/Subscription/{sub}[/UsagePoint/1]                           all of the above
+    Batch/Subscription/{sub}[/UsagePoint/1]                           Download My Data (below)
 
 Links follow the Green Button pattern: every entry has `self` and `up` (its collection);
 UsagePoint is `related` to its MeterReading collection and to LocalTimeParameters; each
 MeterReading is `related` to its IntervalBlock collection and its ReadingType.
 
 Entry ids are urn:uuid UUID v5 of ID_NAMESPACE + the resource path, so they are the same after a
-restart, on every gateway serving that path, and never depend on the host name a client used.
+restart, on every gateway serving that path, and never depend on the host name a client used. Each
+content has its own path: the current value is the `current` block, never an hour or day block.
+
+The data model (README, "Green Button data model", says why):
+- MeterReading 3 is what a tariff tool sums: clock-aligned quarter hours of energy, deltaData (ReadingType
+  accumulationBehaviour 4, intervalLength 900), one reading per complete quarter hour (interval_energy:
+  measured, ReadingQuality 9 when interpolated across missed readings, or left out). Its `current`
+  block is the quarter hour in progress up to the newest sample (interval_energy.in_progress), so the
+  intervals plus the current value add up to every Wh the register counted, from the first minute on.
+- MeterReadings 1 and 2 hold the raw 7-s samples (demand and the register, a bulkQuantity). Summing
+  them means nothing, so Download My Data carries only their current value; every sample is under
+  their IntervalBlock collections with parameters, and in their hour blocks.
+- An IntervalBlock collection without parameters answers exactly one reading, the current value.
 
 IntervalReading of MeterReadings 1 and 2: timePeriod.start is the value's time tag (epoch s, rounded
-down), duration the poll interval in force when the reading arrived (before the HAN's first status: the
-slot spacing; 0 when unknown). MeterReading 3: one reading per complete quarter hour (interval_energy:
-measured, or marked ReadingQuality 9 when interpolated across missed readings, or left out). `value` is
-an integer in units of 10**powerOfTenMultiplier W or Wh (scaling.py); MeterReading 3 uses the exponent
-of MeterReading 2, so its values are register differences in the register's own units.
+down), duration the poll interval in force when the reading arrived (0 when unknown). `value` is an
+integer in units of 10**powerOfTenMultiplier W or Wh (scaling.py); MeterReading 3 uses the exponent of
+MeterReading 2, so its values are register differences in the register's own units.
 
-Time parameters select by data time (espi_query): a reading is selected when its timePeriod.start is in
-[since, until), and the selected readings are grouped into blocks as above, so every block returned
-lies within the window. start-index and max-results page over IntervalBlock entries. Entry `published`
-/ `updated` of an IntervalBlock are the starts of its first / last reading; the static resources carry
-the time the LAN process started (the ReadingType: the first reading with the current scaling, if later).
+Time: a reading has a data time (timePeriod.start) and an availability time (when the gateway had it:
+a raw sample's time tag; the time tag of the sample that completed a quarter hour). published-min/-max
+select by data time, updated-min/-max by availability (espi_query.Window); an IntervalBlock entry's
+`published` / `updated` are the availability of its first / last reading. Every window is clamped to
+the data held, so no parameters make an answer walk empty years.
 
-Documents are written incrementally (etree.xmlfile), one entry at a time, so memory holds one block of
-readings plus the output; an answer holds at most MAX_READINGS readings and then ends with a
-`rel="next"` link (start-index of the first block left out), as GData paging does.
-
-Download My Data (the Batch without parameters): the descriptive entries, every 15-minute interval held,
-and the readings of MeterReadings 1 and 2 of the last BATCH_READINGS_S (24 hours); with parameters, all
-three in the window. A 35-day Batch of 7-s readings would be ~100 MB that no Green Button tool wants;
-parameters reach all of it, page by page.
+Paging: max-results counts entries (Atom/GData). An answer holds at most MAX_READINGS readings; when
+max-results or that budget leaves blocks out, it ends with a `rel="next"` link carrying the same window
+and `resume-at` = the start of the first block left out: a position in time, so every page costs what the
+first did. The first page of the Batch holds the descriptive entries (at least one block always follows,
+so a walk progresses); later pages hold only blocks.
 """
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import heapq
 import io
 import uuid
 from dataclasses import dataclass
@@ -60,6 +69,7 @@ from lxml import etree
 from . import interval_energy as ie
 from . import scaling as sc
 from .local_time import LocalTime, local_time_parameters
+from .espi_query import Window
 from .readings import Snapshot
 
 ATOM = "http://www.w3.org/2005/Atom"
@@ -71,8 +81,14 @@ USAGE_POINT_ID = "1"
 LOCAL_TIME_ID = "1"
 BLOCK_SECONDS = 3600
 MAX_READINGS = 60_000           # per answer (~7 MB of XML); more comes with rel="next"
-BATCH_READINGS_S = 86_400
 INTERVAL_CHUNK_S = 2 * 86_400   # of 15-minute energy computed at a time (~400 register samples)
+CURRENT = "current"             # the IntervalBlock id of a MeterReading's current value
+DEFAULT_CURRENCY = 840          # ISO 4217 numeric (USD), as Green Button feeds carry; [lan] currency
+# ReadingType fields every MeterReading shares, as utility feeds carry them (README).
+COMMODITY_ELECTRICITY = 1
+PHASE_ALL = 224                 # PhaseCodeKind "involving all phases": the meter measures the service
+DATA_QUALIFIER_NORMAL = 12
+QUALITY_VALID = 0               # defaultQuality; readings that differ carry their own ReadingQuality
 
 
 @dataclass(frozen=True)
@@ -85,8 +101,8 @@ class MeterReadingDef:
     uom: int                # UnitSymbolKind
     accumulation: int       # AccumulationKind
     kind: int               # MeasurementKind
-    flow: int | None        # FlowDirectionKind, None: not stated
-    interval_length: int | None = None
+    flow: int               # FlowDirectionKind
+    interval_length: int    # seconds: the quarter hour, or the poll interval of raw samples
 
     @property
     def register(self) -> str:
@@ -95,14 +111,15 @@ class MeterReadingDef:
 
 
 METER_READINGS = {
-    # InstantaneousDemand is signed (negative = exported): its flow is "net" (FlowDirectionKind 4),
-    # but Green Button tools know only forward (1) and reverse (19) and refuse a whole feed naming 4
-    # (greenbutton-objects does), so the direction is left unstated: the sign says it.
+    # InstantaneousDemand is signed (negative = exported), a "net" flow (FlowDirectionKind 4), but
+    # Green Button tools know only forward (1) and reverse (19): greenbutton-objects refuses a whole feed
+    # naming 4, a tariff tool drops a ReadingType without one, and the GBA's demand test (FB_06) looks
+    # for forward. So it is stated forward, and a negative value is power flowing back.
     "1": MeterReadingDef("1", "1", "demand", "Instantaneous demand", "W", uom=38, accumulation=12,
-                         kind=37, flow=None),
+                         kind=37, flow=1, interval_length=int(ie.DEFAULT_POLL_S)),
     # CurrentSummationDelivered is the import register: bulkQuantity, forward.
     "2": MeterReadingDef("2", "2", "summation", "Energy delivered (meter register)", "Wh", uom=72,
-                         accumulation=1, kind=12, flow=1),
+                         accumulation=1, kind=12, flow=1, interval_length=int(ie.DEFAULT_POLL_S)),
     # Differences of that register over quarter hours: deltaData, intervalLength 900.
     "3": MeterReadingDef("3", "3", "interval", "Energy delivered per 15 minutes", "Wh", uom=72,
                          accumulation=4, kind=12, flow=1, interval_length=ie.INTERVAL_S),
@@ -116,6 +133,7 @@ class Point:
     duration: int
     value: int
     quality: int | None = None
+    available: int = 0          # epoch s when the gateway had it (a raw sample: its own time tag)
 
 
 @dataclass(frozen=True)
@@ -132,6 +150,7 @@ class Context:
     time_zone: str
     source: object                  # history_source.MemorySource or StoreSource
     query_string: str = ""          # appended to the `self` link of the requested document
+    currency: int = DEFAULT_CURRENCY
 
     @property
     def meter_readings(self) -> list[MeterReadingDef]:
@@ -200,7 +219,8 @@ def _raw_points(ctx: Context, mr: MeterReadingDef, p: int, since, until) -> Iter
     for r in ctx.source.readings(quantity, since, until):
         interval_s = r.interval_s
         duration = max(0, round(interval_s)) if interval_s is not None else 0
-        yield Point(int(r.time // 1), duration, sc.scaled_int(getattr(r, quantity), r.scaling, p))
+        start = int(r.time // 1)
+        yield Point(start, duration, sc.scaled_int(getattr(r, quantity), r.scaling, p), None, start)
 
 
 def _hour_blocks(points: Iterable[Point]) -> Iterator[Block]:
@@ -218,7 +238,8 @@ def _hour_blocks(points: Iterable[Point]) -> Iterator[Block]:
 
 def _interval_points(run: Iterable[ie.Interval], p: int) -> Iterator[Point]:
     for iv, value in ie.espi_values(run, p):
-        yield Point(iv.start, ie.INTERVAL_S, value, ie.ESTIMATED if iv.estimated else None)
+        yield Point(iv.start, iv.duration_s, value, ie.ESTIMATED if iv.estimated else None,
+                    iv.available_ms // 1000)
 
 
 def _day_blocks(points: Iterable[Point], zone: str) -> Iterator[Block]:
@@ -240,24 +261,47 @@ def exponent(ctx: Context, mr: MeterReadingDef) -> int:
     return ctx.source.exponent(mr.register)
 
 
-def blocks(ctx: Context, mr: MeterReadingDef, since: int | None, until: int | None) -> Iterator[Block]:
-    """The blocks of one MeterReading whose readings start in [since, until), in time order."""
+def _clamp(lo: int | None, hi: int | None, oldest: float | None, newest: float | None) -> tuple[int, int] | None:
+    """[lo, hi) narrowed to the data held, or None when they do not meet: what keeps a window of
+    0001..9999 as cheap as the history it actually covers."""
+    if oldest is None or newest is None:
+        return None
+    lo = int(oldest // 1) if lo is None else max(lo, int(oldest // 1))
+    hi = int(newest // 1) + 1 if hi is None else min(hi, int(newest // 1) + 1)
+    return (lo, hi) if lo < hi else None
+
+
+def blocks(ctx: Context, mr: MeterReadingDef, window: Window) -> Iterator[Block]:
+    """The history blocks of one MeterReading holding the readings in `window`, in time order."""
     p = exponent(ctx, mr)
+    source = ctx.source
     if mr.quantity != "interval":
-        return _hour_blocks(_raw_points(ctx, mr, p, since, until))
-    return _day_blocks(_interval_points(_intervals(ctx.source, since, until), p), ctx.time_zone)
+        # A raw sample is available at its own time tag: both bounds narrow the same data time.
+        lo = max((b for b in (window.since, window.available_since) if b is not None), default=None)
+        hi = min((b for b in (window.until, window.available_until) if b is not None), default=None)
+        span = _clamp(lo, hi, source.oldest(), source.newest())
+        if span is None:
+            return iter(())
+        return _hour_blocks(_raw_points(ctx, mr, p, *span))
+    # A quarter hour becomes available when the sample after its end arrives: at most MAX_ESTIMATE_S
+    # and one interval after its start, so updated-min narrows the data time searched to that much.
+    lo = window.since
+    if window.available_since is not None:
+        earliest = window.available_since - ie.MAX_ESTIMATE_S - 2 * ie.INTERVAL_S
+        lo = earliest if lo is None else max(lo, earliest)
+    hi = min((b for b in (window.until, window.available_until) if b is not None), default=None)
+    oldest = source.oldest()
+    span = _clamp(lo, hi, None if oldest is None else oldest - ie.INTERVAL_S, source.newest())
+    if span is None:
+        return iter(())
+    run = (iv for iv in _intervals(source, *span) if window.holds(iv.start, iv.available_ms // 1000))
+    return _day_blocks(_interval_points(run, p), ctx.time_zone)
 
 
-def _intervals(source, since: int | None, until: int | None) -> Iterator[ie.Interval]:
-    """The intervals starting in [since, until), computed INTERVAL_CHUNK_S at a time: the register
+def _intervals(source, lo: int, hi: int) -> Iterator[ie.Interval]:
+    """The complete intervals starting in [lo, hi), computed INTERVAL_CHUNK_S at a time: the register
     query for a window brackets its own edges, so chunks join exactly, and memory holds one chunk's
     register samples whatever the length of the history."""
-    lo = since if since is not None else source.oldest()
-    newest = source.newest()
-    hi = until if until is not None else (None if newest is None else int(newest // 1) + 1)
-    if lo is None or hi is None:
-        return
-    lo = int(lo // 1)
     while lo < hi:
         end = min(hi, lo + INTERVAL_CHUNK_S)
         for iv in ie.intervals(source.register(lo, end)):
@@ -266,24 +310,25 @@ def _intervals(source, since: int | None, until: int | None) -> Iterator[ie.Inte
         lo = end
 
 
-def current_block(ctx: Context, mr: MeterReadingDef) -> Block | None:
-    """The block holding only the current value (the newest complete interval for MeterReading 3),
-    or None when there is none yet."""
+def current_point(ctx: Context, mr: MeterReadingDef) -> Point | None:
+    """The current value: the latest reading (MeterReadings 1, 2) or the quarter hour in progress
+    (MeterReading 3); None when there is none yet."""
     p = exponent(ctx, mr)
     if mr.quantity == "interval":
-        last = ctx.source.latest_interval()
-        if last is None:
+        newest = ctx.source.newest()
+        if newest is None:
             return None
-        (pt,) = _interval_points([last], p)
-        return Block(str(ie.day_start(pt.start, ctx.time_zone)), (pt,))
+        boundary = int(newest // 1) // ie.INTERVAL_S * ie.INTERVAL_S
+        iv = ie.in_progress(ctx.source.register(boundary, None))
+        return None if iv is None else next(_interval_points([iv], p))
     latest = ctx.snap.latest_demand if mr.quantity == "demand" else ctx.snap.latest_summation
-    return None if latest is None else _latest_block(mr, latest, p)
+    return None if latest is None else _latest_point(mr, latest, p)
 
 
-def _latest_block(mr: MeterReadingDef, latest, p: int) -> Block:
+def _latest_point(mr: MeterReadingDef, latest, p: int) -> Point:
     duration = max(0, round(latest.interval_s)) if latest.interval_s is not None else 0
-    pt = Point(int(latest.time // 1), duration, sc.scaled_int(getattr(latest, mr.quantity), latest.scaling, p))
-    return Block(str(pt.start - pt.start % BLOCK_SECONDS), (pt,))
+    start = int(latest.time // 1)
+    return Point(start, duration, sc.scaled_int(getattr(latest, mr.quantity), latest.scaling, p), None, start)
 
 
 # -- lxml building blocks ----------------------------------------------------------------------------
@@ -348,14 +393,19 @@ def reading_type_entry(ctx: Context, mr: MeterReadingDef) -> Entry:
     entry, obj = _entry(ctx, path=reading_type_path(mr.reading_type), up="ReadingType", related=[],
                         title=f"{mr.title}, {mr.unit}", published=snap.created, updated=updated,
                         content="ReadingType")
+    interval_length = mr.interval_length
+    if mr.quantity != "interval" and snap.poll_interval_s is not None:
+        interval_length = max(1, round(snap.poll_interval_s))     # what the samples are spaced by
     # Element order is the xs:sequence order of usage.xsd ReadingType.
     _e(obj, "accumulationBehaviour", mr.accumulation)
-    _e(obj, "commodity", 1)
-    if mr.flow is not None:
-        _e(obj, "flowDirection", mr.flow)
-    if mr.interval_length is not None:
-        _e(obj, "intervalLength", mr.interval_length)
+    _e(obj, "commodity", COMMODITY_ELECTRICITY)
+    _e(obj, "currency", ctx.currency)
+    _e(obj, "dataQualifier", DATA_QUALIFIER_NORMAL)
+    _e(obj, "defaultQuality", QUALITY_VALID)
+    _e(obj, "flowDirection", mr.flow)
+    _e(obj, "intervalLength", interval_length)
     _e(obj, "kind", mr.kind)
+    _e(obj, "phase", PHASE_ALL)
     _e(obj, "powerOfTenMultiplier", exponent(ctx, mr))
     _e(obj, "timeAttribute", 0)
     _e(obj, "uom", mr.uom)
@@ -376,12 +426,16 @@ def local_time_entry(ctx: Context) -> Entry:
 
 def interval_block_entry(ctx: Context, mr: MeterReadingDef, block: Block) -> Entry:
     sub = ctx.subscription
-    first, last = block.points[0], block.points[-1]
-    span = "local day" if mr.quantity == "interval" else "hour"
+    first = block.points[0]
+    if block.id == CURRENT:
+        title = f"{mr.title}: current value"
+    else:
+        span = "local day" if mr.quantity == "interval" else "hour"
+        title = f"{mr.title}, {span} from {atom_time(int(block.id))}"
     entry, obj = _entry(ctx, path=interval_block_path(sub, mr.id, block.id),
-                        up=interval_blocks_path(sub, mr.id), related=[],
-                        title=f"{mr.title}, {span} from {atom_time(int(block.id))}",
-                        published=first.start, updated=last.start, content="IntervalBlock")
+                        up=interval_blocks_path(sub, mr.id), related=[], title=title,
+                        published=min(pt.available for pt in block.points),
+                        updated=max(pt.available for pt in block.points), content="IntervalBlock")
     end = max(pt.start + pt.duration for pt in block.points)
     interval = _e(obj, "interval")
     _e(interval, "duration", end - first.start)
@@ -408,25 +462,26 @@ def entry_document(entry: Entry) -> bytes:
 
 class _Feed:
     """An Atom feed written as it is produced. `updated` must be known first: Green Button clients read
-    the feed's head before its entries."""
+    the feed's head before its entries. The head's children are written inside the feed element, so
+    they inherit its namespace instead of each declaring it again (a JavaScript parser read such a
+    head's `updated` as Invalid Date)."""
 
     def __init__(self, ctx: Context, xf, *, path: str, title: str, updated: float):
         self.ctx, self.xf, self.path = ctx, xf, path
-        head = etree.Element(f"{{{ATOM}}}feed", nsmap={None: ATOM})
-        _a(head, "id", urn(path))
-        _a(head, "title", title)
-        _a(head, "updated", atom_time(updated))
-        _a(head, "link", rel="self", href=href(ctx, path) + ctx.query_string)
-        for child in head:
-            xf.write(child)
+        for tag, text in (("id", urn(path)), ("title", title), ("updated", atom_time(updated))):
+            with xf.element(f"{{{ATOM}}}{tag}"):
+                xf.write(text)
+        with xf.element(f"{{{ATOM}}}link", rel="self", href=href(ctx, path) + ctx.query_string):
+            pass
 
     def write(self, entry: Entry) -> None:
         self.xf.write(entry.element)
 
-    def next_link(self, params: dict[str, str]) -> None:
-        link = etree.Element(f"{{{ATOM}}}link", rel="next",
-                             href=href(self.ctx, self.path) + "?" + urlencode(params))
-        self.xf.write(link)
+    def next_link(self, params: dict[str, str], resume_at: int) -> None:
+        params = {k: v for k, v in params.items() if k != "start-index"}
+        params["resume-at"] = atom_time(resume_at)
+        with self.xf.element(f"{{{ATOM}}}link", rel="next", href=href(self.ctx, self.path) + "?" + urlencode(params)):
+            pass
 
 
 def _write(build) -> bytes:
@@ -451,37 +506,50 @@ def feed_document(ctx: Context, *, path: str, title: str, entries: list[Entry]) 
 
 
 class Pager:
-    """start-index / max-results over IntervalBlock entries, plus the per-answer reading budget."""
+    """max-results over entries (`used`: those already on the page), start-index over blocks (GData
+    clients), and the per-answer reading budget; `resume_at` is where the next page starts."""
 
-    def __init__(self, query, max_readings: int | None = None):
-        self.query = query
+    def __init__(self, query, used: int = 0):
         self.skip = query.start_index - 1
-        self.left = query.max_results
-        self.budget = MAX_READINGS if max_readings is None else max_readings
+        self.left = None if query.max_results is None else max(1, query.max_results - used)
+        self.budget = MAX_READINGS
         self.emitted = 0
-        self.cut = False            # a block was left out for max-results or the budget
+        self.last_id: str | None = None
+        self.resume_at: int | None = None     # set when a block was left out
 
     def take(self, block: Block) -> bool:
-        if self.cut:
+        if self.resume_at is not None:
             return False
         if self.skip:
             self.skip -= 1
             return False
-        if self.left == 0 or (self.emitted and len(block.points) > self.budget):
-            self.cut = True
+        # Blocks of one time (the Batch's import and export of a day) stay on one page: the next
+        # page starts at a time, so it must not hold half of one.
+        if block.id != self.last_id and (self.left == 0 or (self.emitted and len(block.points) > self.budget)):
+            self.resume_at = int(block.id)
             return False
+        self.last_id = block.id
         self.emitted += 1
         self.budget -= len(block.points)
         if self.left is not None:
-            self.left -= 1
+            self.left = max(0, self.left - 1)
         return True
 
-    def next_params(self, params: dict[str, str]) -> dict[str, str]:
-        return {**params, "start-index": str(self.query.start_index + self.emitted)}
+
+def _walk(ctx: Context, f: _Feed, mr_blocks, pager: Pager, params: dict[str, str]) -> None:
+    for mr, block in mr_blocks:
+        if pager.take(block):
+            f.write(interval_block_entry(ctx, mr, block))
+        elif pager.resume_at is not None:
+            f.next_link(params, pager.resume_at)
+            return
 
 
-def _updated(ctx: Context, since, until, static: float | None = None) -> float:
-    newest = ctx.source.newest(since, until)
+def _updated(ctx: Context, window: Window, static: float | None = None) -> float:
+    """The feed's `updated`: when the newest data in the window arrived (clamped like the data)."""
+    lo = max((b for b in (window.since, window.available_since) if b is not None), default=None)
+    hi = min((b for b in (window.until, window.available_until) if b is not None), default=None)
+    newest = ctx.source.newest(lo, hi)
     times = [t for t in (newest, static) if t is not None]
     return max(times) if times else ctx.snap.now
 
@@ -495,14 +563,20 @@ def _current_value_document(subscription: str, base_url: str, query_string: str,
     half the LAN process's CPU (bench/RESULTS.md). Bounded: 64 small documents."""
     ctx = Context(snap=None, base_url=base_url, subscription=subscription, time_zone="", source=None,
                   query_string=query_string)
-    entry = interval_block_entry(ctx, mr, _latest_block(mr, latest, p))
+    entry = interval_block_entry(ctx, mr, Block(CURRENT, (_latest_point(mr, latest, p),)))
     return feed_document(ctx, path=interval_blocks_path(subscription, mr.id), title=f"{mr.title}: current value",
                          entries=[entry])
 
 
+def current_entry(ctx: Context, mr: MeterReadingDef) -> Entry | None:
+    pt = current_point(ctx, mr)
+    return None if pt is None else interval_block_entry(ctx, mr, Block(CURRENT, (pt,)))
+
+
 def interval_blocks_document(ctx: Context, mr: MeterReadingDef, query, params: dict[str, str]) -> bytes | None:
-    """No ESPI parameter: the current value only (None if there is none yet, the caller's 503).
-    With parameters: the history held in the window, paged."""
+    """No ESPI parameter: the current value only (None when the meter has given no value yet, the
+    caller's 503; an empty feed while MeterReading 3 has no sample yet). With parameters: the history
+    held in the window, paged."""
     path = interval_blocks_path(ctx.subscription, mr.id)
     if not query.history and mr.quantity != "interval":
         # From memory only (the latest reading, the store's running maxima): no read transaction.
@@ -513,77 +587,74 @@ def interval_blocks_document(ctx: Context, mr: MeterReadingDef, query, params: d
                                        exponent(ctx, mr))
     with ctx.source.consistent():
         if not query.history:
-            block = current_block(ctx, mr)
-            if block is None:
+            if ctx.snap.latest_summation is None:
                 return None
+            entry = current_entry(ctx, mr)
             return feed_document(ctx, path=path, title=f"{mr.title}: current value",
-                                 entries=[interval_block_entry(ctx, mr, block)])
-        since, until = query.since, query.until
-        updated = _updated(ctx, since, until)
+                                 entries=[] if entry is None else [entry])
+        window = query.window
+        updated = _updated(ctx, window)
 
         def build(xf):
             f = _Feed(ctx, xf, path=path, title=f"{mr.title}: history", updated=updated)
-            pager = Pager(query)
-            for block in blocks(ctx, mr, since, until):
-                if pager.take(block):
-                    f.write(interval_block_entry(ctx, mr, block))
-                elif pager.cut:
-                    f.next_link(pager.next_params(params))
-                    break
+            _walk(ctx, f, ((mr, b) for b in blocks(ctx, mr, window)), Pager(query), params)
         return _write(build)
 
 
 def interval_block_document(ctx: Context, mr: MeterReadingDef, ib: str) -> bytes | None:
     """One block as held now, or None (404) when history holds nothing for it."""
-    if not ib.isascii() or not ib.isdigit() or len(ib) > 12:
-        return None
-    start = int(ib)
-    if mr.quantity == "interval":
-        if not ie.is_day_start(start, ctx.time_zone):
-            return None
-        end = ie.next_day_start(start, ctx.time_zone)
-    else:
-        if start % BLOCK_SECONDS:
-            return None
-        end = start + BLOCK_SECONDS
     with ctx.source.consistent():
-        found = [b for b in blocks(ctx, mr, start, end) if b.id == ib]
+        if ib == CURRENT:
+            entry = current_entry(ctx, mr)
+            return None if entry is None else entry_document(entry)
+        if not ib.isascii() or not ib.isdigit() or len(ib) > 12:
+            return None
+        start = int(ib)
+        if mr.quantity == "interval":
+            if not ie.is_day_start(start, ctx.time_zone):
+                return None
+            end = ie.next_day_start(start, ctx.time_zone)
+        else:
+            if start % BLOCK_SECONDS:
+                return None
+            end = start + BLOCK_SECONDS
+        found = [b for b in blocks(ctx, mr, Window(start, end)) if b.id == ib]
         if not found:
             return None
         return entry_document(interval_block_entry(ctx, mr, found[0]))
 
 
+def _interval_meter_readings(ctx: Context) -> list[MeterReadingDef]:
+    return [mr for mr in ctx.meter_readings if mr.quantity == "interval"]
+
+
 def batch_document(ctx: Context, query, params: dict[str, str], *, usage_point: bool = False) -> bytes:
-    """Download My Data: UsagePoint, LocalTimeParameters, then each MeterReading with its
-    ReadingType and IntervalBlocks. Parameters select and page the IntervalBlocks only: the
-    descriptive entries are always there, since the values mean nothing without them."""
+    """Download My Data. First page: UsagePoint, LocalTimeParameters, each MeterReading with its
+    ReadingType and its current value (when in the window); then the quarter-hour blocks of the
+    window, day by day. Parameters select and page the blocks only: the descriptive entries are always
+    on the first page, since the values mean nothing without them."""
     path = batch_path(ctx.subscription) + (f"/UsagePoint/{USAGE_POINT_ID}" if usage_point else "")
     snap = ctx.snap
+    window = query.window
     with ctx.source.consistent():
-        if query.history:
-            windows = {mr.id: (query.since, query.until) for mr in ctx.meter_readings}
-        else:
-            recent = int(snap.now // 1) - BATCH_READINGS_S
-            windows = {mr.id: (None, None) if mr.quantity == "interval" else (recent, None)
-                       for mr in ctx.meter_readings}
+        head: list[Entry] = []
+        if not query.continued:
+            head += [usage_point_entry(ctx), local_time_entry(ctx)]
+            for mr in ctx.meter_readings:
+                head += [meter_reading_entry(ctx, mr), reading_type_entry(ctx, mr)]
+                pt = current_point(ctx, mr)
+                if pt is not None and window.holds(pt.start, pt.available):
+                    head.append(interval_block_entry(ctx, mr, Block(CURRENT, (pt,))))
         static = max(snap.created, snap.scaling_since or snap.created)
-        updated = max(_updated(ctx, since, until, static) for since, until in windows.values())
+        updated = max([_updated(ctx, window, static)] + [e.updated for e in head])
 
         def build(xf):
             f = _Feed(ctx, xf, path=path, title="OpenSEG Green Button data", updated=updated)
-            f.write(usage_point_entry(ctx))
-            f.write(local_time_entry(ctx))
-            pager = Pager(query)
-            for mr in ctx.meter_readings:
-                f.write(meter_reading_entry(ctx, mr))
-                f.write(reading_type_entry(ctx, mr))
-                if pager.cut:
-                    continue
-                for block in blocks(ctx, mr, *windows[mr.id]):
-                    if pager.take(block):
-                        f.write(interval_block_entry(ctx, mr, block))
-                    elif pager.cut:
-                        break
-            if pager.cut:
-                f.next_link(pager.next_params(params))
+            for e in head:
+                f.write(e)
+            mrs = _interval_meter_readings(ctx)
+            # Day by day, each interval MeterReading's block of that day (they share the day grid).
+            streams = [((mr, b) for b in blocks(ctx, mr, window)) for mr in mrs]
+            merged = heapq.merge(*streams, key=lambda pair: int(pair[1].id))
+            _walk(ctx, f, merged, Pager(query, used=len(head)), params)
         return _write(build)

@@ -56,6 +56,9 @@ class MemorySource:
         times = [r.time for q in QUANTITIES for r in self.readings(q, since, until)]
         return max(times, default=None)
 
+    def oldest(self) -> float | None:
+        return min((r.time for q in QUANTITIES for r in self.readings(q, None, None)), default=None)
+
     def entries(self, since: float) -> Iterator[Reading | Gap]:
         return (e for e in self.snap.history if e.time >= since)
 
@@ -101,17 +104,6 @@ class StoreSource:
                  quantity: str = "summation") -> list[ie.RegisterSample]:
         """Register samples for ie.intervals: "summation" (imported) or "received" (exported)."""
         return self.reader.register(self._ms(since), self._ms(until), quantity)
-
-    def latest_interval(self, quantity: str = "summation") -> ie.Interval | None:
-        """The newest complete interval of that register's series, from the last samples held."""
-        newest = self.reader.newest_ms()
-        if newest is None:
-            return None
-        since = newest // 1000 - ie.MAX_ESTIMATE_S - 3 * ie.INTERVAL_S
-        last = None
-        for last in ie.intervals(self.register(since, None, quantity)):
-            pass
-        return last
 
     def newest(self, since: int | None = None, until: int | None = None) -> float | None:
         t = self.reader.newest_ms(self._ms(since), self._ms(until))

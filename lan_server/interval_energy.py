@@ -35,9 +35,9 @@ number of quarter hours, so the 15-minute grid is the same in UTC and in local t
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 from zoneinfo import ZoneInfo
 
 from .scaling import INT48_MAX, INT48_MIN, to_int
@@ -65,10 +65,13 @@ class RegisterSample:
 
 @dataclass(frozen=True, slots=True)
 class Interval:
-    start: int                  # epoch seconds, a multiple of INTERVAL_S
+    start: int                  # epoch seconds, a multiple of INTERVAL_S (but see in_progress)
     begin_wh: Fraction          # register value at start (measured or interpolated)
-    end_wh: Fraction            # register value at start + INTERVAL_S
+    end_wh: Fraction            # register value at start + duration_s
     estimated: bool
+    # When the interval became known: the time tag of the sample that completed it (ms).
+    available_ms: int = field(default=0, compare=False)
+    duration_s: int = INTERVAL_S
 
     @property
     def wh(self) -> Fraction:
@@ -120,10 +123,37 @@ def intervals(samples: Iterable[RegisterSample]) -> Iterator[Interval]:
                             kind == "estimated")
                 if last is not None and last[0] == b - INTERVAL_MS and last[1] is not None \
                         and here[1] is not None and here[1] >= last[1]:
-                    yield Interval(last[0] // 1000, last[1], here[1], last[2] or here[2])
+                    yield Interval(last[0] // 1000, last[1], here[1], last[2] or here[2], s.t_ms)
                 last = here
                 b += INTERVAL_MS
         prev = s
+
+
+def in_progress(samples: Sequence[RegisterSample]) -> Interval | None:
+    """The quarter hour in progress, up to the newest sample: from its boundary (valued as `intervals`
+    values boundaries, ESTIMATED when bridged), or from the first sample after that boundary when none
+    can be valued (the first run of an installation, a long gap), or from the sample after a register
+    decrease inside it. Its duration is the time covered so far (0 on the boundary itself). None
+    without samples. With the complete intervals before it, it covers the register up to the newest
+    sample, so the energy shown always adds up to what the meter counted."""
+    if not samples:
+        return None
+    last = samples[-1]
+    b = last.t_ms // INTERVAL_MS * INTERVAL_MS
+    i = next(k for k, s in enumerate(samples) if s.t_ms >= b)
+    first = samples[i]
+    begin_ms, begin_wh, estimated = first.t_ms, first.wh, False
+    if first.t_ms != b and i > 0:
+        prev = samples[i - 1]
+        kind = _bracket_kind(prev, first)
+        if kind is not None:
+            begin_ms, estimated = b, kind == "estimated"
+            begin_wh = prev.wh + (first.wh - prev.wh) * Fraction(b - prev.t_ms, first.t_ms - prev.t_ms)
+    for prev, s in zip(samples[i:], samples[i + 1:]):
+        if s.wh < prev.wh:                       # reset inside the quarter: count from after it
+            begin_ms, begin_wh, estimated = s.t_ms, s.wh, False
+    start = begin_ms // 1000
+    return Interval(start, begin_wh, last.wh, estimated, last.t_ms, last.t_ms // 1000 - start)
 
 
 def thin(samples: Iterable[RegisterSample]) -> Iterator[RegisterSample]:

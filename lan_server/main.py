@@ -28,7 +28,8 @@ from cryptography import x509
 
 from shared_schema import config as config_schema
 from shared_schema import sd_notify
-from . import tls
+
+from . import cert_names, tls
 from .app import PROBE_HEADER, LanApp
 from .auth import Authenticator
 from .channel_receiver import ChannelReceiver
@@ -195,7 +196,8 @@ def run(config_path: str) -> int:
 
     app = LanApp(authenticator=Authenticator(users), readings=readings,
                  channel_counters=receiver.counters, lan_started=time.time(),
-                 time_zone=lan["time_zone"], default_base_url=default_base_url(lan["bind"], lan["port"]))
+                 time_zone=lan["time_zone"], default_base_url=default_base_url(lan["bind"], lan["port"]),
+                 link_hosts=cert_names.from_pem_file(lan["certificate"]), currency=lan["currency"])
     configure_http(app, lan, context)
 
     stop = threading.Event()

@@ -79,17 +79,14 @@ def _value(reading: Reading | None, quantity: str) -> _Raw | None:
 
 
 # -- ESPI -------------------------------------------------------------------------------------------
-def _retry_after(snap: Snapshot, mr: ef.MeterReadingDef | None = None) -> str:
+def _retry_after(snap: Snapshot) -> str:
     interval = snap.poll_interval_s
     wait = interval if interval is not None else 10.0
-    if mr is not None and mr.quantity == "interval":
-        # The next quarter hour closes at its boundary, and is known once a reading follows it.
-        wait += ie.INTERVAL_S - snap.now % ie.INTERVAL_S
     return str(max(1, math.ceil(wait)))
 
 
 def espi(readings: Readings, *, path: str, params: Mapping[str, str], subscription: str,
-         base_url: str, time_zone: str) -> Response:
+         base_url: str, time_zone: str, currency: int = ef.DEFAULT_CURRENCY) -> Response:
     """GET {base_url}/espi/1_1/resource/{path}. Checks in this order: another user's subscription
     (403), no such resource (404), bad parameter (400), no value yet for a current-value request
     (503), otherwise 200 with an Atom feed (collections) or entry (single resources)."""
@@ -110,7 +107,8 @@ def espi(readings: Readings, *, path: str, params: Mapping[str, str], subscripti
         snap = readings.snapshot()          # history off: the recent window in memory is the history
         source = source_for(readings, snap)
     ctx = ef.Context(snap=snap, base_url=base_url, subscription=subscription, time_zone=time_zone,
-                     source=source, query_string=("?" + urlencode(list(params.items()))) if params else "")
+                     source=source, query_string=("?" + urlencode(list(params.items()))) if params else "",
+                     currency=currency)
     kind, arg, ib = route
     if kind in ("meter_reading", "interval_blocks", "interval_block") and not ctx.offers(mr_id=arg) \
             or kind == "reading_type" and not ctx.offers(rt_id=arg):
@@ -145,8 +143,7 @@ def espi(readings: Readings, *, path: str, params: Mapping[str, str], subscripti
     if kind == "interval_blocks":
         body = ef.interval_blocks_document(ctx, mr, query, dict(params))
         if body is None:
-            what = "no complete quarter hour yet" if mr.quantity == "interval" else "no meter value yet"
-            return _text(503, what, {"Retry-After": _retry_after(snap, mr)})
+            return _text(503, "no meter value yet", {"Retry-After": _retry_after(snap)})
         return _atom(body)
     # kind == "interval_block"
     body = ef.interval_block_document(ctx, mr, ib)

@@ -43,6 +43,9 @@ def _address(v):
     return None
 
 
+def _currency(v): return None if 1 <= v <= 999 else "must be an ISO 4217 numeric code such as 978 (EUR) or 840 (USD)"
+
+
 def _zone(v):
     try:
         zoneinfo.ZoneInfo(v)
@@ -74,6 +77,9 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Any]]] = {
         "private_key": (str, "tls/key.pem", _nonempty),
         "users_file": (str, "users.toml", _nonempty),
         "time_zone": (str, "UTC", _zone),
+        # ISO 4217 numeric code for ESPI ReadingType currency (the gateway states no costs; tools that
+        # import Green Button require the field). 840 (USD), what Green Button feeds carry.
+        "currency": (int, 840, _currency),
         "state_dir": (str, "state", _nonempty),
         "history_retention_days": (int, 35, _retention),
         # Data older than this is reported `stale` (default: three production poll intervals).

@@ -209,10 +209,9 @@ def test_current_value_answer_is_built_once_per_reading_and_never_outlives_it(cl
         ctx = espi_feed.Context(snap=snap, base_url=BASE, subscription=SUB, time_zone="Europe/Paris",
                                 source=web_resources.source_for(r, snap))
         mr = espi_feed.METER_READINGS["1"]
-        block = espi_feed.current_block(ctx, mr)
         assert first == espi_feed.feed_document(ctx, path=espi_feed.interval_blocks_path(SUB, "1"),
                                                 title=f"{mr.title}: current value",
-                                                entries=[espi_feed.interval_block_entry(ctx, mr, block)])
+                                                entries=[espi_feed.current_entry(ctx, mr)])
     assert [v for _, v in values] == [Fraction("370.2")] * 2 + [
         Fraction("1.5"), Fraction(2_700_000), Fraction("370.2")]
     assert len({t for t, _ in values}) == 5
@@ -239,13 +238,20 @@ def test_history_by_data_time_and_empty_feed(populated):
     assert [e.findtext(f"{ATOM}id") for e in second] == [all_blocks[1].findtext(f"{ATOM}id")]
 
 
-def test_batch_holds_the_whole_history(populated):
+def test_batch_without_history_carries_the_current_values(populated):
+    """History off: no quarter hours, and the raw samples are never summed by a Download My Data
+    consumer, so the Batch holds each MeterReading's current value (its `current` block)."""
     batch = assert_valid(espi(populated, f"Batch/Subscription/{SUB}").body)
     snap = populated.snapshot()
-    held = [e for e in snap.history if hasattr(e, "demand")]
-    assert len(readings_values(batch)) == 2 * len(held)
+    current = [readings_values(assert_valid(espi(
+        populated, f"Subscription/{SUB}/UsagePoint/1/MeterReading/{mr}/IntervalBlock").body))[0] for mr in "12"]
+    assert readings_values(batch) == current
+    assert readings_values(batch)[0][0] == int(snap.latest_demand.time)
     kinds = [content(e).tag.replace(ESPI, "") for e in entries(batch)]
     assert kinds[:4] == ["UsagePoint", "LocalTimeParameters", "MeterReading", "ReadingType"]
+    blocks = [links(e, "self")[0] for e in entries(batch) if content(e).tag == f"{ESPI}IntervalBlock"]
+    assert [b.rsplit("/", 3)[1:] for b in blocks] == [["1", "IntervalBlock", "current"],
+                                                        ["2", "IntervalBlock", "current"]]
 
 
 def test_batch_before_any_reading_still_describes_the_meter(clock):

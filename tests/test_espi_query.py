@@ -20,9 +20,15 @@ def test_all_parameters():
                "max-results": "10", "start-index": "3"})
     base = calendar.timegm((2024, 5, 1, 0, 0, 0))
     assert (q.published_min, q.published_max) == (base, base + 3600)
-    assert (q.since, q.until) == (base + 600, base + 3600)      # the narrower of the two windows
-    assert (q.max_results, q.start_index, q.history) == (10, 3, True)
-    assert q.in_window(base + 600) and not q.in_window(base + 599) and not q.in_window(base + 3600)
+    w = q.window            # published: data time; updated: when the gateway had it
+    assert (w.since, w.until, w.available_since, w.available_until) == (base, base + 3600, base + 600,
+                                                                        base + 86400)
+    assert (q.max_results, q.start_index, q.history, q.continued) == (10, 3, True, False)
+    assert w.holds(base, base + 600) and not w.holds(base, base + 599) and not w.holds(base + 3600, base + 3600)
+    assert not w.holds(base - 1, base + 600)
+    # A next link's position narrows the data window from below and marks a later page.
+    later = parse({"published-min": "2024-05-01T00:00:00Z", "resume-at": "2024-05-01T00:30:00Z"})
+    assert (later.window.since, later.continued) == (base + 1800, True)
     assert q.page(list(range(20))) == list(range(2, 12))
 
 

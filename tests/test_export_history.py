@@ -73,8 +73,6 @@ def test_each_register_is_its_own_15_minute_series(feed):
     with source.consistent():
         imported = list(ie.intervals(source.register(None, None, "summation")))
         exported = list(ie.intervals(source.register(None, None, "received")))
-        assert source.latest_interval("received") == exported[-1]
-        assert source.latest_interval() == imported[-1]
     # the received series is built from the export values alone, by the same rules as the import one
     samples = [ie.RegisterSample(hs.t_ms_of(t), STEP * rec, slot, 7000)
                for slot, (t, _, rec) in enumerate(feed.truth) if rec is not None]

@@ -48,6 +48,15 @@ def parse_batch(body: bytes, tmp: Path):
     return gb_parse.parse_feed(str(path))
 
 
+def raw_values(document: bytes) -> list[int]:
+    """The IntervalReading values of an IntervalBlock collection, in time order."""
+    root = assert_valid(document)
+    espi = "{http://naesb.org/espi}"
+    pairs = [(int(r.findtext(f"{espi}timePeriod/{espi}start")), int(r.findtext(f"{espi}value")))
+             for r in root.iter(f"{espi}IntervalReading")]
+    return [v for _, v in sorted(pairs)]
+
+
 def by_uom(usage_point):
     out = {}
     for mr in usage_point.meterReadings:
@@ -137,22 +146,23 @@ def test_download_my_data_is_read_by_greenbutton_objects(two_days, tmp_path):
         gb_enums.AccumulationBehaviourType.deltaData, gb_enums.KindType.energy, 900)
     assert rt_r.flowDirection == rt_e.flowDirection == gb_enums.FlowDirectionType.forward
 
-    # Demand and register: the last 24 hours of readings, each exactly the meter's raw value scaled.
-    horizon = time.time() - 86400
-    expected = {start: s for start, (t, s) in sent.items() if t >= horizon}
+    # Demand and register: raw 7-s samples are not summable usage data, so Download My Data carries
+    # their current value only, exactly the meter's last raw value scaled.
+    last_t, last_s = sent[max(sent)]
     for mr, raw_of in ((demand, lambda s: s.demand_raw), (register, lambda s: s.summation_raw)):
-        got = {int(ir.timePeriod.start.timestamp()): ir for ir in mr.intervalReadings}
-        assert set(got) == set(expected)
-        p = mr.readingType.powerOfTenMultiplier
-        for start, ir in got.items():
-            assert ir._value * Fraction(10) ** p == raw_of(expected[start]) * COUNT
-            assert ir.timePeriod.duration.total_seconds() == POLL_S
-        assert abs(got[max(got)].value - float(raw_of(expected[max(got)]) * COUNT)) < 1e-6 * max(1, got[max(got)].value)
+        (ir,) = mr.intervalReadings
+        assert int(ir.timePeriod.start.timestamp()) == int(last_t)
+        assert ir._value * Fraction(10) ** mr.readingType.powerOfTenMultiplier == raw_of(last_s) * COUNT
+        assert ir.timePeriod.duration.total_seconds() == POLL_S
 
     # Quarter hours over both days, against the model's exact energy.
     p = rt_e.powerOfTenMultiplier
     assert p == rt_r.powerOfTenMultiplier
-    quarters = sorted(energy.intervalReadings, key=lambda ir: ir.timePeriod.start)
+    readings = sorted(energy.intervalReadings, key=lambda ir: ir.timePeriod.start)
+    # The last one is the quarter hour in progress, from its boundary to the newest sample.
+    *quarters, progress = readings
+    p_start = int(progress.timePeriod.start.timestamp())
+    assert p_start % 900 == 0 and p_start + progress.timePeriod.duration.total_seconds() == int(last_t)
     assert len(quarters) >= DAYS * 96 - 8
     demand_max_w = max(float(s.kw) * 1000 for _, s in sent.values())
     # Each boundary value is off by at most one register count (the meter floors) plus the energy of
@@ -181,6 +191,12 @@ def test_download_my_data_is_read_by_greenbutton_objects(two_days, tmp_path):
                for a, b in zip(run, run[1:]))
     total = sum(ir._value for ir in run) * Fraction(10) ** p
     assert abs(total - meter.energy_wh(run_start, run_end)) <= 2 * per_boundary + 1
+    # What a tariff tool does: sum every reading of the energy MeterReading. The emulator's truth over
+    # the same span (first quarter start to the newest sample), within 0.1 %.
+    first = int(readings[0].timePeriod.start.timestamp())
+    everything = sum(ir._value for ir in readings) * Fraction(10) ** p
+    truth = meter.energy_wh(first, last_t)
+    assert abs(everything - truth) <= truth / 1000, (float(everything), float(truth))
 
 
 def test_a_window_of_the_batch_is_read_too(two_days, tmp_path):
@@ -195,11 +211,9 @@ def test_a_window_of_the_batch_is_read_too(two_days, tmp_path):
     lo_s, hi_s = time.mktime(lo) - time.timezone, time.mktime(hi) - time.timezone
     for mr in up.meterReadings:
         starts = [ir.timePeriod.start.timestamp() for ir in mr.intervalReadings]
-        assert starts and all(lo_s <= s < hi_s for s in starts)
-        if mr.readingType.intervalLength == 900:
-            assert len(starts) == 24
-        else:
-            assert len(starts) == sum(1 for t, _ in sent.values() if lo_s <= int(t) < hi_s)
+        assert all(lo_s <= s < hi_s for s in starts)
+        # The quarter hours of the window; the current values (now) are outside it.
+        assert len(starts) == (24 if mr.readingType.intervalLength == 900 else 0)
 
 
 def test_the_real_chain_emulator_han_lan(tmp_path):
@@ -214,6 +228,8 @@ def test_the_real_chain_emulator_han_lan(tmp_path):
             wait_until(enough, 60, "25 channel messages from the HAN")
             code, _, body = stack.get(f"/espi/1_1/resource/Batch/Subscription/{stack.subscription}")
             assert code == 200
+            mr_path = f"/espi/1_1/resource/Subscription/{stack.subscription}/UsagePoint/1/MeterReading"
+            raw = [stack.get(f"{mr_path}/{mr}/IntervalBlock?published-min=2000-01-01T00:00:00Z")[2] for mr in "12"]
             answers = [f for f in stack.frames() if f.get("event") == "answer" and "0x0000" in f.get("attrs", {})]
         (up,) = parse_batch(body, tmp_path)
         mrs = by_uom(up)
@@ -221,11 +237,15 @@ def test_the_real_chain_emulator_han_lan(tmp_path):
         (demand,) = mrs[gb_enums.UomType.watts]
         register = [mr for mr in mrs[gb_enums.UomType.wattHours]
                     if mr.readingType.accumulationBehaviour == gb_enums.AccumulationBehaviourType.bulkQuantity][0]
-        demand_values = [ir._value * Fraction(10) ** demand.readingType.powerOfTenMultiplier
-                         for ir in sorted(demand.intervalReadings, key=lambda ir: ir.timePeriod.start)]
-        register_values = [ir._value * Fraction(10) ** register.readingType.powerOfTenMultiplier
-                           for ir in sorted(register.intervalReadings, key=lambda ir: ir.timePeriod.start)]
+        # The raw samples, from their own collections (read with lxml: they are not a Batch).
+        demand_values, register_values = (
+            [v * Fraction(10) ** mr.readingType.powerOfTenMultiplier for v in raw_values(doc)]
+            for mr, doc in ((demand, raw[0]), (register, raw[1])))
         assert len(demand_values) >= 20
+        # The Batch's current values are the last of them.
+        for mr, series in ((demand, demand_values), (register, register_values)):
+            (ir,) = mr.intervalReadings
+            assert ir._value * Fraction(10) ** mr.readingType.powerOfTenMultiplier == series[-1]
         answered = [(a["attrs"]["0x0400"] * COUNT, a["attrs"]["0x0000"] * COUNT) for a in answers]
         # Every reading in the feed is one the meter answered, in the order it answered them.
         pairs = list(zip(demand_values, register_values))

@@ -2,7 +2,7 @@
 queries by data time, paging, the Batch, and the page's 24-hour JSON; every document against usage.xsd."""
 import json
 from fractions import Fraction
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
@@ -138,11 +138,23 @@ def test_a_green_button_client_finds_three_meter_readings(fed):
     assert (fields["accumulationBehaviour"], fields["kind"], fields["uom"], fields["intervalLength"]) == \
         ("4", "12", "72", "900")
     assert fields["powerOfTenMultiplier"] == found["2"][0].findtext(f"{ESPI}powerOfTenMultiplier")
-    # Without parameters, MeterReading 3 answers its current value: the newest complete quarter hour.
+    assert (fields["commodity"], fields["flowDirection"], fields["phase"], fields["currency"],
+            fields["dataQualifier"], fields["defaultQuality"]) == ("1", "1", "224", "840", "12", "0")
+    # Without parameters, MeterReading 3 answers its current value: the quarter hour in progress, from
+    # its boundary to the newest sample; its own id, not a day block's.
     ((start, duration, value, quality),) = values(current3)
-    last_sample = max(t for t, _ in fed.truth.values())
-    assert duration == 900 and start + 900 <= last_sample < start + 1800 and quality is None
-    assert value > 0
+    last_sample = int(max(t for t, _ in fed.truth.values()))
+    assert start % 900 == 0 and start + duration == last_sample and duration < 900 and quality is None
+    (entry,) = entries(current3)
+    assert links(entry, "self")[0].endswith("/MeterReading/3/IntervalBlock/current")
+    assert entry.findtext(f"{ATOM}updated") == stamp(last_sample)
+    again = ok(fed.r, links(entry, "self")[0][len(ROOT):])
+    assert again.findtext(f"{ATOM}id") == entry.findtext(f"{ATOM}id") and values(again) == values(current3)
+    # Every MeterReading carries every field utility feeds and the GBA's tests look for.
+    for rt, _ in found.values():
+        assert {c.tag.replace(ESPI, "") for c in rt} >= {
+            "accumulationBehaviour", "commodity", "currency", "dataQualifier", "defaultQuality", "flowDirection",
+            "intervalLength", "kind", "phase", "powerOfTenMultiplier", "timeAttribute", "uom"}
 
 
 # -- range queries: data time, min inclusive, max exclusive -----------------------------------------------
@@ -201,12 +213,14 @@ def test_missed_readings_across_a_boundary_are_marked_estimated(fed):
 
 
 def test_interval_energies_sum_to_the_register_delta(fed):
-    batch = ok(fed.r, f"Batch/Subscription/{SUB}", {"published-min": stamp(T0 - 40 * 3600)})
+    window = {"published-min": stamp(T0 - 40 * 3600)}
+    batch = ok(fed.r, f"Batch/Subscription/{SUB}", window)
     p = {content(e).findtext(f"{ESPI}uom") + content(e).findtext(f"{ESPI}accumulationBehaviour"):
          int(content(e).findtext(f"{ESPI}powerOfTenMultiplier"))
          for e in entries(batch) if content(e).tag == f"{ESPI}ReadingType"}
     assert p["721"] == p["724"] == -1
-    register = [(s, v) for s, _, v, _ in block_values(batch, "2")]      # (start s, value) at 0.1 Wh
+    # The register's raw samples live under MeterReading 2, not in Download My Data.
+    register = [(s, v) for s, _, v, _ in values(ok(fed.r, f"{MR}/2/IntervalBlock", window))]   # 0.1 Wh
     times_ms = {int(t): hs.t_ms_of(t) for t, _ in fed.truth.values()}
     samples = sorted((times_ms[s], Fraction(v, 10)) for s, v in register)
 
@@ -217,7 +231,7 @@ def test_interval_energies_sum_to_the_register_delta(fed):
                 return r1 + (r2 - r1) * Fraction(b * 1000 - t1, t2 - t1)
         raise AssertionError(b)
 
-    run = [(s, v) for s, _, v, _ in block_values(batch, "3")]
+    run = [(s, v) for s, d, v, _ in block_values(batch, "3") if d == 900]
     assert len(run) > 100 and all(b[0] - a[0] == 900 for a, b in zip(run, run[1:]))   # no hole here
     for i, j in ((0, len(run)), (10, 50), (len(run) - 9, len(run))):
         part = run[i:j]
@@ -233,8 +247,13 @@ def test_paging_over_blocks_and_next_links_when_an_answer_is_full(fed, monkeypat
     assert len(ids) == 11 and not links(whole, "next")            # ten hours and a bit, one answer
     page = ok(fed.r, f"{MR}/1/IntervalBlock", {**window, "start-index": "3", "max-results": "4"})
     assert [e.findtext(f"{ATOM}id") for e in entries(page)] == ids[2:6]
+    # The next page is a position in time (the start of the first block left out), in the same window.
     (nxt,) = links(page, "next")
-    assert dict(parse_qsl(urlsplit(nxt).query)) == {**window, "start-index": "7", "max-results": "4"}
+    hour7 = int(links(entries(whole)[6], "self")[0].rsplit("/", 1)[1])
+    assert dict(parse_qsl(urlsplit(nxt).query)) == {**window, "max-results": "4", "resume-at": stamp(hour7)}
+    parts = urlsplit(nxt)
+    following = ok(fed.r, parts.path[len("/espi/1_1/resource/"):], dict(parse_qsl(parts.query)))
+    assert [e.findtext(f"{ATOM}id") for e in entries(following)] == ids[6:10]
     # A reading budget of two hours' worth: the answer stops at a block boundary and says where to go on.
     monkeypatch.setattr(espi_feed, "MAX_READINGS", 1100)
     seen, url, pages = [], ROOT + f"{MR}/1/IntervalBlock?" + "&".join(f"{k}={v}" for k, v in window.items()), 0
@@ -248,33 +267,39 @@ def test_paging_over_blocks_and_next_links_when_an_answer_is_full(fed, monkeypat
     assert seen == ids and pages >= 5
 
 
-def test_batch_pages_across_meter_readings(fed, monkeypatch):
-    window = {"published-min": stamp(T0 - 5 * 3600)}
+def test_batch_pages_walk_one_window_and_describe_once(fed):
+    """max-results counts entries; the first page describes the meter, the next pages hold only
+    blocks; following next links walks exactly the window's blocks, each once."""
+    window = {"published-min": stamp(T0 - 50 * 3600), "published-max": stamp(T0 - 3 * 3600)}
     whole = ok(fed.r, f"Batch/Subscription/{SUB}", window)
     blocks = [links(e, "self")[0] for e in entries(whole) if content(e).tag == f"{ESPI}IntervalBlock"]
-    got, start = [], 1
-    while True:
-        root = ok(fed.r, f"Batch/Subscription/{SUB}", {**window, "start-index": str(start), "max-results": "5"})
+    assert len(blocks) >= 2 and not any(b.endswith("/current") for b in blocks)   # now is outside
+    got, url, pages = [], ROOT + f"Batch/Subscription/{SUB}?" + urlencode({**window, "max-results": "8"}), 0
+    while url:
+        parts = urlsplit(url)
+        root = ok(fed.r, parts.path[len("/espi/1_1/resource/"):], dict(parse_qsl(parts.query)))
         kinds = [content(e).tag.replace(ESPI, "") for e in entries(root)]
-        assert kinds.count("MeterReading") == 3 and kinds.count("ReadingType") == 3   # always described
-        page = [links(e, "self")[0] for e in entries(root) if content(e).tag == f"{ESPI}IntervalBlock"]
-        got += page
-        if not links(root, "next"):
-            break
-        start += len(page)
-    assert got == blocks
+        described = kinds.count("MeterReading")
+        assert described == (3 if pages == 0 else 0) and kinds.count("ReadingType") == described
+        assert len(kinds) <= 8 or kinds.count("IntervalBlock") == 1
+        got += [links(e, "self")[0] for e in entries(root) if content(e).tag == f"{ESPI}IntervalBlock"]
+        url = (links(root, "next") or [None])[0]
+        pages += 1
+    assert got == blocks and pages == len(blocks)       # eight entries describe: one block a page
 
 
-def test_download_my_data_holds_every_interval_and_a_day_of_readings(tmp_path):
+def test_download_my_data_holds_every_interval_and_the_current_values(tmp_path):
     f = Feed(tmp_path, hours=50.0, step=60.0)
     try:
         batch = ok(f.r, f"Batch/Subscription/{SUB}")
-        raw = [s for s, *_ in block_values(batch, "1")]
-        assert min(raw) >= T0 - 86400 and len(raw) == sum(1 for t, _ in f.truth.values() if t >= T0 - 86400)
-        quarters = [s for s, *_ in block_values(batch, "3")]
+        last = int(max(t for t, _ in f.truth.values()))
+        for mr in ("1", "2"):                       # raw samples: the current value only
+            assert [s for s, *_ in block_values(batch, mr)] == [last]
+        quarters = [(s, d) for s, d, *_ in block_values(batch, "3")]
         first_sample = min(t for t, _ in f.truth.values())
-        assert min(quarters) < T0 - 49 * 3600 and min(quarters) >= first_sample - 900
-        assert len(quarters) == len(list(ie.intervals(f.store.reader().register())))
+        assert min(quarters)[0] < T0 - 49 * 3600 and min(quarters)[0] >= first_sample - 900
+        complete = list(ie.intervals(f.store.reader().register()))
+        assert quarters == [(iv.start, 900) for iv in complete] + [(last - last % 900, last % 900)]
         assert not links(batch, "next")
     finally:
         f.close()
@@ -288,16 +313,24 @@ def test_history_off_serves_two_meter_readings_from_memory(tmp_path):
         assert espi(f.r, path).status == 404
 
 
-def test_no_complete_quarter_hour_yet_is_503_until_the_next_can_close(tmp_path):
+def test_the_first_minute_already_has_energy_and_an_advertised_collection_never_503s(tmp_path):
     clock = Clock(T0 - T0 % 900 + 100)                  # 100 s into a quarter hour
     store = hs.HistoryStore(str(tmp_path / hs.FILE_NAME), 35, clock=clock, log=lambda _: None)
     r = Readings(30.0, clock=clock, history=store)
     r.apply(status(0, clock(), poll_interval_s=7.0))
-    r.apply(reading(1, 1, clock()))
+    assert espi(r, f"{MR}/3/IntervalBlock").status == 503        # no meter value at all yet
+    first = clock()
+    r.apply(reading(1, 1, first, summation=1000))
+    for k in range(2, 9):                               # the first minute: eight 7-s polls
+        r.apply(reading(k, k, clock.advance(7.0), summation=1000 + 5 * k))
     store.flush()
-    resp = espi(r, f"{MR}/3/IntervalBlock")
-    assert resp.status == 503 and int(resp.headers["Retry-After"]) == 800 + 7
-    assert espi(r, f"{MR}/1/IntervalBlock").status == 200
+    for params in ({}, {"published-min": stamp(first)}):
+        assert espi(r, f"{MR}/3/IntervalBlock", params).status == 200
+    # The quarter hour in progress since the first sample (no boundary before it can be valued).
+    ((start, duration, value, quality),) = values(ok(r, f"{MR}/3/IntervalBlock"))
+    assert (start, duration, value, quality) == (int(first), 49, 40 * 3, None)     # 40 counts, 0.1 Wh units
+    batch = ok(r, f"Batch/Subscription/{SUB}")
+    assert [v for *_, v, _ in block_values(batch, "3")] == [120]
     store.close()
 
 

@@ -77,15 +77,23 @@ def test_history_survives_a_restart(gw):
     for i in range(1, 301):                      # 35 minutes of 7-s readings, ending now
         gw.send(reading(i, i, now - (301 - i) * 7, summation=10**6 + 40 * i, demand=1000 + i))
     wait_until(lambda: gw.received() == 301, 20, "the LAN to receive 301 datagrams")
+    # The raw samples (MeterReadings 1 and 2) and the quarter hours of Download My Data (3).
+    window = "?published-min=2000-01-01T00:00:00Z"
+    up = f"/espi/1_1/resource/Subscription/{gw.lan.subscription}/UsagePoint/1/MeterReading"
+    raw = [f"{up}/{mr}/IntervalBlock{window}" for mr in "12"]
     batch = f"/espi/1_1/resource/Batch/Subscription/{gw.lan.subscription}"
-    before = gw.get(batch + "?published-min=2000-01-01T00:00:00Z")
+    before = gw.get(batch + window)
+    raw_before = [gw.get(path) for path in raw]
     chart = json.loads(gw.get("/api/v1/history?minutes=60"))
     assert len(chart["points"]) == 300
     assert gw.lan.stop() == 0                    # SIGTERM: a clean stop
     gw.lan.start()
     assert gw.received() == 0                    # a new process: nothing in memory
-    after = gw.get(batch + "?published-min=2000-01-01T00:00:00Z")
-    assert after.count(b"<IntervalReading") == before.count(b"<IntervalReading") >= 600
+    after = gw.get(batch + window)
+    assert [gw.get(path) for path in raw] == raw_before
+    assert sum(body.count(b"<IntervalReading") for body in raw_before) == 600
+    quarters = [b for b in before.split(b"<entry") if b"/MeterReading/3/IntervalBlock/1" in b]
+    assert quarters and quarters == [b for b in after.split(b"<entry") if b"/MeterReading/3/IntervalBlock/1" in b]
     assert json.loads(gw.get("/api/v1/history?minutes=60"))["points"] == chart["points"]
     # MeterReading 3 still finds its quarter hours in the store.
     assert b"/MeterReading/3/IntervalBlock/" in after

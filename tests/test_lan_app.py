@@ -66,7 +66,8 @@ def app(tmp_path, static_dir):
     auth = Authenticator(UsersStore(str(path)), address_limit=3, user_limit=6)
     return LanApp(authenticator=auth, readings=object(), channel_counters=lambda: {"received": 7},
                   lan_started=1234.5, time_zone="Europe/Paris", default_base_url="https://gw.local:8443/",
-                  static_dir=str(static_dir), resources=FakeResources())
+                  static_dir=str(static_dir), resources=FakeResources(),
+                  link_hosts=frozenset({"gw.local", "gateway.lan", "fe80::1", "192.168.1.20"}))
 
 
 def call(app, path, *, user="alice", method="GET", query="", host="gw.local:8443", remote="10.0.0.1",
@@ -164,15 +165,19 @@ def test_download_switch(app):
     assert status == 403 and "content-disposition" not in headers
 
 
-@pytest.mark.parametrize("host", ["evil.example/<script>", "a b", "x" * 300, "", "[::1", "host:99999999"])
-def test_odd_host_headers_fall_back_to_the_configured_base(app, host):
+@pytest.mark.parametrize("host", ["evil.example/<script>", "a b", "x" * 300, "", "[::1", "host:99999999",
+                                  "evil.example", "evil.example:8443", "gw.local.evil.example", "[fe80::2]:8443",
+                                  "192.168.1.21"])
+def test_odd_or_foreign_host_headers_get_the_configured_base(app, host):
     call(app, "/espi/1_1/resource/ReadingType/1", host=host)
     assert app.resources.calls[-1][1]["base_url"] == "https://gw.local:8443"
 
 
-def test_host_header_with_ipv6_and_port(app):
-    call(app, "/espi/1_1/resource/ReadingType/1", host="[fe80::1]:8443")
-    assert app.resources.calls[-1][1]["base_url"] == "https://[fe80::1]:8443"
+@pytest.mark.parametrize("host", ["[fe80::1]:8443", "[FE80:0::1]:8443", "Gateway.LAN:8443", "192.168.1.20:8443",
+                                  "gateway.lan"])
+def test_host_headers_the_certificate_names_are_kept(app, host):
+    call(app, "/espi/1_1/resource/ReadingType/1", host=host)
+    assert app.resources.calls[-1][1]["base_url"] == f"https://{host}"
 
 
 @pytest.mark.parametrize("query", ["a=1&a=2", "&".join(f"p{i}=1" for i in range(40)), "x=%ff"])

@@ -75,6 +75,9 @@ def test_config_defaults_and_relative_paths(tmp_path):
     assert cfg.han["poll_interval_s"] == 7.0 and cfg.han["baudrate"] == 9600
     assert cfg.channel["socket_path"] == str(tmp_path / "run/r.sock")
     assert cfg.lan["certificate"] == str(tmp_path / "tls/cert.pem")
+    assert cfg.lan["currency"] == 840                   # ESPI ReadingType currency: USD unless set
+    path.write_text(path.read_text() + '[lan]\ncurrency = 978\n')
+    assert config.load(str(path)).lan["currency"] == 978
 
 
 @pytest.mark.parametrize("text, key", [
@@ -86,6 +89,8 @@ def test_config_defaults_and_relative_paths(tmp_path):
     ('[han]\nserial_port = "x"\n[channel]\nsocket_path = "s"\n[lan]\nport = 70000\n', "port"),
     ('[han]\nserial_port = "x"\n[channel]\nsocket_path = "s"\n[lan]\nport = true\n', "port"),
     ('[han]\nserial_port = "x"\n[channel]\nsocket_path = "s"\n[lan]\ntime_zone = "Mars/Base"\n', "time_zone"),
+    ('[han]\nserial_port = "x"\n[channel]\nsocket_path = "s"\n[lan]\ncurrency = 1000\n', "currency"),
+    ('[han]\nserial_port = "x"\n[channel]\nsocket_path = "s"\n[lan]\ncurrency = "EUR"\n', "currency"),
     ('[han]\nserial_port = "x"\n[channel]\nsocket_path = "s"\n[web]\n', "web"),
     ('[han]\nserial_port = "x"\nresponse_timeout_s = 9.0\n[channel]\nsocket_path = "s"\n', "response_timeout_s"),
     ('[han\n', "not valid TOML"),

@@ -1,0 +1,34 @@
+"""Runs the Green Button Alliance's Download My Data function-block tests (FB_xx.xsl: Schematron
+compiled to XSLT 1.0 by the GBA, from its OpenESPI Green Button data SDK, folder
+GreenButtonBatchTest/GeneratedTests) on a document, with lxml. The files are not in this repository:
+upstream states no licence for them (tests/gba/SOURCES.md says where they come from); they are read
+from $OPENSEG_GBA_DIR, else tests/gba/.
+
+A generated test writes one `assert` element (with its TestID, e.g. D062) for every assertion that
+failed; a clean result has none.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lxml import etree
+
+GBA_DIR = Path(os.environ.get("OPENSEG_GBA_DIR") or Path(__file__).parent / "gba")
+BLOCKS = ("FB_01", "FB_04", "FB_05", "FB_06", "FB_08", "FB_09")
+
+
+def missing() -> list[str]:
+    return [b for b in BLOCKS if not (GBA_DIR / f"{b}.xsl").is_file()]
+
+
+_compiled: dict[str, etree.XSLT] = {}
+
+
+def failed(block: str, document: bytes) -> list[str]:
+    """The TestIDs of the assertions of `block` that `document` fails."""
+    xslt = _compiled.get(block)
+    if xslt is None:
+        xslt = _compiled[block] = etree.XSLT(etree.parse(str(GBA_DIR / f"{block}.xsl")))
+    result = xslt(etree.fromstring(document))
+    return [a.get("TestID") for a in result.getroot().iter("assert")]
