@@ -6,7 +6,9 @@ STAMP  := $(VENV)/.installed
 RUNDIR := run
 # Programs the tests drive for real, as command:Debian-package: the browser for the page, curl and
 # openssl as independent TLS clients, systemd-analyze for the unit checks.
-SYSTEM_COMMANDS := chromium:chromium curl:curl openssl:openssl systemd-analyze:systemd
+SYSTEM_COMMANDS := chromium:chromium curl:curl openssl:openssl systemd-analyze:systemd node:nodejs npm:npm
+# Green Button parsers from npm the tests feed Download My Data to (pinned in tests/node).
+NODE_STAMP := tests/node/node_modules/.package-lock.json
 
 .PHONY: install system-deps run test screenshots audit bench clean
 
@@ -36,7 +38,10 @@ system-deps:
 
 # Test runs write their page screenshots under tests/artifacts so they leave the tree clean;
 # `make screenshots` refreshes the committed ones the README links to.
-test: $(STAMP) system-deps
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+
+test: $(STAMP) system-deps $(NODE_STAMP)
 	OPENSEG_SCREENSHOT_DIR=tests/artifacts/screenshots $(BIN)/pytest -q
 
 screenshots: $(STAMP) system-deps

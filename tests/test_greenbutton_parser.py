@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 import tomllib
@@ -46,6 +47,26 @@ def parse_batch(body: bytes, tmp: Path):
     path = tmp / "green-button.xml"
     path.write_bytes(body)
     return gb_parse.parse_feed(str(path))
+
+
+NODE_CONSUMERS = Path(__file__).parent / "node" / "read_feed.mjs"
+
+
+def npm_parsers(body: bytes, tmp: Path) -> dict:
+    """What two independent npm Green Button parsers (@cityssm/green-button-parser, espi-parser; pinned
+    in tests/node/package.json, installed by `make test`) read from a feed: tests/node/read_feed.mjs."""
+    path = tmp / "npm-feed.xml"
+    path.write_bytes(body)
+    done = subprocess.run(["node", str(NODE_CONSUMERS), str(path)], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return json.loads(done.stdout)
+
+
+def summable(meter_readings: list[dict]) -> dict:
+    """The import energy a tariff tool sums: the deltaData Wh MeterReading, forward flow."""
+    (mr,) = [m for m in meter_readings if m["readingType"] and m["readingType"]["uom"] == 72
+             and m["readingType"]["accumulationBehaviour"] == 4 and m["readingType"]["flowDirection"] == 1]
+    return mr
 
 
 def raw_values(document: bytes) -> list[int]:
@@ -199,6 +220,31 @@ def test_download_my_data_is_read_by_greenbutton_objects(two_days, tmp_path):
     assert abs(everything - truth) <= truth / 1000, (float(everything), float(truth))
 
 
+def test_independent_npm_parsers_read_the_same_kwh_and_times(two_days, tmp_path):
+    """Two npm parsers and greenbutton-objects on the same Download My Data (two days with missed
+    readings and a HAN restart): every quarter hour at the same time with the same value, and the
+    sum of the energy MeterReading within 0.1 % of the emulator meter's own energy."""
+    lan, meter, sent, missed, boundary = two_days
+    code, _, body = lan.request(f"/espi/1_1/resource/Batch/Subscription/{lan.subscription}")
+    assert code == 200
+    (up,) = parse_batch(body, tmp_path)
+    energy = [mr for mr in up.meterReadings if mr.readingType.intervalLength == 900][0]
+    p = energy.readingType.powerOfTenMultiplier
+    reference = sorted((int(ir.timePeriod.start.timestamp()), int(ir.timePeriod.duration.total_seconds()),
+                        ir._value) for ir in energy.intervalReadings)
+    feed_updated = assert_valid(body).findtext("{http://www.w3.org/2005/Atom}updated")
+    last_t = sent[max(sent)][0]
+    truth = meter.energy_wh(reference[0][0], last_t)
+    for name, read in npm_parsers(body, tmp_path).items():
+        # The feed head's time, not "Invalid Date" (its children once each redeclared xmlns).
+        assert read["updated"].replace(".000Z", "Z") == feed_updated, name
+        mr = summable(read["meterReadings"])
+        assert mr["readingType"]["powerOfTenMultiplier"] == p and mr["readingType"]["intervalLength"] == 900
+        assert sorted(tuple(r) for r in mr["readings"]) == reference, name
+        kwh = sum(v for _, _, v in mr["readings"]) * Fraction(10) ** p
+        assert abs(kwh - truth) <= truth / 1000, (name, float(kwh), float(truth))
+
+
 def test_a_window_of_the_batch_is_read_too(two_days, tmp_path):
     lan, meter, sent, missed, boundary = two_days
     lo = time.gmtime(time.time() - 36 * 3600)
@@ -232,6 +278,13 @@ def test_the_real_chain_emulator_han_lan(tmp_path):
             raw = [stack.get(f"{mr_path}/{mr}/IntervalBlock?published-min=2000-01-01T00:00:00Z")[2] for mr in "12"]
             answers = [f for f in stack.frames() if f.get("event") == "answer" and "0x0000" in f.get("attrs", {})]
         (up,) = parse_batch(body, tmp_path)
+        # The npm parsers read the live feed's energy like greenbutton-objects does.
+        energy = [mr for mr in up.meterReadings if mr.readingType.intervalLength == 900][0]
+        reference = sorted((int(ir.timePeriod.start.timestamp()), int(ir.timePeriod.duration.total_seconds()),
+                            ir._value) for ir in energy.intervalReadings)
+        assert reference
+        for name, read in npm_parsers(body, tmp_path).items():
+            assert sorted(tuple(r) for r in summable(read["meterReadings"])["readings"]) == reference, name
         mrs = by_uom(up)
         assert len(up.meterReadings) == 3
         (demand,) = mrs[gb_enums.UomType.watts]
