@@ -357,3 +357,50 @@ def test_status_reports_the_history(fed):
     assert js["oldest"] < js["newest"] and js["file_bytes"] > 0 and js["write_errors"] == 0
     off = Readings(30.0, clock=Clock())
     assert json.loads(web_resources.status_json(off, {}, T0).body)["history"] == {"enabled": False}
+
+
+# -- time: what arrived since, windows clamped to what is held, one id per content --------------------------
+def test_updated_min_returns_what_arrived_since_published_min_what_happened_since(fed):
+    """A client that fetched at F, inside a quarter hour, asks updated-min=F next time: it gets that
+    quarter hour (it became available when the sample after its end arrived), which a filter on data
+    time (published-min=F) can never return."""
+    quarter = (T0 - 5 * 3600) // 900 * 900
+    fetched_at = quarter + 15
+    got = values(ok(fed.r, f"{MR}/3/IntervalBlock", {"updated-min": stamp(fetched_at)}))
+    assert quarter in [s for s, *_ in got]
+    assert quarter not in [s for s, *_ in values(ok(fed.r, f"{MR}/3/IntervalBlock",
+                                                    {"published-min": stamp(fetched_at)}))]
+    # It arrived with the first sample after its end: updated-min just after that misses it.
+    completed = min(int(t) for t, _ in fed.truth.values() if t >= quarter + 900)
+    after = values(ok(fed.r, f"{MR}/3/IntervalBlock", {"updated-min": stamp(completed + 1)}))
+    assert quarter not in [s for s, *_ in after] and quarter + 900 in [s for s, *_ in after]
+    # An entry says when its data became available: the block's `updated` is its last arrival.
+    block = entries(ok(fed.r, f"{MR}/3/IntervalBlock", {"updated-min": stamp(fetched_at),
+                                                         "updated-max": stamp(completed + 1)}))
+    assert [e.findtext(f"{ATOM}updated") for e in block] == [stamp(completed)]
+
+
+def test_any_window_is_clamped_to_the_history_held(fed):
+    everything = {"published-min": "0001-01-01T00:00:00Z", "published-max": "9999-12-31T23:59:59Z"}
+    for mr in ("1", "3"):
+        held = ok(fed.r, f"{MR}/{mr}/IntervalBlock", {"max-results": "100000"})
+        wide = ok(fed.r, f"{MR}/{mr}/IntervalBlock", {**everything, "max-results": "100000"})
+        assert values(wide) == values(held) and len(values(held)) > 100
+    batch = ok(fed.r, f"Batch/Subscription/{SUB}", everything)
+    assert block_values(batch, "3") == block_values(ok(fed.r, f"Batch/Subscription/{SUB}"), "3")
+
+
+def test_every_content_has_its_own_id(fed):
+    batch = ok(fed.r, f"Batch/Subscription/{SUB}")
+    ids = [e.findtext(f"{ATOM}id") for e in entries(batch)]
+    selves = [links(e, "self")[0] for e in entries(batch)]
+    assert len(set(ids)) == len(ids) and len(set(selves)) == len(selves)
+    # The current value and the hour block holding the same reading are two resources.
+    (current,) = entries(ok(fed.r, f"{MR}/1/IntervalBlock"))
+    ((start, *_),) = values(current)
+    hour = entries(ok(fed.r, f"{MR}/1/IntervalBlock/{start - start % 3600}"))[0]
+    assert current.findtext(f"{ATOM}id") != hour.findtext(f"{ATOM}id")
+    assert links(current, "self") != links(hour, "self") and len(values(hour)) > 1
+    # Following the current value's own link answers the same content under the same id.
+    again = ok(fed.r, links(current, "self")[0][len(ROOT):])
+    assert again.findtext(f"{ATOM}id") == current.findtext(f"{ATOM}id") and values(again) == values(current)
