@@ -233,9 +233,8 @@ def bench_latency(rounds: int, per_client: int = 300, clients: int = 4):
     return out
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, head: str = "## History store (issue 7)") -> None:
     path = REPO / "bench" / "RESULTS.md"
-    head = "## History store (issue 7)"
     old = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is written by the script it names.\n"
     if head in old:
         before, rest = old.split(head, 1)

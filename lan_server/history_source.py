@@ -59,6 +59,10 @@ class MemorySource:
     def oldest(self) -> float | None:
         return min((r.time for q in QUANTITIES for r in self.readings(q, None, None)), default=None)
 
+    def nth_hour(self, quantity: str, since: int | None, until: int | None, n: int) -> int | None:
+        hours = sorted({int(r.time // 3600) * 3600 for r in self.readings(quantity, since, until)})
+        return hours[n] if n < len(hours) else None
+
     def entries(self, since: float) -> Iterator[Reading | Gap]:
         return (e for e in self.snap.history if e.time >= since)
 
@@ -112,6 +116,10 @@ class StoreSource:
     def oldest(self) -> float | None:
         t = self.reader.oldest_ms()
         return None if t is None else t / 1000
+
+    def nth_hour(self, quantity: str, since: int | None, until: int | None, n: int) -> int | None:
+        t = self.reader.nth_hour_ms(self._ms(since), self._ms(until), quantity, n)
+        return None if t is None else t // 1000
 
     def entries(self, since: float) -> Iterator[Row]:
         return self.reader.rows(t_ms_of(since))

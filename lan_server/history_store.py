@@ -476,6 +476,17 @@ class HistoryReader:
     def oldest_ms(self) -> int | None:
         return self.conn.execute("SELECT min(t_ms) FROM sample").fetchone()[0]
 
+    def nth_hour_ms(self, since_ms: int | None, until_ms: int | None, quantity: str, n: int) -> int | None:
+        """The start of the n-th (from 0) UTC hour holding a reading with `quantity` in the window:
+        where a GData start-index lands, found by SQLite without building the hours skipped."""
+        if quantity not in ("demand", "summation"):
+            raise ValueError(quantity)
+        where, args = self._window(since_ms, until_ms)
+        where.append(f"{quantity} IS NOT NULL")
+        row = self.conn.execute(f"SELECT DISTINCT t_ms / 3600000 FROM sample WHERE {' AND '.join(where)} "
+                                "ORDER BY 1 LIMIT 1 OFFSET ?", args + [n]).fetchone()
+        return None if row is None else row[0] * 3_600_000
+
     def close(self) -> None:
         self.conn.close()
 

@@ -295,7 +295,7 @@ def test_download_my_data_holds_every_interval_and_the_current_values(tmp_path):
         last = int(max(t for t, _ in f.truth.values()))
         for mr in ("1", "2"):                       # raw samples: the current value only
             assert [s for s, *_ in block_values(batch, mr)] == [last]
-        quarters = [(s, d) for s, d, *_ in block_values(batch, "3")]
+        quarters = sorted((s, d) for s, d, *_ in block_values(batch, "3"))
         first_sample = min(t for t, _ in f.truth.values())
         assert min(quarters)[0] < T0 - 49 * 3600 and min(quarters)[0] >= first_sample - 900
         complete = list(ie.intervals(f.store.reader().register()))
