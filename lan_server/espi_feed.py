@@ -9,6 +9,10 @@ Resource space under {base}/espi/1_1/resource/ (ids are fixed; there is one mete
         .../MeterReading/2  -> ReadingType/2                          energy delivered (register), Wh
         .../MeterReading/3  -> ReadingType/3                          energy per 15 minutes, Wh
                                                                       (only while history is kept)
+        .../MeterReading/4  -> ReadingType/4                          energy exported per 15 minutes
+        .../MeterReading/5  -> ReadingType/5                          energy received (export register)
+                                                                      (4 and 5 while the meter reports
+                                                                      CurrentSummationReceived)
         .../MeterReading/{1,2}/IntervalBlock/{hour}                   the readings taken in one UTC
                                                                       hour, {hour} = its epoch second
         .../MeterReading/3/IntervalBlock/{day}                        the intervals starting on one
@@ -26,14 +30,15 @@ restart, on every gateway serving that path, and never depend on the host name a
 content has its own path: the current value is the `current` block, never an hour or day block.
 
 The data model (README, "Green Button data model", says why):
-- MeterReading 3 is what a tariff tool sums: clock-aligned quarter hours of energy, deltaData (ReadingType
+- MeterReadings 3 (import) and 4 (export, flowDirection 19) are what a tariff tool sums: clock-aligned
+  quarter hours of energy, deltaData (ReadingType
   accumulationBehaviour 4, intervalLength 900), one reading per complete quarter hour (interval_energy:
   measured, ReadingQuality 9 when interpolated across missed readings, or left out). Its `current`
   block is the quarter hour in progress up to the newest sample (interval_energy.in_progress), so the
   intervals plus the current value add up to every Wh the register counted, from the first minute on.
-- MeterReadings 1 and 2 hold the raw 7-s samples (demand and the register, a bulkQuantity). Summing
-  them means nothing, so Download My Data carries only their current value; every sample is under
-  their IntervalBlock collections with parameters, and in their hour blocks.
+- MeterReadings 1, 2 and 5 hold the raw 7-s samples (demand, the import and the export register, a
+  bulkQuantity). Summing them means nothing, so Download My Data carries only their current value;
+  every sample is under their IntervalBlock collections with parameters, and in their hour blocks.
 - An IntervalBlock collection without parameters answers exactly one reading, the current value.
 
 IntervalReading of MeterReadings 1 and 2: timePeriod.start is the value's time tag (epoch s, rounded
@@ -96,7 +101,7 @@ QUALITY_VALID = 0               # defaultQuality; readings that differ carry the
 class MeterReadingDef:
     id: str
     reading_type: str
-    quantity: str           # "demand" or "summation" (a reading attribute), or "interval"
+    quantity: str           # "demand", "summation", "received" (a reading attribute), or "interval"
     title: str
     unit: str
     uom: int                # UnitSymbolKind
@@ -104,11 +109,15 @@ class MeterReadingDef:
     kind: int               # MeasurementKind
     flow: int               # FlowDirectionKind
     interval_length: int    # seconds: the quarter hour, or the poll interval of raw samples
+    register: str = ""      # the reading attribute its values come from (default: `quantity`)
+
+    def __post_init__(self):
+        if not self.register:
+            object.__setattr__(self, "register", self.quantity)
 
     @property
-    def register(self) -> str:
-        """The reading attribute its values come from."""
-        return "summation" if self.quantity == "interval" else self.quantity
+    def exported(self) -> bool:
+        return self.register == "received"
 
 
 METER_READINGS = {
@@ -123,7 +132,13 @@ METER_READINGS = {
                          accumulation=1, kind=12, flow=1, interval_length=int(ie.DEFAULT_POLL_S)),
     # Differences of that register over quarter hours: deltaData, intervalLength 900.
     "3": MeterReadingDef("3", "3", "interval", "Energy delivered per 15 minutes", "Wh", uom=72,
-                         accumulation=4, kind=12, flow=1, interval_length=ie.INTERVAL_S),
+                         accumulation=4, kind=12, flow=1, interval_length=ie.INTERVAL_S, register="summation"),
+    # CurrentSummationReceived, the export register, and its quarter hours: reverse (19). Offered while
+    # the meter reports it (a meter without it answers UNSUPPORTED_ATTRIBUTE: no export MeterReadings).
+    "4": MeterReadingDef("4", "4", "interval", "Energy received (exported) per 15 minutes", "Wh", uom=72,
+                         accumulation=4, kind=12, flow=19, interval_length=ie.INTERVAL_S, register="received"),
+    "5": MeterReadingDef("5", "5", "received", "Energy received (meter register)", "Wh", uom=72,
+                         accumulation=1, kind=12, flow=19, interval_length=int(ie.DEFAULT_POLL_S)),
 }
 READING_TYPES = {mr.reading_type: mr for mr in METER_READINGS.values()}
 
@@ -155,7 +170,9 @@ class Context:
 
     @property
     def meter_readings(self) -> list[MeterReadingDef]:
-        return [mr for mr in METER_READINGS.values() if mr.quantity != "interval" or self.source.intervals]
+        exports = self.snap.latest_received is not None
+        return [mr for mr in METER_READINGS.values()
+                if (mr.quantity != "interval" or self.source.intervals) and (exports or not mr.exported)]
 
     def offers(self, mr_id: str | None = None, rt_id: str | None = None) -> bool:
         return any(mr.id == mr_id or mr.reading_type == rt_id for mr in self.meter_readings)
@@ -216,7 +233,7 @@ def atom_time(t: float) -> str:
 
 # -- data: readings and intervals as ESPI points, grouped into blocks ----------------------------------
 def _raw_points(ctx: Context, mr: MeterReadingDef, p: int, since, until) -> Iterator[Point]:
-    quantity = mr.quantity
+    quantity = mr.register
     for r in ctx.source.readings(quantity, since, until):
         interval_s = r.interval_s
         duration = max(0, round(interval_s)) if interval_s is not None else 0
@@ -284,7 +301,7 @@ def blocks(ctx: Context, mr: MeterReadingDef, window: Window, skip: int = 0) -> 
         span = _clamp(lo, hi, source.oldest(), source.newest())
         if span is not None and skip:
             # One hour a block: the store finds where the skipped hours end without reading them.
-            hour = source.nth_hour(mr.quantity, *span, skip)
+            hour = source.nth_hour(mr.register, *span, skip)
             span = None if hour is None else (max(span[0], hour), span[1])
         if span is None:
             return iter(())
@@ -302,17 +319,17 @@ def blocks(ctx: Context, mr: MeterReadingDef, window: Window, skip: int = 0) -> 
     span = _clamp(lo, hi, None if oldest is None else oldest - ie.INTERVAL_S, source.newest())
     if span is None:
         return iter(())
-    run = (iv for iv in _intervals(source, *span) if window.holds(iv.start, iv.available_ms // 1000))
+    run = (iv for iv in _intervals(source, *span, mr.register) if window.holds(iv.start, iv.available_ms // 1000))
     return _day_blocks(_interval_points(run, p), ctx.time_zone)
 
 
-def _intervals(source, lo: int, hi: int) -> Iterator[ie.Interval]:
+def _intervals(source, lo: int, hi: int, register: str) -> Iterator[ie.Interval]:
     """The complete intervals starting in [lo, hi), computed INTERVAL_CHUNK_S at a time: the register
     query for a window brackets its own edges, so chunks join exactly, and memory holds one chunk's
     register samples whatever the length of the history."""
     while lo < hi:
         end = min(hi, lo + INTERVAL_CHUNK_S)
-        for iv in ie.intervals(source.register(lo, end)):
+        for iv in ie.intervals(source.register(lo, end, register)):
             if lo <= iv.start < end:
                 yield iv
         lo = end
@@ -327,16 +344,16 @@ def current_point(ctx: Context, mr: MeterReadingDef) -> Point | None:
         if newest is None:
             return None
         boundary = int(newest // 1) // ie.INTERVAL_S * ie.INTERVAL_S
-        iv = ie.in_progress(ctx.source.register(boundary, None))
+        iv = ie.in_progress(ctx.source.register(boundary, None, mr.register))
         return None if iv is None else next(_interval_points([iv], p))
-    latest = ctx.snap.latest_demand if mr.quantity == "demand" else ctx.snap.latest_summation
+    latest = ctx.snap.latest_with(mr.register)
     return None if latest is None else _latest_point(mr, latest, p)
 
 
 def _latest_point(mr: MeterReadingDef, latest, p: int) -> Point:
     duration = max(0, round(latest.interval_s)) if latest.interval_s is not None else 0
     start = int(latest.time // 1)
-    return Point(start, duration, sc.scaled_int(getattr(latest, mr.quantity), latest.scaling, p), None, start)
+    return Point(start, duration, sc.scaled_int(getattr(latest, mr.register), latest.scaling, p), None, start)
 
 
 # -- lxml building blocks ----------------------------------------------------------------------------
@@ -583,14 +600,14 @@ def interval_blocks_document(ctx: Context, mr: MeterReadingDef, query, params: d
     path = interval_blocks_path(ctx.subscription, mr.id)
     if not query.history and mr.quantity != "interval":
         # From memory only (the latest reading, the store's running maxima): no read transaction.
-        latest = ctx.snap.latest_demand if mr.quantity == "demand" else ctx.snap.latest_summation
+        latest = ctx.snap.latest_with(mr.register)
         if latest is None:
             return None
         return _current_value_document(ctx.subscription, ctx.base_url, ctx.query_string, mr, latest,
                                        exponent(ctx, mr))
     with ctx.source.consistent():
         if not query.history:
-            if ctx.snap.latest_summation is None:
+            if ctx.snap.latest_with(mr.register) is None:
                 return None
             entry = current_entry(ctx, mr)
             return feed_document(ctx, path=path, title=f"{mr.title}: current value",
@@ -602,7 +619,7 @@ def interval_blocks_document(ctx: Context, mr: MeterReadingDef, query, params: d
             f = _Feed(ctx, xf, path=path, title=f"{mr.title}: history", updated=updated)
             pager = Pager(query)
             skip, pager.skip = pager.skip, 0
-            _walk(ctx, f, ((mr, b) for b in blocks(ctx, mr, window, skip)), pager, params)
+            _walk(ctx, f, _labelled(mr, blocks(ctx, mr, window, skip)), pager, params)
         return _write(build)
 
 
@@ -627,6 +644,11 @@ def interval_block_document(ctx: Context, mr: MeterReadingDef, ib: str) -> bytes
         if not found:
             return None
         return entry_document(interval_block_entry(ctx, mr, found[0]))
+
+
+def _labelled(mr: MeterReadingDef, mr_blocks: Iterable[Block]) -> Iterator[tuple[MeterReadingDef, Block]]:
+    for block in mr_blocks:
+        yield mr, block
 
 
 def _interval_meter_readings(ctx: Context) -> list[MeterReadingDef]:
@@ -659,7 +681,7 @@ def batch_document(ctx: Context, query, params: dict[str, str], *, usage_point: 
                 f.write(e)
             mrs = _interval_meter_readings(ctx)
             # Day by day, each interval MeterReading's block of that day (they share the day grid).
-            streams = [((mr, b) for b in blocks(ctx, mr, window)) for mr in mrs]
+            streams = [_labelled(mr, blocks(ctx, mr, window)) for mr in mrs]
             merged = heapq.merge(*streams, key=lambda pair: int(pair[1].id))
             _walk(ctx, f, merged, Pager(query, used=len(head)), params)
         return _write(build)

@@ -479,7 +479,7 @@ class HistoryReader:
     def nth_hour_ms(self, since_ms: int | None, until_ms: int | None, quantity: str, n: int) -> int | None:
         """The start of the n-th (from 0) UTC hour holding a reading with `quantity` in the window:
         where a GData start-index lands, found by SQLite without building the hours skipped."""
-        if quantity not in ("demand", "summation"):
+        if quantity not in QUANTITIES:
             raise ValueError(quantity)
         where, args = self._window(since_ms, until_ms)
         where.append(f"{quantity} IS NOT NULL")

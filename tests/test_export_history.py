@@ -122,3 +122,71 @@ def test_snapshot_keeps_the_latest_export_value_apart():
     assert snap.latest.received is None and snap.latest_received.received == 10
     assert snap.latest_with("received") is snap.latest_received
     assert snap.latest_with("summation") is snap.latest and snap.latest_with("demand") is snap.latest
+
+
+# -- ESPI: the export MeterReadings --------------------------------------------------------------------
+ATOM, ESPI = "{http://www.w3.org/2005/Atom}", "{http://naesb.org/espi}"
+
+
+def _espi(r, path, params=None):
+    from espi_schema import assert_valid
+    resp = web_resources.espi(r, path=path, params=params or {}, subscription="s", base_url="https://gw:8443",
+                              time_zone="Europe/Paris")
+    assert resp.status == 200, (path, resp.status, resp.body[:200])
+    return assert_valid(resp.body)
+
+
+def _by_mr(root):
+    """{MeterReading id: [(start, duration, value)]} of the IntervalBlocks in a feed."""
+    out = {}
+    for e in root.iter(f"{ATOM}entry"):
+        self_href = [l.get("href") for l in e.findall(f"{ATOM}link") if l.get("rel") == "self"][0]
+        if e.find(f"{ATOM}content/{ESPI}IntervalBlock") is not None:
+            mr = self_href.split("/MeterReading/")[1].split("/")[0]
+            out.setdefault(mr, []).extend(
+                (int(r.findtext(f"{ESPI}timePeriod/{ESPI}start")), int(r.findtext(f"{ESPI}timePeriod/{ESPI}duration")),
+                 int(r.findtext(f"{ESPI}value"))) for r in e.iter(f"{ESPI}IntervalReading"))
+    return out
+
+
+def test_download_my_data_carries_export_as_its_own_reverse_meter_readings(feed):
+    """MeterReading 4: exported energy per quarter hour (deltaData, flowDirection 19, the received
+    register's own series); 5: the export register (bulkQuantity, 19), its current value in the Batch."""
+    batch = _espi(feed.r, "Batch/Subscription/s")
+    types = {e.find(f"{ATOM}content/{ESPI}ReadingType") is not None and
+             [l.get("href") for l in e.findall(f"{ATOM}link") if l.get("rel") == "self"][0].rsplit("/", 1)[1]:
+             {c.tag.replace(ESPI, ""): int(c.text) for c in e.find(f"{ATOM}content/{ESPI}ReadingType")}
+             for e in batch.iter(f"{ATOM}entry") if e.find(f"{ATOM}content/{ESPI}ReadingType") is not None}
+    assert sorted(types) == ["1", "2", "3", "4", "5"]
+    assert {k: types["4"][k] for k in ("accumulationBehaviour", "flowDirection", "kind", "uom", "intervalLength")} \
+        == {"accumulationBehaviour": 4, "flowDirection": 19, "kind": 12, "uom": 72, "intervalLength": 900}
+    assert (types["5"]["accumulationBehaviour"], types["5"]["flowDirection"]) == (1, 19)
+    values = _by_mr(batch)
+    p = types["4"]["powerOfTenMultiplier"]
+    source = StoreSource(feed.r.snapshot(history=False), feed.store)
+    with source.consistent():
+        exported = list(ie.intervals(source.register(None, None, "received")))
+    complete = sorted(v for v in values["4"] if v[1] == 900)
+    assert [(s, d) for s, d, _ in complete] == [(iv.start, 900) for iv in exported]
+    assert [v for *_, v in complete] == [v for _, v in ie.espi_values(exported, p)]
+    # the export register's current value is the newest reading that carried it
+    (last,) = values["5"]
+    latest = [rec for _, _, rec in feed.truth if rec is not None][-1]
+    assert Fraction(last[2]) * Fraction(10) ** types["5"]["powerOfTenMultiplier"] == STEP * latest
+
+
+def test_a_meter_without_export_has_no_export_meter_readings(tmp_path):
+    clock = Clock(T0)
+    store = hs.HistoryStore(str(tmp_path / hs.FILE_NAME), 35, clock=clock, log=lambda _: None)
+    r = Readings(30.0, clock=clock, history=store)
+    r.apply(status(0, T0 - 3600, poll_interval_s=7.0))
+    for k in range(400):
+        r.apply(reading(k + 1, k, T0 - 3600 + 7 * k, summation=10_000 + k))
+    store.flush()
+    mrs = _espi(r, "Subscription/s/UsagePoint/1/MeterReading")
+    assert [e.findtext(f"{ATOM}title") for e in mrs.iter(f"{ATOM}entry")] == [
+        "Instantaneous demand", "Energy delivered (meter register)", "Energy delivered per 15 minutes"]
+    for mr in ("4", "5"):
+        assert web_resources.espi(r, path=f"Subscription/s/UsagePoint/1/MeterReading/{mr}", params={},
+                                  subscription="s", base_url="https://gw:8443", time_zone="UTC").status == 404
+    store.close()

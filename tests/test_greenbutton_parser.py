@@ -62,10 +62,10 @@ def npm_parsers(body: bytes, tmp: Path) -> dict:
     return json.loads(done.stdout)
 
 
-def summable(meter_readings: list[dict]) -> dict:
-    """The import energy a tariff tool sums: the deltaData Wh MeterReading, forward flow."""
+def summable(meter_readings: list[dict], flow: int = 1) -> dict:
+    """The energy a tariff tool sums: the deltaData Wh MeterReading of that flow (1 import, 19 export)."""
     (mr,) = [m for m in meter_readings if m["readingType"] and m["readingType"]["uom"] == 72
-             and m["readingType"]["accumulationBehaviour"] == 4 and m["readingType"]["flowDirection"] == 1]
+             and m["readingType"]["accumulationBehaviour"] == 4 and m["readingType"]["flowDirection"] == flow]
     return mr
 
 
@@ -90,7 +90,9 @@ class SimulatedMeter:
 
     def __init__(self, t0: float):
         self.t0 = t0
-        self.model = MeterModel(HouseholdProfile(seed=11, start_tod_s=t0 % 86400), Fraction("2345.678"),
+        # A household with a 4 kW PV array: import at night, export around midday.
+        self.model = MeterModel(HouseholdProfile(seed=11, start_tod_s=t0 % 86400, solar_peak_w=4000),
+                                Fraction("2345.678"),
                                 MULTIPLIER, DIVISOR)
         summation_fmt, demand_fmt = self.model.formatting()
         self.scaling = {"multiplier": MULTIPLIER, "divisor": DIVISOR, "unit": 0,
@@ -102,6 +104,10 @@ class SimulatedMeter:
     def energy_wh(self, wall_from: float, wall_to: float) -> Fraction:
         m = self.model
         return (m.energy_kwh(Fraction(wall_to - self.t0)) - m.energy_kwh(Fraction(wall_from - self.t0))) * 1000
+
+    def exported_wh(self, wall_from: float, wall_to: float) -> Fraction:
+        m = self.model
+        return (m.received_kwh(Fraction(wall_to - self.t0)) - m.received_kwh(Fraction(wall_from - self.t0))) * 1000
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +140,8 @@ def two_days(tmp_path_factory):
             msg = gap(seq, slot, due)
         else:
             s = meter.sample(t)
-            msg = reading(seq, slot, t, summation=s.summation_raw, demand=s.demand_raw, scaling=meter.scaling)
+            msg = reading(seq, slot, t, summation=s.summation_raw, demand=s.demand_raw, received=s.received_raw,
+                          scaling=meter.scaling)
             sent[int(t)] = (t, s)
         sock.sendto(messages.encode(msg), sock_path)          # blocking: nothing dropped
     wait_until(lambda: json.loads(lan.request("/api/v1/status")[2])["channel"]["received"] == slots + 1,
@@ -155,9 +162,10 @@ def test_download_my_data_is_read_by_greenbutton_objects(two_days, tmp_path):
     (up,) = usage_points
     assert up.serviceCategory == gb_enums.ServiceKind.electricity
     mrs = by_uom(up)
-    assert len(up.meterReadings) == 3
+    assert len(up.meterReadings) == 5           # import and export: register and quarter hours each
     (demand,) = mrs[gb_enums.UomType.watts]
-    register, energy = sorted(mrs[gb_enums.UomType.wattHours],
+    register, energy = sorted((mr for mr in mrs[gb_enums.UomType.wattHours]
+                               if mr.readingType.flowDirection == gb_enums.FlowDirectionType.forward),
                               key=lambda mr: mr.readingType.accumulationBehaviour.value)
     rt_d, rt_r, rt_e = demand.readingType, register.readingType, energy.readingType
     assert (rt_d.accumulationBehaviour, rt_d.kind) == (gb_enums.AccumulationBehaviourType.instantaneous,
@@ -221,28 +229,38 @@ def test_download_my_data_is_read_by_greenbutton_objects(two_days, tmp_path):
 
 
 def test_independent_npm_parsers_read_the_same_kwh_and_times(two_days, tmp_path):
-    """Two npm parsers and greenbutton-objects on the same Download My Data (two days with missed
-    readings and a HAN restart): every quarter hour at the same time with the same value, and the
-    sum of the energy MeterReading within 0.1 % of the emulator meter's own energy."""
+    """Two npm parsers and greenbutton-objects on the same Download My Data (two days of a solar
+    household with missed readings and a HAN restart): every quarter hour at the same time with the same
+    value, and the sums of the import and the export energy MeterReadings each within 0.1 % of the
+    emulator meter's own registers."""
     lan, meter, sent, missed, boundary = two_days
     code, _, body = lan.request(f"/espi/1_1/resource/Batch/Subscription/{lan.subscription}")
     assert code == 200
     (up,) = parse_batch(body, tmp_path)
-    energy = [mr for mr in up.meterReadings if mr.readingType.intervalLength == 900][0]
-    p = energy.readingType.powerOfTenMultiplier
-    reference = sorted((int(ir.timePeriod.start.timestamp()), int(ir.timePeriod.duration.total_seconds()),
-                        ir._value) for ir in energy.intervalReadings)
     feed_updated = assert_valid(body).findtext("{http://www.w3.org/2005/Atom}updated")
     last_t = sent[max(sent)][0]
-    truth = meter.energy_wh(reference[0][0], last_t)
-    for name, read in npm_parsers(body, tmp_path).items():
-        # The feed head's time, not "Invalid Date" (its children once each redeclared xmlns).
-        assert read["updated"].replace(".000Z", "Z") == feed_updated, name
-        mr = summable(read["meterReadings"])
-        assert mr["readingType"]["powerOfTenMultiplier"] == p and mr["readingType"]["intervalLength"] == 900
-        assert sorted(tuple(r) for r in mr["readings"]) == reference, name
-        kwh = sum(v for _, _, v in mr["readings"]) * Fraction(10) ** p
-        assert abs(kwh - truth) <= truth / 1000, (name, float(kwh), float(truth))
+    npm = npm_parsers(body, tmp_path)
+    for flow, truth_of in ((gb_enums.FlowDirectionType.forward, meter.energy_wh),
+                           (gb_enums.FlowDirectionType.reverse, meter.exported_wh)):
+        energy = [mr for mr in up.meterReadings
+                  if mr.readingType.intervalLength == 900 and mr.readingType.flowDirection == flow][0]
+        p = energy.readingType.powerOfTenMultiplier
+        reference = sorted((int(ir.timePeriod.start.timestamp()), int(ir.timePeriod.duration.total_seconds()),
+                            ir._value) for ir in energy.intervalReadings)
+        truth = truth_of(reference[0][0], last_t)
+        assert truth > 1000                          # kWh both ways over two days
+        for name, read in [("greenbutton-objects", None)] + list(npm.items()):
+            if read is None:
+                got = reference
+            else:
+                # The feed head's time, not "Invalid Date" (its children once each redeclared xmlns).
+                assert read["updated"].replace(".000Z", "Z") == feed_updated, name
+                mr = summable(read["meterReadings"], flow.value)
+                assert mr["readingType"]["powerOfTenMultiplier"] == p and mr["readingType"]["intervalLength"] == 900
+                got = sorted(tuple(r) for r in mr["readings"])
+                assert got == reference, name
+            kwh = sum(v for _, _, v in got) * Fraction(10) ** p
+            assert abs(kwh - truth) <= truth / 1000, (name, flow, float(kwh), float(truth))
 
 
 def test_a_window_of_the_batch_is_read_too(two_days, tmp_path):
@@ -279,14 +297,15 @@ def test_the_real_chain_emulator_han_lan(tmp_path):
             answers = [f for f in stack.frames() if f.get("event") == "answer" and "0x0000" in f.get("attrs", {})]
         (up,) = parse_batch(body, tmp_path)
         # The npm parsers read the live feed's energy like greenbutton-objects does.
-        energy = [mr for mr in up.meterReadings if mr.readingType.intervalLength == 900][0]
+        energy = [mr for mr in up.meterReadings if mr.readingType.intervalLength == 900
+                  and mr.readingType.flowDirection == gb_enums.FlowDirectionType.forward][0]
         reference = sorted((int(ir.timePeriod.start.timestamp()), int(ir.timePeriod.duration.total_seconds()),
                             ir._value) for ir in energy.intervalReadings)
         assert reference
         for name, read in npm_parsers(body, tmp_path).items():
             assert sorted(tuple(r) for r in summable(read["meterReadings"])["readings"]) == reference, name
         mrs = by_uom(up)
-        assert len(up.meterReadings) == 3
+        assert len(up.meterReadings) == 5         # the emulator's meter reports energy exported
         (demand,) = mrs[gb_enums.UomType.watts]
         register = [mr for mr in mrs[gb_enums.UomType.wattHours]
                     if mr.readingType.accumulationBehaviour == gb_enums.AccumulationBehaviourType.bulkQuantity][0]
