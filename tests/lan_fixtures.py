@@ -174,3 +174,11 @@ def lan(tmp_path_factory):
 def fresh_lan(tmp_path):
     with LanServer(tmp_path) as server:
         yield server
+
+
+def wait_for_channel(stack, count: int, timeout: float) -> None:
+    """Until a devstack Stack's LAN has taken `count` channel messages from its HAN."""
+    def enough():
+        code, js = stack.get_json("/api/v1/status")
+        return code == 200 and (js.get("channel") or {}).get("received", 0) >= count
+    wait_until(enough, timeout, f"{count} channel messages from the HAN")

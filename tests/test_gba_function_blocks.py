@@ -21,7 +21,7 @@ import pytest
 import gba_function_blocks as gba
 from channel_messages import SCALING_3_10000, T0, Clock, gap, reading, status
 from espi_schema import assert_valid
-from lan_fixtures import wait_until
+from lan_fixtures import wait_for_channel
 from lan_server import history_store as hs, web_resources
 from lan_server.readings import Readings
 from openseg_emulator.devstack import Stack
@@ -75,10 +75,7 @@ def test_a_new_installation_in_its_first_minute():
     workdir = Path(tempfile.mkdtemp(prefix="gba-", dir="/tmp"))
     try:
         with Stack(workdir, poll_interval_s=0.4, emulator_args=["--seed", "3", "--join-delay-s", "0.2"]) as stack:
-            def polled():
-                code, js = stack.get_json("/api/v1/status")
-                return code == 200 and (js.get("channel") or {}).get("received", 0) >= 6
-            wait_until(polled, 50, "a few readings from the HAN")
+            wait_for_channel(stack, 6, 50)
             code, _, body = stack.get(f"/espi/1_1/resource/Batch/Subscription/{stack.subscription}")
         assert code == 200
         check(body)

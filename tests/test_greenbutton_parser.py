@@ -28,7 +28,7 @@ from greenbutton_objects import parse as gb_parse
 
 from channel_messages import gap, reading, status
 from espi_schema import assert_valid
-from lan_fixtures import LanServer, wait_until
+from lan_fixtures import LanServer, wait_for_channel, wait_until
 from openseg_emulator.devstack import Stack
 from openseg_emulator.household import HouseholdProfile
 from openseg_emulator.meter_model import MeterModel
@@ -286,10 +286,7 @@ def test_the_real_chain_emulator_han_lan(tmp_path):
         with Stack(workdir, poll_interval_s=0.4, emulator_args=["--multiplier", str(MULTIPLIER), "--divisor",
                                                                  str(DIVISOR), "--seed", "5",
                                                                  "--join-delay-s", "0.2"]) as stack:
-            def enough():
-                code, js = stack.get_json("/api/v1/status")
-                return code == 200 and (js.get("channel") or {}).get("received", 0) >= 25
-            wait_until(enough, 60, "25 channel messages from the HAN")
+            wait_for_channel(stack, 25, 60)
             code, _, body = stack.get(f"/espi/1_1/resource/Batch/Subscription/{stack.subscription}")
             assert code == 200
             mr_path = f"/espi/1_1/resource/Subscription/{stack.subscription}/UsagePoint/1/MeterReading"
