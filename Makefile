@@ -57,6 +57,7 @@ audit: $(STAMP) system-deps
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_history.py
+	$(BIN)/python bench/bench_espi_paging.py
 
 run: $(STAMP)
 	$(BIN)/python -m openseg_emulator.devstack --dir $(RUNDIR)
