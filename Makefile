@@ -5,8 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUNDIR := run
 # Programs the tests drive for real, as command:Debian-package: the browser for the page, curl and
-# openssl as independent TLS clients, systemd-analyze for the unit checks.
-SYSTEM_COMMANDS := chromium:chromium curl:curl openssl:openssl systemd-analyze:systemd node:nodejs npm:npm
+# openssl as independent TLS clients, systemd-analyze for the unit checks, systemd itself and
+# util-linux's namespace tools for the system test (tests/test_system_boot.py), which also needs the
+# system python's venv module (deploy/install-gateway makes /opt/openseg/venv with it).
+SYSTEM_COMMANDS := chromium:chromium curl:curl openssl:openssl systemd-analyze:systemd node:nodejs npm:npm \
+                   unshare:util-linux nsenter:util-linux setpriv:util-linux
 # Green Button parsers from npm the tests feed Download My Data to (pinned in tests/node).
 NODE_STAMP := tests/node/node_modules/.package-lock.json
 
@@ -27,6 +30,7 @@ system-deps:
 	for pair in $(SYSTEM_COMMANDS); do \
 	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
 	done; \
+	/usr/bin/python3 -c "import ensurepip, venv" 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \
