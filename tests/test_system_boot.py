@@ -18,6 +18,7 @@ Needs root and a kernel that lets it boot systemd in namespaces; anywhere else i
 from __future__ import annotations
 
 import configparser
+import datetime as dt
 import hashlib
 import json
 import os
@@ -25,7 +26,6 @@ import re
 import shutil
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -50,6 +50,7 @@ CONFIG = "/etc/openseg/gateway.toml"
 CAFILE = "/etc/openseg/tls/cert.pem"
 FRAME_LOG = "/run/openseg-emulator/frames.jsonl"
 POLL_S = 0.2
+SYSTEM_PYTHON = "/usr/bin/python3"             # deploy/install-gateway's interpreter
 UNITS = ("openseg-lan.service", "openseg-han.service")
 LIFECYCLE_KEYS = {"Type", "ExecStart", "NotifyAccess", "WatchdogSec", "Restart", "RestartSec",
                   "TimeoutStartSec"}
@@ -79,7 +80,8 @@ WantedBy=multi-user.target
 def wheelhouse() -> Path:
     """Wheels of every dependency and of the build backend, built once from PyPI into .venv/ and
     reused while setup.cfg and pyproject.toml are unchanged (OpenSEG itself is built by the installer,
-    from the source, every time)."""
+    from the source, every time). Built by the system's python3, the one the installer's venv uses
+    inside, so that compiled wheels fit it whatever python runs the tests."""
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     requirements = [r.strip() for r in cfg["options"]["install_requires"].strip().splitlines()] + \
@@ -88,7 +90,12 @@ def wheelhouse() -> Path:
     target = ROOT / ".venv" / f"system-test-wheels-{key}"
     if not (target / ".complete").exists():
         shutil.rmtree(target, ignore_errors=True)
-        result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+        pip_venv = ROOT / ".venv" / "system-python"
+        if not (pip_venv / "bin" / "pip").exists():
+            made = subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(pip_venv)], capture_output=True, text=True)
+            if made.returncode:
+                pytest.fail(f"{SYSTEM_PYTHON} -m venv failed: {made.stderr.strip()[-500:]}")
+        result = subprocess.run([str(pip_venv / "bin" / "pip"), "wheel", "--quiet", "--disable-pip-version-check",
                                  "--wheel-dir", str(target), *requirements],
                                 capture_output=True, text=True, timeout=600)
         if result.returncode:
@@ -99,11 +106,12 @@ def wheelhouse() -> Path:
 
 # ---- the booted machine ----------------------------------------------------------------------------
 class Gateway:
-    def __init__(self, state: Path, log):
-        self.state, self.log = state, log
+    def __init__(self, state: Path):
+        self.state = state
         self.env = {**os.environ, "OPENSEG_CONTAINER": str(state)}
         self.pid1 = 0
         self.login: dict[str, str] = {}
+        self.first_install: subprocess.CompletedProcess | None = None
         self.probes = 0
 
     def script(self, *args: str, timeout: float = 120) -> str:
@@ -207,8 +215,13 @@ class Gateway:
     def install(self, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """deploy/install-gateway as a technician runs it; pip finds everything in the wheelhouse."""
         pip = {"PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELS}
-        return self.run(f"{SRC}/deploy/install-gateway", "--serial", "/dev/openseg-xbee",
-                        env={**pip, **(extra_env or {})}, timeout=300)
+        result = self.run(f"{SRC}/deploy/install-gateway", "--serial", "/dev/openseg-xbee",
+                          env={**pip, **(extra_env or {})}, timeout=400, check=False)
+        if result.returncode:
+            journal = self.run("journalctl", "--no-pager", "-n", "40", "-u", "openseg-lan", "-u", "openseg-han",
+                               check=False).stdout
+            pytest.fail(f"install-gateway exited {result.returncode}:\n{result.stdout}{result.stderr}\n{journal}")
+        return result
 
     def history(self) -> list[dict]:
         answer = self.get("/api/v1/history?minutes=60")
@@ -220,7 +233,6 @@ class Gateway:
 
 
 def _epoch(iso: str) -> float:
-    import datetime as dt
     return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
@@ -238,7 +250,7 @@ def require_bootable() -> None:
             problems.append(f"{tool} missing (Debian: apt-get install util-linux)")
     if not os.access("/lib/systemd/systemd", os.X_OK):
         problems.append("/lib/systemd/systemd missing (Debian: apt-get install systemd)")
-    if subprocess.run(["python3", "-c", "import ensurepip, venv"], capture_output=True).returncode:
+    if subprocess.run([SYSTEM_PYTHON, "-c", "import ensurepip, venv"], capture_output=True).returncode:
         problems.append("python3 -m venv unavailable (Debian: apt-get install python3-venv)")
     if problems:
         pytest.fail("cannot boot the gateway's systemd: " + "; ".join(problems))
@@ -266,10 +278,14 @@ def gateway(tmp_path_factory, proof):
     require_bootable()
     started = time.monotonic()
     wheels = wheelhouse()
-    gw = Gateway(tmp_path_factory.mktemp("container"), proof)
+    gw = Gateway(tmp_path_factory.mktemp("container"))
     try:
         gw.script("prepare", str(ROOT), str(wheels))
         gw.boot()
+        try:        # as on a gateway, install once it has booted ("degraded" is fine: the host's own units)
+            gw.run("systemctl", "is-system-running", "--wait", check=False, timeout=90)
+        except subprocess.TimeoutExpired:
+            pass    # a unit still starting does not stop a technician either
         gw.write(PROBE, (ROOT / "tests/system/probe.py").read_text())
         gw.write("/etc/systemd/system/openseg-emulator.service", EMULATOR_UNIT)
         gw.write("/etc/systemd/system/openseg-han.service", without_udev(ROOT / "deploy/openseg-han.service"))
