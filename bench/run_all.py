@@ -76,8 +76,8 @@ def bench_startup(runs: int) -> dict:
             time.sleep(2.0)             # no process of the previous start is still around
             launched = time.time()
             s.han = s._spawn("han", [s._han_command(), "--config", str(s.config_path)])
-            from openseg_emulator.devstack import command
-            s.lan = s._spawn("lan", [command("openseg-lan"), "--config", str(s.config_path)])
+            from openseg_emulator.devstack import LAN_ENVIRONMENT, command
+            s.lan = s._spawn("lan", [command("openseg-lan"), "--config", str(s.config_path)], env=LAN_ENVIRONMENT)
             served = listening = None
             while time.time() - launched < 30:
                 if listening is None:

@@ -1,10 +1,10 @@
 """HTTP Basic authentication for the LAN server: who is asking, and may they ask now.
 
 Order of checks for a request, and why:
-1. A cache of recently *verified* credentials (an HMAC under a per-process key, never the password)
-   answers a client that already logged in, in microseconds, so the page polling every few seconds
-   never runs the KDF. It is consulted before the throttles, so a device that knows the password
-   keeps working while someone else is being throttled for guessing.
+1. A cache of *verified* credentials (an HMAC under a per-process key, never the password), kept
+   while it is used, answers a client that already logged in, in microseconds, so a page polling
+   every few seconds runs the KDF once, when it opens. It is consulted before the throttles, so a
+   device that knows the password keeps working while someone else is being throttled for guessing.
 2. Throttles refuse with 429 *before* the KDF, so guessing costs the attacker time and costs the
    gateway nothing. Which throttles apply depends on who asks (`throttles_for`):
    - a *known client*, an exact address that has logged in as this user before (KNOWN_TTL_S), is
@@ -18,14 +18,14 @@ Order of checks for a request, and why:
    Link-local IPv6 addresses are never grouped: fe80::/64 is on every interface and means nothing.
 3. The KDF runs for unknown users too (against a dummy hash), so timing does not reveal which
    names exist, and at most `kdf_concurrency` at a time, so a burst of guesses cannot make the
-   gateway allocate 32 MiB per worker thread.
+   gateway allocate 32 MiB per worker thread. Concurrent requests with the same credentials share
+   one run when it succeeds (SharedVerify); a failed guess always costs its own full run.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import collections
-import functools
 import hashlib
 import hmac
 import ipaddress
@@ -143,8 +143,13 @@ class Throttle:
 
 
 class VerifiedCache:
-    """Credentials that passed the KDF recently. Stores HMAC(process key, name, password) and the
-    hash they were verified against, so a password change or removal takes effect at once."""
+    """Credentials that passed the KDF. Stores HMAC(process key, name, password) and the hash they
+    were verified against, so a password change or removal takes effect at once.
+
+    An entry lives while it is used: each hit moves its expiry to `ttl_s` after that use, so a page
+    polling every few seconds never runs the KDF again (a fixed lifetime made every open page pay two
+    scrypt runs every five minutes). The bound is on idleness (`ttl_s` without a hit) and on the
+    number of entries (`max_entries`, least recently used out first), never on a correct client."""
 
     def __init__(self, ttl_s: float, *, clock: Callable[[], float] = time.monotonic, max_entries: int = 256):
         self.ttl_s = ttl_s
@@ -152,9 +157,9 @@ class VerifiedCache:
         self._max = max_entries
         self._key = secrets.token_bytes(32)
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[bytes, str, float]] = {}
+        self._entries: collections.OrderedDict[str, tuple[bytes, str, float]] = collections.OrderedDict()
 
-    def _digest(self, name: str, password: str) -> bytes:
+    def digest(self, name: str, password: str) -> bytes:
         return hmac.new(self._key, f"{name}\0{password}".encode("utf-8", "surrogatepass"),
                         hashlib.sha256).digest()
 
@@ -163,21 +168,82 @@ class VerifiedCache:
         if entry is None:
             return False
         digest, pw_hash, expires = entry
-        return (self._clock() < expires and pw_hash == user.password_hash
-                and hmac.compare_digest(digest, self._digest(user.name, password)))
+        now = self._clock()
+        if not (now < expires and pw_hash == user.password_hash
+                and hmac.compare_digest(digest, self.digest(user.name, password))):
+            return False
+        with self._lock:
+            if self._entries.get(user.name) is entry:       # not replaced meanwhile
+                self._entries[user.name] = (digest, pw_hash, now + self.ttl_s)
+                self._entries.move_to_end(user.name)
+        return True
 
     def add(self, user: User, password: str) -> None:
         if self.ttl_s <= 0:
             return
         now = self._clock()
         with self._lock:
+            self._entries.pop(user.name, None)
             if len(self._entries) >= self._max:
                 for name in [n for n, e in self._entries.items() if e[2] <= now]:
                     del self._entries[name]
-                if len(self._entries) >= self._max:
-                    self._entries.pop(next(iter(self._entries)))
-            self._entries[user.name] = (self._digest(user.name, password), user.password_hash,
+                while len(self._entries) >= self._max:
+                    self._entries.popitem(last=False)       # the least recently used
+            self._entries[user.name] = (self.digest(user.name, password), user.password_hash,
                                         now + self.ttl_s)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class SharedVerify:
+    """Concurrent logins with the same credentials share one KDF run: a page's first tick sends two
+    requests at once, and both would otherwise pay scrypt (CPU and 32 MiB each). Only a success is
+    shared. A caller whose shared run failed runs the KDF itself, so every wrong guess costs the
+    guesser a full KDF, however many copies of it arrive together."""
+
+    def __init__(self, verify: Callable[[str, str], bool], slots: threading.BoundedSemaphore):
+        self._verify = verify
+        self._slots = slots
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, bytes], _Run] = {}     # (stored hash, credential HMAC)
+
+    def __call__(self, key: tuple[str, bytes], password: str, stored: str) -> bool:
+        with self._lock:
+            run = self._running.get(key)
+            leader = run is None
+            if leader:
+                run = self._running[key] = _Run()
+            else:
+                run.followers += 1
+        if not leader:
+            run.done.wait()
+            if run.good:
+                return True
+            return self._run(password, stored)
+        try:
+            run.good = self._run(password, stored)
+        finally:
+            with self._lock:
+                del self._running[key]
+            run.done.set()
+        return run.good
+
+    def _run(self, password: str, stored: str) -> bool:
+        with self._slots:
+            return self._verify(password, stored)
+
+    def waiting(self) -> int:
+        """How many callers wait on another's run now."""
+        with self._lock:
+            return sum(run.followers for run in self._running.values())
+
+
+class _Run:
+    def __init__(self):
+        self.done = threading.Event()
+        self.good = False
+        self.followers = 0
 
 
 class KnownClients:
@@ -204,11 +270,13 @@ class KnownClients:
                 self._seen.popitem(last=False)
 
 
-@functools.cache
 def _dummy_hash() -> str:
-    """What an unknown user's guess is checked against: same parameters as real hashes, a secret
-    nobody knows. One per process is enough."""
-    return passwords.hash_password(secrets.token_urlsafe(16))
+    """What an unknown user's guess is checked against: a hash with the same parameters as real ones
+    and a random salt and key, so checking costs a full KDF and matches nothing (a 2^-256 chance).
+    Made without running the KDF: none at start-up (32 MiB and a quarter second on a small board)."""
+    b64 = lambda n: base64.b64encode(secrets.token_bytes(n)).decode("ascii")  # noqa: E731
+    return (f"scrypt$ln={passwords.LOG2_N},r={passwords.R},p={passwords.P}$"
+            f"{b64(passwords.SALT_BYTES)}${b64(passwords.KEY_BYTES)}")
 
 
 @dataclass(frozen=True)
@@ -242,8 +310,7 @@ class Authenticator:
         self.by_known = Throttle(address_limit, window_s, clock=clock)
         self.known = KnownClients(known_ttl_s, clock=clock)
         self.cache = VerifiedCache(cache_ttl_s, clock=clock)
-        self._kdf_slots = threading.BoundedSemaphore(kdf_concurrency)
-        self._verify = verify
+        self.shared_verify = SharedVerify(verify, threading.BoundedSemaphore(kdf_concurrency))
         self._dummy_hash = _dummy_hash()
 
     def throttles_for(self, name: str, remote_addr: str) -> list[tuple[Throttle, str]]:
@@ -285,8 +352,8 @@ class Authenticator:
         if not taken:
             return Decision(retry_after_s=wait)
 
-        with self._kdf_slots:
-            good = self._verify(password, user.password_hash if user else self._dummy_hash)
+        stored = user.password_hash if user else self._dummy_hash
+        good = self.shared_verify((stored, self.cache.digest(name, password)), password, stored)
         if good and user is not None:
             for throttle, key, stamp in taken:
                 throttle.forgive(key, stamp)

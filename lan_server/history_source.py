@@ -1,5 +1,5 @@
-"""What the ESPI and JSON answers read history from: the store, through the request thread's own
-read-only connection, or, with history off (retention 0, or a test without a store), the in-memory
+"""What the ESPI and JSON answers read history from: the store, through a read-only connection lent
+for the answer (only an answer that reads history takes one), or, with history off (retention 0, or a test without a store), the in-memory
 recent window. Both give the same things in the same shapes, so espi_feed and web_resources have one
 code path; the current value always comes from memory (readings.Snapshot), the fast path.
 
@@ -72,18 +72,26 @@ class MemorySource:
 
 
 class StoreSource:
-    """History on: the store, read in one transaction per answer (`consistent`)."""
+    """History on: the store, read in one transaction per answer (`consistent`). A read connection is
+    borrowed for that block only; the queries below are for inside it."""
     intervals = True
 
-    def __init__(self, snap: Snapshot, store: HistoryStore, reader: HistoryReader | None = None):
+    def __init__(self, snap: Snapshot, store: HistoryStore):
         self.snap = snap
         self.store = store
-        self.reader = reader or store.reader()
+        self.reader: HistoryReader | None = None
 
     @contextlib.contextmanager
     def consistent(self):
-        with self.reader.snapshot():
+        if self.reader is not None:             # nested: the outer block's transaction holds
             yield self
+            return
+        with self.store.reading() as reader, reader.snapshot():
+            self.reader = reader
+            try:
+                yield self
+            finally:
+                self.reader = None
 
     def exponent(self, quantity: str) -> int:
         """One exponent for everything this MeterReading can show: every scaling the store holds and

@@ -6,9 +6,12 @@ Who touches it:
   as soon as the channel socket has nothing more to read (`history_receiver`), and while datagrams keep
   coming, at least every COMMIT_EVERY_S (half a second). So a kill -9 loses at most the last second of
   readings, and usually nothing; a busy second costs two transactions, not one per reading.
-- request threads, each through its own read-only connection (`HistoryStore.reader()`, one per thread,
-  opened with mode=ro and query_only), inside one read transaction per answer (`HistoryReader.snapshot`)
-  so that every query of an answer sees the same data. WAL readers never block the writer or each other.
+- request threads, through read-only connections (mode=ro and query_only) lent from a small pool
+  (`HistoryStore.reading()`, at most READERS of them, opened when first needed) for one answer at a time,
+  inside one read transaction per answer (`HistoryReader.snapshot`) so that every query of an answer sees
+  the same data. WAL readers never block the writer or each other. A pool, not one connection per
+  worker thread: cheroot hands requests to its longest-waiting worker, so all 128 would each have opened
+  one (~143 KB), although most answers (the current value, the page's status) never read history.
 - the LAN process at start (`open_history`, before the receiver thread exists) and at stop (`close`,
   after it has been joined): checks, creates, prunes.
 
@@ -74,7 +77,8 @@ MAX_ROWS_PER_DAY = 86_400
 BYTES_PER_ROW_BOUND = 64        # measured: ~37 at 7-s polls, ~45 with 1-s polls and 64-bit counters
 FUTURE_SLACK_S = 3600.0
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
-READER_CACHE_KIB = 256          # per request thread (128 of them: 32 MiB at most)
+READERS = 4                     # read connections at most: 2 CPUs gain nothing from more at once
+READER_CACHE_KIB = 512          # per read connection (READERS of them: 2 MiB at most)
 LOG_EVERY_S = 60.0
 
 _SCHEMA = (
@@ -369,7 +373,8 @@ class HistoryReader:
     def __init__(self, store: "HistoryStore"):
         self.store = store
         uri = f"file:{quote(store.path)}?mode=ro"
-        self.conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        # Lent to one request thread at a time (HistoryStore.reading), never used by two at once.
+        self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA query_only=ON")
         self.conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
         self._depth = 0
@@ -493,7 +498,7 @@ class HistoryReader:
 
 class HistoryStore:
     """The store as the rest of the LAN process sees it: `record`/`flush` for the receiver thread,
-    `reader()` for request threads, `maxima()` and `stats()` for anyone."""
+    `reading()` for request threads, `maxima()` and `stats()` for anyone."""
 
     def __init__(self, path: str, retention_days: int, *, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic, log: Callable[[str], None] = print):
@@ -502,9 +507,10 @@ class HistoryStore:
         self.path = path
         self.retention_days = retention_days
         self.writer = HistoryWriter(path, retention_days, clock=clock, monotonic=monotonic, log=log)
-        self._local = threading.local()
-        self._readers: list[HistoryReader] = []
-        self._readers_lock = threading.Lock()
+        self._readers: list[HistoryReader] = []         # every one opened
+        self._idle: list[HistoryReader] = []            # not lent now; the last returned is lent first
+        self._returned = threading.Condition()
+        self.max_readers = READERS
 
     # -- the receiver thread ----------------------------------------------------------------------------
     def record(self, entry: Entry) -> None:
@@ -514,13 +520,27 @@ class HistoryStore:
         self.writer.flush()
 
     # -- request threads -------------------------------------------------------------------------------
-    def reader(self) -> HistoryReader:
-        r = getattr(self._local, "reader", None)
-        if r is None:
-            r = self._local.reader = HistoryReader(self)
-            with self._readers_lock:
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[HistoryReader]:
+        """A read connection for the caller alone until the block ends; waits while all are lent."""
+        with self._returned:
+            while not self._idle and len(self._readers) >= self.max_readers:
+                self._returned.wait()
+            if self._idle:
+                r = self._idle.pop()
+            else:
+                r = HistoryReader(self)
                 self._readers.append(r)
-        return r
+        try:
+            yield r
+        finally:
+            with self._returned:
+                self._idle.append(r)
+                self._returned.notify()
+
+    def readers_open(self) -> int:
+        with self._returned:
+            return len(self._readers)
 
     def maxima(self) -> dict[Scaling, tuple[int, int, int]]:
         """Per scaling seen: (largest |demand|, largest summation, largest received) in raw counts,
@@ -542,13 +562,10 @@ class HistoryStore:
     def close(self) -> None:
         """After the receiver thread has stopped: commit what is left, close every connection."""
         self.writer.close()
-        with self._readers_lock:
-            readers, self._readers = self._readers, []
+        with self._returned:
+            readers, self._readers, self._idle = self._readers, [], []
         for r in readers:
-            try:
-                r.close()
-            except sqlite3.ProgrammingError:
-                pass    # a connection another thread made cannot be closed here; it dies with it
+            r.close()
 
 
 def open_history(state_dir: str, retention_days: int, *, log: Callable[[str], None] = print,

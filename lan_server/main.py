@@ -24,12 +24,11 @@ import threading
 import time
 
 import cherrypy
-from cryptography import x509
 
 from shared_schema import config as config_schema
 from shared_schema import sd_notify
 
-from . import cert_names, tls
+from . import cert_dates, cert_names, tls
 from .app import PROBE_HEADER, LanApp
 from .auth import Authenticator
 from .channel_receiver import ChannelReceiver
@@ -101,17 +100,17 @@ def _warn_if_readable_by_others(path: str, what: str) -> None:
 
 def _warn_if_expiring(cert_path: str, config_path: str) -> None:
     try:
-        with open(cert_path, "rb") as f:
-            cert = x509.load_pem_x509_certificate(f.read())
+        with open(cert_path, encoding="ascii", errors="replace") as f:
+            expires = cert_dates.not_after(f.read())
     except (OSError, ValueError):
         return
-    left = cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
+    left = expires - dt.datetime.now(dt.timezone.utc)
     renew = f"openseg-admin cert renew --config {config_path}, then restart"
     if left <= dt.timedelta(0):
         log.error("TLS certificate %s expired on %s; clients will refuse it (%s)",
-                  cert_path, cert.not_valid_after_utc.date(), renew)
+                  cert_path, expires.date(), renew)
     elif left < dt.timedelta(days=30):
-        log.warning("TLS certificate %s expires on %s (%s)", cert_path, cert.not_valid_after_utc.date(), renew)
+        log.warning("TLS certificate %s expires on %s (%s)", cert_path, expires.date(), renew)
 
 
 def _check_port_free(host: str, port: int) -> None:

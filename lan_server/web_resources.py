@@ -259,8 +259,7 @@ def _history_status(readings: Readings) -> dict:
     if not isinstance(store, HistoryStore):
         return {"enabled": False}
     st = store.stats()
-    reader = store.reader()
-    with reader.snapshot():
+    with store.reading() as reader, reader.snapshot():
         oldest, newest = reader.oldest_ms(), reader.newest_ms()
     return {"enabled": True, "retention_days": st.retention_days, "rows": st.rows,
             "oldest": iso_ms(oldest / 1000) if oldest is not None else None,

@@ -26,6 +26,10 @@ from typing import Callable
 from shared_schema.text_file import TextFileError, parse_toml, read_text
 
 BIN = Path(sys.executable).parent
+# glibc malloc settings for openseg-lan, the same as deploy/openseg-lan.service sets (a test checks
+# they agree; the unit says why): at most 2 arenas instead of 8 per CPU, one per busy worker thread,
+# and blocks of 128 KiB or more (a day's JSON, a Download My Data) mmap'ed and returned when freed.
+LAN_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def command(name: str) -> str:
@@ -155,11 +159,12 @@ class Stack:
         cfg.setdefault("lan", {}).update(self.lan_overrides)
         self.config_path.write_text(dump_toml(cfg))
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         stderr = open(self.log_dir / f"{name}.log", "ab") if self.capture_logs else None
         try:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr or None,
-                                    stderr=stderr or None, start_new_session=True)
+                                    stderr=stderr or None, start_new_session=True,
+                                    env={**os.environ, **env} if env else None)
         finally:
             if stderr:
                 stderr.close()
@@ -188,7 +193,8 @@ class Stack:
         self._died("emulator", raise_=True)
 
     def start_lan(self) -> None:
-        self.lan = self._spawn("lan", [command("openseg-lan"), "--config", str(self.config_path)])
+        self.lan = self._spawn("lan", [command("openseg-lan"), "--config", str(self.config_path)],
+                               env=LAN_ENVIRONMENT)
         wait_until(lambda: self._port_open() or self._died("lan"), 30, "openseg-lan to listen")
         self._died("lan", raise_=True)
 

@@ -173,6 +173,12 @@ def test_required_hardening_directives(unit):
     assert not [k for k, vs in service.items() for v in vs if "CAP_" in v], unit
 
 
+def test_lan_malloc_settings_are_the_same_in_the_unit_and_in_make_run():
+    from openseg_emulator.devstack import LAN_ENVIRONMENT
+    values = [v for line in read_unit("openseg-lan.service")["Service"]["Environment"] for v in line.split()]
+    assert {k: v for k, _, v in (x.partition("=") for x in values) if k.startswith("MALLOC_")} == LAN_ENVIRONMENT
+
+
 def test_exec_start_runs_the_installed_console_scripts():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")

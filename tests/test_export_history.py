@@ -91,7 +91,7 @@ def test_each_register_is_its_own_15_minute_series(feed):
 
 def _renumbered(feed, samples):
     """RegisterSamples carry the HAN's slot numbers: take them from the store, not from the truth list."""
-    with feed.store.reader().snapshot() as rd:
+    with feed.store.reading() as rd, rd.snapshot():
         slots = {x.t_ms: x.slot for x in rd.rows(quantity="received")}
     return [ie.RegisterSample(s.t_ms, s.wh, slots[s.t_ms], s.interval_ms) for s in samples]
 

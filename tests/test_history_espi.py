@@ -298,7 +298,8 @@ def test_download_my_data_holds_every_interval_and_the_current_values(tmp_path):
         quarters = sorted((s, d) for s, d, *_ in block_values(batch, "3"))
         first_sample = min(t for t, _ in f.truth.values())
         assert min(quarters)[0] < T0 - 49 * 3600 and min(quarters)[0] >= first_sample - 900
-        complete = list(ie.intervals(f.store.reader().register()))
+        with f.store.reading() as rd:
+            complete = list(ie.intervals(rd.register()))
         assert quarters == [(iv.start, 900) for iv in complete] + [(last - last % 900, last % 900)]
         assert not links(batch, "next")
     finally:
@@ -404,3 +405,25 @@ def test_every_content_has_its_own_id(fed):
     # Following the current value's own link answers the same content under the same id.
     again = ok(fed.r, links(current, "self")[0][len(ROOT):])
     assert again.findtext(f"{ATOM}id") == current.findtext(f"{ATOM}id") and values(again) == values(current)
+
+
+def test_current_value_answers_borrow_no_read_connection(fed):
+    """The current value (JSON and the IntervalBlock of MeterReadings 1 and 2) comes from memory: no
+    read connection is opened for it, whichever thread asks (issue 16: one per worker thread was
+    16 MB)."""
+    import threading
+
+    def ask():
+        for _ in range(3):
+            assert web_resources.current_json(fed.r).status == 200
+            for mr in ("1", "2"):
+                assert espi(fed.r, f"{MR}/{mr}/IntervalBlock").status == 200
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fed.store.readers_open() == 0
+    ok(fed.r, f"{MR}/3/IntervalBlock")                  # an answer that reads history borrows one
+    assert fed.store.readers_open() == 1

@@ -57,7 +57,7 @@ def test_readings_and_gaps_come_back_as_they_went_in(tmp_path, clock):
     r.apply(reading(40, 31, clock.advance(7.0), summation=None, demand=-12, scaling=SCALING_1_1000))
     store.flush()
     memory = r.snapshot().history
-    with store.reader().snapshot() as rd:
+    with store.reading() as rd, rd.snapshot():
         rows = list(rd.rows())
     assert len(rows) == len(memory) == 31
     for m, row in zip(memory, rows):
@@ -69,7 +69,7 @@ def test_readings_and_gaps_come_back_as_they_went_in(tmp_path, clock):
                 (m.summation, m.demand, m.received, m.scaling)
             assert row.interval_s == m.interval_s == 7.0 and row.gap is None
     assert rows[-1].scaling == Scaling.from_message(SCALING_1_1000)
-    with store.reader().snapshot() as rd:
+    with store.reading() as rd, rd.snapshot():
         assert [x.slot for x in rd.rows(quantity="summation")] == [x.slot for x in rows[:-1] if not x.gap]
         assert len(list(rd.rows(quantity="demand"))) == 29
         assert [x.slot for x in rd.rows(quantity="received")] == [k for k in range(1, 31)
@@ -92,7 +92,7 @@ def test_a_clock_stepped_back_is_stored_in_time_order(tmp_path, clock):
     for i, dt in enumerate((10.0, 20.0, 30.0, 15.0)):
         r.apply(reading(i, i, T0 + dt))
     store.flush()
-    with store.reader().snapshot() as rd:
+    with store.reading() as rd, rd.snapshot():
         assert [x.slot for x in rd.rows()] == [0, 3, 1, 2]      # T0+10, +15, +20, +30
 
 
@@ -152,7 +152,7 @@ def test_retention_pruning_by_data_time(tmp_path, clock, monkeypatch):
     while store.writer.prune():                        # chunks of at most PRUNE_CHUNK rows
         rounds += 1
     assert rounds == 2 and store.writer.rows == 250
-    with store.reader().snapshot() as rd:
+    with store.reading() as rd, rd.snapshot():
         assert rd.oldest_ms() >= hs.t_ms_of(clock() - 86400)
         assert len(list(rd.rows())) == 250
     store.close()
@@ -171,7 +171,7 @@ def test_the_row_bound_drops_the_oldest_first(tmp_path, clock, monkeypatch):
     store.flush()
     while store.writer.prune():
         pass
-    with store.reader().snapshot() as rd:
+    with store.reading() as rd, rd.snapshot():
         assert [x.slot for x in rd.rows()] == list(range(31, 81))
     store.close()
 
@@ -191,15 +191,15 @@ def test_the_size_bound_is_a_hard_limit(tmp_path, clock, monkeypatch):
     assert store.stats().write_errors == 0 and any("size bound" in line for line in logs)
     pages = store.writer.conn.execute("PRAGMA page_count").fetchone()[0]
     assert pages <= 64 and os.path.getsize(store.path) <= 64 * page
-    with store.reader().snapshot() as rd:
+    with store.reading() as rd, rd.snapshot():
         assert rd.newest_ms() == hs.t_ms_of(clock())
     store.close()
 
 
 def test_request_threads_cannot_write(tmp_path, clock):
     store = make_store(tmp_path, clock)
-    with pytest.raises(sqlite3.OperationalError):
-        store.reader().conn.execute("DELETE FROM sample")
+    with store.reading() as rd, pytest.raises(sqlite3.OperationalError):
+        rd.conn.execute("DELETE FROM sample")
     store.close()
 
 
@@ -222,9 +222,8 @@ def test_a_read_snapshot_is_consistent_while_the_writer_goes_on(tmp_path):
         done.set()
 
     def read():
-        rd = store.reader()
         while not done.is_set():
-            with rd.snapshot():
+            with store.reading() as rd, rd.snapshot():
                 a = len(list(rd.rows()))
                 b = rd.newest_ms()
                 c = len(list(rd.rows()))
@@ -274,7 +273,7 @@ def test_register_query_gives_the_same_intervals_as_all_samples(tmp_path_factory
         r.apply(reading(seq, slot, t, summation=None if invalid else total,
                         received=None if no_export else exported))
     store.flush()
-    with store.reader().snapshot() as rd:
+    with store.reading() as rd, rd.snapshot():
         for quantity in ("summation", "received"):
             full = [ie.RegisterSample(x.t_ms, x.scaling.step * getattr(x, quantity), x.slot, x.interval_ms)
                     for x in rd.rows(quantity=quantity)]
@@ -341,7 +340,7 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_rows(tmp_path, clock
     assert any("upgraded from schema version 1" in line for line in logs)
     Readings(30.0, clock=clock, history=store).apply(reading(2, 2, clock(), summation=5003, received=77))
     store.flush()
-    with store.reader().snapshot() as rd:
+    with store.reading() as rd, rd.snapshot():
         before, after = rd.rows()
     assert (before.summation, before.received) == (5000, None) and (after.summation, after.received) == (5003, 77)
     assert store.maxima()[Scaling.from_message(SCALING_3_10000)] == (1500, 5003, 77)
@@ -364,7 +363,43 @@ def test_register_values_are_exact_whatever_the_scaling(tmp_path, clock):
     r.apply(reading(1, 1, clock.advance(7), summation=1_000_003, scaling=SCALING_3_10000))
     r.apply(reading(2, 2, clock.advance(7), summation=300_001, scaling=SCALING_1_1000))
     store.flush()
-    with store.reader().snapshot() as rd:
+    with store.reading() as rd, rd.snapshot():
         a, b = rd.register()
     assert a.wh == Fraction(1_000_003 * 3, 10) and b.wh == 300_001
+    store.close()
+
+
+def test_read_connections_are_a_small_pool_opened_when_needed(tmp_path, clock):
+    store = make_store(tmp_path, clock)
+    store.max_readers = 2
+    assert store.readers_open() == 0                    # none at start
+    def read_once():
+        with store.reading() as rd:
+            rd.newest_ms()
+
+    for _ in range(5):                                  # one thread after another: one connection
+        t = threading.Thread(target=read_once)
+        t.start()
+        t.join()
+    assert store.readers_open() == 1
+    held = [threading.Event() for _ in range(3)]
+    got, release = [], threading.Event()
+
+    def hold(i):
+        with store.reading() as rd:
+            got.append((i, rd))
+            held[i].set()
+            assert release.wait(30)
+
+    threads = [threading.Thread(target=hold, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    assert held[0].wait(30) and held[1].wait(30)
+    third = threading.Thread(target=hold, args=(2,))
+    third.start()                                       # both lent: the third waits for one back
+    release.set()
+    for t in threads + [third]:
+        t.join()
+    assert held[2].is_set() and store.readers_open() == 2
+    assert got[2][1] in (got[0][1], got[1][1])          # it got one of the two back, not a third
     store.close()

@@ -425,3 +425,106 @@ def test_write_atomic_mode_and_no_leftovers(tmp_path):
         os.umask(old)
     assert (path.stat().st_mode & 0o777) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["users.toml"]
+
+
+# -- logins that cost once (issue 16) ------------------------------------------------------------------
+def test_verified_cache_lives_while_used_and_expires_when_idle():
+    clock = Clock()
+    cache = VerifiedCache(10.0, clock=clock)
+    u = User("alice", "sub1", "scrypt$hash-a")
+    cache.add(u, "pw")
+    for _ in range(20):                   # a page polling every 7 s: far past the first 10 s
+        clock.t += 7.0
+        assert cache.hit(u, "pw")
+    clock.t += 7.0
+    assert not cache.hit(u, "pw2")        # a wrong password neither hits nor keeps the entry alive
+    clock.t += 3.0
+    assert not cache.hit(u, "pw")         # 10 s without a hit
+
+
+def test_verified_cache_bound_drops_the_least_recently_used():
+    clock = Clock()
+    cache = VerifiedCache(100.0, clock=clock, max_entries=2)
+    a, b, c = (User(n, "sub1", f"scrypt$hash-{n}") for n in "abc")
+    cache.add(a, "pw")
+    cache.add(b, "pw")
+    clock.t += 1
+    assert cache.hit(a, "pw")             # a is now the more recently used
+    cache.add(c, "pw")
+    assert len(cache) == 2
+    assert cache.hit(a, "pw") and cache.hit(c, "pw") and not cache.hit(b, "pw")
+
+
+class GatedVerify:
+    """A KDF that holds every run until released, so tests can line callers up deterministically."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, password: str, stored: str) -> bool:
+        with self._lock:
+            self.calls.append(password)
+        self.entered.release()
+        assert self.release.wait(30)
+        return passwords.verify_password(password, stored)
+
+
+def _in_thread(auth, address, header, out):
+    t = threading.Thread(target=lambda: out.append(auth.check(address, header)))
+    t.start()
+    return t
+
+
+def _wait_until(cond):
+    deadline = time.monotonic() + 30
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
+def test_concurrent_logins_of_one_user_share_one_kdf(store):
+    verify = GatedVerify()
+    auth = Authenticator(store, address_limit=3, user_limit=6, verify=verify, kdf_concurrency=4)
+    out: list = []
+    first = _in_thread(auth, "10.0.0.1", basic("alice", "alice-password"), out)
+    assert verify.entered.acquire(timeout=30)                     # the first is inside the KDF
+    second = _in_thread(auth, "10.0.0.1", basic("alice", "alice-password"), out)
+    _wait_until(lambda: auth.shared_verify.waiting() == 1)        # the second waits on that run
+    verify.release.set()
+    first.join()
+    second.join()
+    assert [d.ok for d in out] == [True, True]
+    assert len(verify.calls) == 1
+
+
+def test_a_wrong_password_costs_full_price_even_in_company(store):
+    verify = GatedVerify()
+    auth = Authenticator(store, address_limit=5, user_limit=10, verify=verify, kdf_concurrency=4)
+    out: list = []
+    first = _in_thread(auth, "10.0.0.1", basic("alice", "guess-guess"), out)
+    assert verify.entered.acquire(timeout=30)
+    copy = _in_thread(auth, "10.0.0.1", basic("alice", "guess-guess"), out)
+    _wait_until(lambda: auth.shared_verify.waiting() == 1)        # joined the run, which fails...
+    right = _in_thread(auth, "10.0.0.2", basic("alice", "alice-password"), out)
+    assert verify.entered.acquire(timeout=30)                     # another password: its own run
+    verify.release.set()
+    for t in (first, copy, right):
+        t.join()
+    assert sorted(d.ok for d in out) == [False, False, True]
+    # ...so the copy ran the KDF itself: three runs for three requests, none shared.
+    assert sorted(verify.calls) == ["alice-password", "guess-guess", "guess-guess"]
+    assert auth.shared_verify.waiting() == 0
+    assert not auth.check("10.0.0.3", basic("alice", "guess-guess")).ok   # no failure is remembered
+    assert len(verify.calls) == 4
+
+
+def test_no_kdf_at_start_and_the_dummy_hash_matches_nothing(store):
+    verify = CountingVerify()
+    auth = Authenticator(store, verify=verify)
+    assert verify.calls == []
+    passwords.parse_hash(auth._dummy_hash)                       # a well-formed hash, full parameters
+    assert auth._dummy_hash.startswith(f"scrypt$ln={passwords.LOG2_N},r={passwords.R},p={passwords.P}$")
+    assert not passwords.verify_password("", auth._dummy_hash)
