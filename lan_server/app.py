@@ -22,6 +22,7 @@ import re
 import secrets
 import time
 import urllib.parse
+import zlib
 from typing import Any, Callable
 
 from .auth import WWW_AUTHENTICATE, Authenticator
@@ -67,6 +68,13 @@ _STATIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
 MAX_QUERY_FIELDS = 32
 PROBE_HEADER = "X-OpenSEG-Probe"
+# gzip where it pays: the page's JSON and its own files, from 1 KiB up (a day of chart data, 170 KB,
+# is ~25 KB gzipped; a current value, ~150 bytes, would grow). Not the ESPI Atom: Download My Data is
+# megabytes, read on the LAN, where a small board's CPU costs more than the bytes.
+GZIP_TYPES = {"application/json", "text/javascript; charset=utf-8", "text/css; charset=utf-8",
+              "text/html; charset=utf-8", "image/svg+xml"}
+GZIP_MIN_BYTES = 1024
+GZIP_LEVEL = 6
 
 
 
@@ -79,6 +87,23 @@ def _printable(text: str, limit: int = 200) -> str:
     """For log lines: one line, bounded, no control characters from the client."""
     text = text[:limit]
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def _accepts_gzip(header: str) -> bool:
+    """RFC 9110 12.5.3: gzip (or *) listed without q=0."""
+    for item in header.lower().split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip() in ("gzip", "x-gzip", "*"):
+            q = params.replace(" ", "")
+            return not (q.startswith("q=0") and q.strip("q=0.") == "")
+    return False
+
+
+def _gzipped(reply: Reply) -> Reply:
+    gz = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    body = gz.compress(reply.body) + gz.flush()
+    return Reply(reply.status, reply.content_type, body,
+                 {**reply.headers, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
 
 
 class BadRequest(Exception):
@@ -141,6 +166,9 @@ class LanApp:
             log.exception("internal error on %s %s", method, _printable(path))
             reply = _text(500, "internal error")
 
+        if (len(reply.body) >= GZIP_MIN_BYTES and reply.content_type in GZIP_TYPES
+                and _accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))):
+            reply = _gzipped(reply)
         headers = self._headers(reply)
         status = f"{reply.status} {http.HTTPStatus(reply.status).phrase}"
         start_response(status, headers)

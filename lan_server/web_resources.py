@@ -15,7 +15,7 @@ from . import espi_feed as ef
 from . import espi_query
 from . import interval_energy as ie
 from .history_source import source_for
-from .history_store import HistoryStore
+from .history_store import HistoryStore, t_ms_of
 from .readings import Reading, Readings, Snapshot, data_status
 from .scaling import Scaling, decimal_text, resolution_exponent, scaled_int, value_text
 
@@ -270,44 +270,159 @@ def _history_status(readings: Readings) -> dict:
 
 HISTORY_DEFAULT_MIN = 60
 HISTORY_MAX_MIN = 1440
+HISTORY_MAX_STEP_S = 3600
+HISTORY_PARAMS = ("minutes", "after", "step", "limit")
+
+
+class _HistoryQuery:
+    """The parameters of /api/v1/history, checked; `error` is the 400 text when one is wrong."""
+
+    def __init__(self, params: Mapping[str, Any]):
+        self.minutes, self.after, self.step, self.limit = HISTORY_DEFAULT_MIN, None, None, None
+        self.error: str | None = None
+        for name, value in params.items():
+            if name not in HISTORY_PARAMS:
+                self.error = (f"query parameter {espi_query.shown_name(name)}: unknown parameter "
+                              f"(known: {', '.join(HISTORY_PARAMS)})")
+            elif name == "after":
+                self.after = _iso_time(value)
+                if self.after is None:
+                    self.error = "query parameter 'after': expected a time like 2026-11-24T13:30:00.000Z"
+            else:
+                top = {"minutes": HISTORY_MAX_MIN, "step": HISTORY_MAX_STEP_S, "limit": 100_000}[name]
+                if (not isinstance(value, str) or not value.isascii() or not value.isdigit()
+                        or len(value) > 6 or not 1 <= int(value) <= top):
+                    self.error = f"query parameter {name!r}: expected a whole number from 1 to {top}"
+                else:
+                    setattr(self, name, int(value))
+            if self.error:
+                return
+
+
+def _iso_time(value: Any) -> float | None:
+    """Epoch seconds of an ISO 8601 time with a zone (as iso_ms writes them), or None."""
+    if not isinstance(value, str) or not 10 <= len(value) <= 40 or not value.isascii():
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return None if t.tzinfo is None else t.timestamp()
 
 
 def history_json(readings: Readings, params: Mapping[str, Any]) -> Response:
-    """`minutes=N` (1-1440, default 60) of history for the page's chart: points and gaps in time
-    order, from the history store (or, with history off, what memory holds: Readings.history_s, so
-    the first point may then be later than `from`); a gap is a slot the HAN could not read, never to
-    be drawn as a line."""
-    minutes = HISTORY_DEFAULT_MIN
-    for name, value in params.items():
-        if name != "minutes":
-            return _text(400, f"query parameter {espi_query.shown_name(name)}: unknown parameter "
-                              "(known: minutes)")
-        if (not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 4
-                or not 1 <= int(value) <= HISTORY_MAX_MIN):
-            return _text(400, f"query parameter 'minutes': expected a whole number from 1 to "
-                              f"{HISTORY_MAX_MIN}")
-        minutes = int(value)
+    """The page's chart data: the last `minutes` (1-1440, default 60) of history, in time order, from
+    the history store (or, with history off, what memory holds: Readings.history_s, so the first
+    point may then be later than `from`). Each reading is a point and each slot the HAN could not
+    read a gap, never to be drawn as a line.
+      after=T   only what is later than T (an ISO time; the page passes the newest time it holds),
+                so a page that keeps what it has fetches only what is new
+      step=S    S-second buckets instead of single readings (aligned on the epoch): a point per bucket
+                with the lowest and highest demand, the last register values and how many readings,
+                and a gap entry per bucket with how many slots were missed; 24 hours at step=60 is
+                1440 points, what a chart can show, instead of 12 000 at the production poll
+      limit=N   at most N points (the earliest), and only the gaps before the last of them"""
+    q = _HistoryQuery(params)
+    if q.error:
+        return _text(400, q.error)
     snap = readings.snapshot(history=False)
     source = source_for(readings, snap)
     if not source.intervals:
         snap = readings.snapshot()
         source = source_for(readings, snap)
-    since = snap.now - minutes * 60
-    points, gaps = [], []
+    since = snap.now - q.minutes * 60
     text = _ValueText()
     with source.consistent():
-        for e in source.entries(since):
-            cause = getattr(e, "cause", None)
-            if cause is None:
-                # Written out directly: the 24-hour view is ~12 000 points at the production poll.
-                points.append(_Raw(f'{{"time":"{iso_ms(e.time)}","slot":{e.slot},'
-                                   f'"demand_w":{text(e.demand, e.scaling)},'
-                                   f'"summation_wh":{text(e.summation, e.scaling)},'
-                                   f'"received_wh":{text(e.received, e.scaling)}}}'))
-            else:
-                gaps.append({"slot": e.slot, "due": iso_ms(e.time), "cause": cause})
-    return _json({"minutes": minutes, "from": iso_ms(since), "to": iso_ms(snap.now),
-                  "poll_interval_s": snap.poll_interval_s, "points": points, "gaps": gaps})
+        entries = source.entries(since)
+        if q.after is not None:
+            after_ms = t_ms_of(q.after)
+            entries = (e for e in entries if t_ms_of(e.time) > after_ms)
+        points, gaps = (_buckets(entries, q.step, text) if q.step else _singles(entries, text))
+    if q.limit is not None and len(points) > q.limit:
+        points = points[:q.limit]
+        last = points[-1].time
+        gaps = [g for g in gaps if g["due"] < last]
+    body = {"minutes": q.minutes, "from": iso_ms(since), "to": iso_ms(snap.now),
+            "poll_interval_s": snap.poll_interval_s, "points": points, "gaps": gaps}
+    if q.step:
+        body["step_s"] = q.step
+    return _json(body)
+
+
+class _Point(_Raw):
+    """A point written out, with its time string kept for `limit`."""
+    time: str
+
+
+def _point(time: str, text: str) -> _Point:
+    p = _Point(text)
+    p.time = time
+    return p
+
+
+def _singles(entries, text: "_ValueText") -> tuple[list, list]:
+    points, gaps = [], []
+    for e in entries:
+        cause = getattr(e, "cause", None)
+        if cause is None:
+            # Written out directly: the 24-hour view is ~12 000 points at the production poll.
+            t = iso_ms(e.time)
+            points.append(_point(t, f'{{"time":"{t}","slot":{e.slot},'
+                                    f'"demand_w":{text(e.demand, e.scaling)},'
+                                    f'"summation_wh":{text(e.summation, e.scaling)},'
+                                    f'"received_wh":{text(e.received, e.scaling)}}}'))
+        else:
+            gaps.append({"slot": e.slot, "due": iso_ms(e.time), "cause": cause})
+    return points, gaps
+
+
+def _buckets(entries, step: int, text: "_ValueText") -> tuple[list, list]:
+    """Readings and gaps gathered per `step` seconds. Demands are compared in W (a change of scaling
+    inside a bucket must not compare raw counts of different units) and written out exactly."""
+    points, gaps = [], []
+    watts: dict[Scaling, float] = {}
+    bucket = lo = hi = last = last_received = None
+    n = 0
+    missed: dict[str, int] = {}
+
+    def close():
+        if bucket is None:
+            return
+        t = iso_ms(bucket)
+        if n:
+            points.append(_point(t, f'{{"time":"{t}","readings":{n},'
+                                    f'"demand_min_w":{lo[1] if lo else "null"},'
+                                    f'"demand_max_w":{hi[1] if hi else "null"},'
+                                    f'"summation_wh":{last},"received_wh":{last_received}}}'))
+        if missed:
+            cause = max(missed, key=missed.get)
+            gaps.append({"due": t, "missed": sum(missed.values()), "cause": cause})
+
+    for e in entries:
+        b = e.time // step * step
+        if b != bucket:
+            close()
+            bucket, lo, hi, last, last_received, n, missed = b, None, None, "null", "null", 0, {}
+        cause = getattr(e, "cause", None)
+        if cause is not None:
+            missed[cause] = missed.get(cause, 0) + 1
+            continue
+        n += 1
+        if e.demand is not None:
+            per = watts.get(e.scaling)
+            if per is None:
+                per = watts[e.scaling] = float(e.scaling.step)
+            w = e.demand * per
+            if lo is None or w < lo[0]:
+                lo = (w, text(e.demand, e.scaling))
+            if hi is None or w > hi[0]:
+                hi = (w, text(e.demand, e.scaling))
+        if e.summation is not None:
+            last = text(e.summation, e.scaling)
+        if e.received is not None:
+            last_received = text(e.received, e.scaling)
+    close()
+    return points, gaps
 
 
 class _ValueText:

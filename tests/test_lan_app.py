@@ -3,6 +3,7 @@ record how they were called. The same behaviours through a real server are in te
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import logging
@@ -264,3 +265,24 @@ def test_access_log_is_one_line_with_user_and_status(app, caplog):
     (record,) = [r for r in caplog.records if r.name == "openseg.lan.access"]
     line = record.getMessage()
     assert "\n" not in line and "alice" in line and " 404 " in line
+
+
+@pytest.mark.parametrize("accept, gzipped", [("gzip, deflate, br", True), ("br;q=1.0, gzip;q=0.8", True),
+                                            ("*", True), ("gzip;q=0", False), ("deflate", False),
+                                            (None, False), ("gzip;q=0.000", False)])
+def test_json_and_page_files_are_gzipped_when_asked_and_large(app, accept, gzipped):
+    big = json.dumps({"points": [{"time": i, "demand_w": 1500} for i in range(200)]}).encode()
+    app.resources.history_json = lambda readings, params: Reply(200, "application/json", big, {})
+    headers = {"HTTP_ACCEPT_ENCODING": accept} if accept else {}
+    status, hdrs, body = call(app, "/api/v1/history", headers=headers)
+    assert status == 200 and int(hdrs["content-length"]) == len(body)
+    if gzipped:
+        assert hdrs["content-encoding"] == "gzip" and hdrs["vary"] == "Accept-Encoding"
+        assert gzip.decompress(body) == big and len(body) < len(big) / 4
+    else:
+        assert "content-encoding" not in hdrs and body == big
+    # Small answers and the ESPI Atom are sent as they are.
+    assert "content-encoding" not in call(app, "/api/v1/current", headers=headers)[1]
+    app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed>" + b" " * 5000 + b"</feed>", {})
+    assert "content-encoding" not in call(app, "/espi/1_1/resource/Batch/Subscription/sub-alice",
+                                          headers=headers)[1]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import signal
@@ -490,3 +491,79 @@ def test_survives_the_server_restarting(open_page, stack):
     _wait(lambda: abs((_demand_kw(page) or 0) - _current(stack)["demand_w"] / 1000) <= DEMAND_TOL_KW,
           WAIT_S, "the demand after the restart")
     watch.check(allow_network_failures=True)
+
+
+# Before the page's own script: keep every answer the page fetches (URL and body) for the test to read.
+RECORD_FETCHES_JS = """
+window.__fetched = [];
+const pageFetch = window.fetch;
+window.fetch = function (url, options) {
+  return pageFetch.call(window, url, options).then(function (resp) {
+    resp.clone().text().then(function (body) { window.__fetched.push([String(url), body]); });
+    return resp;
+  });
+};
+"""
+
+
+def test_fetches_only_what_is_new_in_both_ranges(open_page, stack):
+    """Issue 16: after the first load the page asks for history `after=` the newest entry it holds
+    (per-minute buckets for the 24 hours), the status only every 30 s while the readings flow, and
+    for "energy used today" once; a register that goes back does not start a search loop."""
+    from playwright.sync_api import expect
+    page, watch = open_page(go=False)
+    page.add_init_script(RECORD_FETCHES_JS)
+    page.goto(stack.url + "/", wait_until="load")
+    expect(page.locator("#state")).to_have_text("Meter connected")
+
+    def seen() -> list[tuple[str, str]]:
+        """(path and query, body) of every answer the page fetched, in order."""
+        return [(u if u.startswith("/") else u[len(stack.url):], body)
+                for u, body in page.evaluate("() => window.__fetched")]
+
+    def count(prefix: str) -> int:
+        return sum(1 for url, _ in seen() if url.startswith(prefix))
+
+    def hour() -> list[tuple[str, str]]:
+        return [(u, b) for u, b in seen() if u.startswith("/api/v1/history?minutes=60")]
+
+    # The hour is refreshed every tick, but not more often than every 5 s (this stack polls every 0.5 s).
+    _wait(lambda: len(hour()) >= 4, 4 * 5 + WAIT_S, "four rounds of the hour's history")
+    first, *later = hour()
+    assert "after=" not in first[0] and all("after=" in u for u, _ in later), hour()
+    # Each later answer holds only readings newer than every one fetched before: none comes twice.
+    held: list[str] = []
+    for _, body in [first, *later]:
+        times = [p["time"] for p in json.loads(body)["points"]]
+        assert all(t > max(held, default="") for t in times), (held[-3:], times)
+        held += times
+    assert len(held) >= 10
+    # The readings flow, so the status is not fetched on every tick; the baseline search ran once.
+    assert count("/api/v1/status") <= count("/api/v1/current") // 2 + 1, seen()
+    assert count("/api/v1/history?minutes=1440&limit=1&after=") == 1, seen()
+
+    def day() -> list[str]:
+        return [u for u, _ in seen() if u.startswith("/api/v1/history?minutes=1440&step=60")]
+
+    page.locator("#range-1440").click()
+    _wait(lambda: len(day()) == 1, WAIT_S, "the 24 hours, per minute")
+    assert "after=" not in day()[0]
+    page.wait_for_function("() => Number(document.getElementById('chart').dataset.points) > 0")
+    page.locator("#range-60").click()
+    page.locator("#range-1440").click()             # back again: only the minutes since
+    _wait(lambda: len(day()) == 2, WAIT_S, "the 24 hours again")
+    assert "after=" in day()[1], day()
+
+    # The register goes back (a new meter): "energy used today" counts from that reading, and the page
+    # does not go looking for a baseline again.
+    body = _current(stack)
+    body["summation_wh"] = 1
+    page.route("**/api/v1/current", lambda route, req: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(body)))
+    expect(page.locator("#today-label")).to_have_text(re.compile(r"^Energy used since \d\d:\d\d$"))
+    expect(page.locator("#today-value")).to_have_text("0.000")
+    rounds = count("/api/v1/current")
+    _wait(lambda: count("/api/v1/current") >= rounds + 5, WAIT_S, "five more rounds")
+    assert count("/api/v1/history?minutes=1440&limit=1&after=") == 1, seen()
+    page.unroute("**/api/v1/current")
+    watch.check()

@@ -112,10 +112,79 @@ def test_history_points_and_gaps_in_time_order():
 
 @pytest.mark.parametrize("params, name", [({"minutes": "0"}, "minutes"), ({"minutes": "1441"}, "minutes"),
                                           ({"minutes": "abc"}, "minutes"), ({"minutes": "-5"}, "minutes"),
-                                          ({"hours": "1"}, "hours")])
+                                          ({"hours": "1"}, "hours"), ({"after": "yesterday"}, "after"),
+                                          ({"after": "2026-11-24T13:30:00"}, "after"),   # no zone
+                                          ({"step": "0"}, "step"), ({"step": "3601"}, "step"),
+                                          ({"limit": "0"}, "limit"), ({"limit": "1e3"}, "limit")])
 def test_history_bad_parameters_are_400_naming_them(params, name):
     resp = web_resources.history_json(Readings(30.0, clock=Clock()), params)
     assert resp.status == 400 and f"'{name}'".encode() in resp.body
+
+
+def _day(clock, r, lost=()):
+    """A reading every 7 s for 30 minutes (demand rising by 1 W a slot), `lost` slots as gaps."""
+    for slot in range(258):
+        t = clock.advance(7.0)
+        r.apply(gap(slot, slot, t) if slot in lost else reading(slot, slot, t, demand=1000 + slot,
+                                                               summation=5000 + 10 * slot))
+
+
+def test_history_after_gives_only_what_is_newer():
+    clock = Clock()
+    r = Readings(30.0, clock=clock)
+    _day(clock, r, lost={200})
+    whole = body(web_resources.history_json(r, {}))
+    cut = whole["points"][100]["time"]
+    newer = body(web_resources.history_json(r, {"after": cut}))
+    assert newer["points"] == whole["points"][101:] and newer["gaps"] == whole["gaps"]
+    assert body(web_resources.history_json(r, {"after": whole["points"][-1]["time"]})) | {"to": None} == \
+        whole | {"points": [], "gaps": [], "to": None}
+    # A page's ask: nothing twice and nothing missed, however the readings and the asks interleave.
+    held, newest = [], None
+    for _ in range(5):
+        for slot in range(3):
+            t = clock.advance(7.0)
+            r.apply(reading(1000 + slot, 1000 + slot, t, demand=1))
+        js = body(web_resources.history_json(r, {"after": newest} if newest else {}))
+        held += [p["time"] for p in js["points"]]
+        newest = max([newest or ""] + [p["time"] for p in js["points"]] + [g["due"] for g in js["gaps"]])
+    assert held == [p["time"] for p in body(web_resources.history_json(r, {}))["points"]]
+
+
+def test_history_step_gives_lowest_and_highest_demand_per_bucket():
+    clock = Clock()
+    r = Readings(30.0, clock=clock)
+    _day(clock, r, lost={20, 21, 30})
+    singles = body(web_resources.history_json(r, {}))
+    js = body(web_resources.history_json(r, {"step": "60"}))
+    assert js["step_s"] == 60
+    by_minute: dict[int, list] = {}
+    for p in singles["points"]:
+        by_minute.setdefault(int(web_resources._iso_time(p["time"]) // 60), []).append(p)
+    assert len(js["points"]) == len(by_minute)
+    for bucket, (minute, ps) in zip(js["points"], sorted(by_minute.items())):
+        assert web_resources._iso_time(bucket["time"]) == minute * 60
+        assert bucket["readings"] == len(ps)
+        assert bucket["demand_min_w"] == min(p["demand_w"] for p in ps)
+        assert bucket["demand_max_w"] == max(p["demand_w"] for p in ps)
+        assert bucket["summation_wh"] == ps[-1]["summation_wh"]
+    assert sum(g["missed"] for g in js["gaps"]) == 3 and {g["cause"] for g in js["gaps"]} == {"timeout"}
+    # Asked again from just before the last bucket: that bucket again, whole, and nothing older.
+    last = js["points"][-1]["time"]
+    before = web_resources.iso_ms(web_resources._iso_time(last) - 0.001)
+    again = body(web_resources.history_json(r, {"step": "60", "after": before}))
+    assert again["points"] == js["points"][-1:]
+
+
+def test_history_limit_gives_the_earliest_points():
+    clock = Clock()
+    r = Readings(30.0, clock=clock)
+    _day(clock, r, lost={0, 1})
+    whole = body(web_resources.history_json(r, {}))
+    js = body(web_resources.history_json(r, {"limit": "1"}))
+    assert js["points"] == whole["points"][:1] and [g["slot"] for g in js["gaps"]] == [0, 1]
+    after = whole["points"][9]["time"]
+    assert body(web_resources.history_json(r, {"limit": "2", "after": after}))["points"] == whole["points"][10:12]
 
 
 def test_responses_are_never_cached():

@@ -3,8 +3,13 @@
  * Plain JavaScript, no build step, no dependency, and no request outside the gateway: everything it
  * shows comes from the same-origin JSON endpoints, fetched with the browser's own Basic-auth login.
  *
- *   tick() every poll interval:  /api/v1/current + /api/v1/status  -> numbers, state, banner
- *                                /api/v1/history (less often)      -> chart, "energy used today"
+ *   tick() every poll interval:  /api/v1/current                  -> numbers
+ *                                /api/v1/status (every 30 s, and every tick while the readings
+ *                                  stop or anything is wrong)      -> state, banner, status panel
+ *                                /api/v1/history?after=...         -> only what is new for the chart
+ *                                  (every tick for the hour, every minute for the 24 hours, which
+ *                                  are fetched as per-minute lowest/highest demand)
+ *                                the first reading after midnight  -> "energy used today", once a day
  *   a 1-second clock             -> "updated N s ago"
  *
  * Failures (network, 401, 503, a bad body) never reach the console: the page keeps the last values,
@@ -18,6 +23,8 @@
   var API_STATUS = "/api/v1/status";
   var API_WHOAMI = "/api/v1/whoami";
   var API_HISTORY = "/api/v1/history?minutes=";
+  var DAY_STEP_S = 60;            // the 24-hour chart: one lowest/highest demand per minute
+  var STATUS_EVERY_S = 30;        // the status while all is well (the readings say so every tick)
   var FETCH_TIMEOUT_MS = 10000;
   var MIN_REFRESH_S = 1;          // never poll the gateway faster than this, whatever the meter does
   var MAX_REFRESH_S = 30;
@@ -51,8 +58,10 @@
     status: null,
     statusAt: 0,
     skewMs: 0,              // gateway clock minus this device's clock
-    history: {},            // minutes -> {points, gaps, at}
+    history: {},            // minutes -> {points, gaps, at, newest, stepS}: what the chart holds
     baseline: null,         // {day, time, wh}: the first summation at/after local midnight
+    baselineTried: 0,       // performance.now() of the last search for it
+    stalled: false,         // the last tick brought no new reading (or not an ok one)
     failures: 0,            // consecutive failed rounds
     error: null,            // what the last failed round ran into
     downSince: null,        // Date.now() when the gateway stopped answering
@@ -135,10 +144,13 @@
     S.timer = null;
     if (S.inFlight) { return; }
     S.inFlight = true;
-    Promise.all([settle(getJSON(API_CURRENT)), settle(getJSON(API_STATUS))]).then(function (r) {
+    var lastTime = S.current ? S.current.time : null;
+    var wantStatus = statusDue(lastTime);
+    Promise.all([settle(getJSON(API_CURRENT)),
+                 wantStatus ? settle(getJSON(API_STATUS)) : { ok: true, value: null }]).then(function (r) {
       var now = performance.now();
       var cur = r[0], st = r[1];
-      if (st.ok) {
+      if (st.ok && st.value !== null) {
         S.status = st.value;
         S.statusAt = now;
         var p = num(st.value.poll_interval_s);
@@ -167,6 +179,13 @@
       S.failures = 0;
       S.error = null;
       S.downSince = null;
+      if (statusDue(lastTime, cur.ok ? cur.value : null) && !wantStatus) {
+        // The readings stopped or went wrong on this tick: fetch the status now, not in 30 s.
+        return settle(getJSON(API_STATUS)).then(function (res) {
+          if (res.ok) { S.status = res.value; S.statusAt = performance.now(); }
+          return refreshHistory(false).then(whoami);
+        });
+      }
       return refreshHistory(false).then(whoami);
     }).then(function () {
       S.inFlight = false;
@@ -191,33 +210,64 @@
     return Math.max(back, Math.min(300, S.error ? S.error.retryAfterS : 0));
   }
 
-  function historyEveryS(minutes) {
-    return minutes === 60 ? Math.max(5, refreshS()) : Math.max(60, refreshS());
+  /* The status is fetched every STATUS_EVERY_S while all is well, and on every tick while it is not:
+   * no status yet, the last one not healthy, the current value not ok, or no new reading since the
+   * previous tick (the HAN side may have stopped or lost the meter). */
+  function statusDue(lastTime, cur) {
+    var st = S.status;
+    if (!st || performance.now() - S.statusAt >= STATUS_EVERY_S * 1000 - 100) { return true; }
+    if (st.state !== "polling" || st.han_silent === true || st.data_status !== "ok") { return true; }
+    if (cur === undefined) { return S.stalled; }                 // before this tick's fetch
+    S.stalled = !cur || cur.status !== "ok" || cur.time === lastTime;
+    return S.stalled;
   }
 
+  function historyEveryS(minutes) {
+    return minutes === 60 ? Math.max(5, refreshS()) : Math.max(DAY_STEP_S, refreshS());
+  }
+
+  function historyURL(minutes, h) {
+    var url = API_HISTORY + minutes + (minutes > 60 ? "&step=" + DAY_STEP_S : "");
+    return h && h.newest ? url + "&after=" + encodeURIComponent(h.newest) : url;
+  }
+
+  /* The chart's range, fetched once and then only what is new (`after=`): the readings, or for the
+   * 24 hours the per-minute buckets from the last one held (it may have been incomplete) on. */
   function refreshHistory(force) {
     var now = performance.now();
-    var wanted = [S.range];
-    var midnight = localMidnight(gatewayNow());
-    if (!S.baseline || S.baseline.day !== midnight) {
-      if (wanted.indexOf(1440) < 0) { wanted.push(1440); }
-    }
-    var jobs = wanted.filter(function (m) {
-      var h = S.history[m];
-      var every = historyEveryS(m);
-      if (m !== S.range) { every = 60; }                       // the baseline search, not on screen
-      return force || !h || now - h.at >= every * 1000 - 100;
-    }).map(function (m) {
-      return settle(getJSON(API_HISTORY + m)).then(function (res) {
+    var m = S.range;
+    var h = S.history[m];
+    var jobs = [findBaseline()];
+    if (force || !h || now - h.at >= historyEveryS(m) * 1000 - 100) {
+      var incremental = !!(h && h.newest);
+      jobs.push(settle(getJSON(historyURL(m, h))).then(function (res) {
         if (res.ok) {
-          S.history[m] = normaliseHistory(res.value, m);
-          if (m === 1440 || !S.baseline) { findBaseline(S.history[m]); }
+          S.history[m] = mergeHistory(incremental ? S.history[m] : null, normaliseHistory(res.value, m));
         } else if (S.history[m]) {
           S.history[m].at = performance.now();               // keep what we have; try again later
         }
-      });
-    });
+      }));
+    }
     return Promise.all(jobs);
+  }
+
+  /* New entries after the old ones; a bucket that comes again replaces the one held; what has
+   * left the range is dropped. When the gateway's clock is now before the newest entry held (it was
+   * set back), nothing is kept and the next round fetches the range afresh. */
+  function mergeHistory(old, fresh) {
+    if (!old) { return fresh; }
+    if (fresh.toMs !== null && old.newestMs !== null && fresh.toMs < old.newestMs) { return null; }
+    var keep = function (list) {
+      return list.filter(function (e) { return e.t < fresh.from && e.t >= fresh.since; });
+    };
+    var merged = {
+      points: keep(old.points).concat(fresh.points),
+      gaps: keep(old.gaps).concat(fresh.gaps),
+      minutes: fresh.minutes, intervalS: fresh.intervalS, stepS: fresh.stepS, at: fresh.at,
+      newest: fresh.newest !== null ? fresh.newest : old.newest,
+      newestMs: fresh.newest !== null ? fresh.newestMs : old.newestMs
+    };
+    return merged;
   }
 
   function whoami() {
@@ -230,39 +280,63 @@
     });
   }
 
+  /* A bucket (step_s set) becomes two chart points, its lowest demand at its start and its highest
+   * half a step later, so the line spans the bucket's range; its gaps sit mid-bucket. `newest` is
+   * what the next `after=` asks from: the newest reading's or gap's time, or for buckets the start of
+   * the last one less a millisecond, so that bucket comes again complete. */
   function normaliseHistory(body, minutes) {
-    var points = [], gaps = [];
+    var points = [], gaps = [], newest = null;
+    var step = num(body.step_s);
+    var later = function (iso, t) { if (newest === null || t > newest.t) { newest = { t: t, iso: iso }; } };
     (Array.isArray(body.points) ? body.points : []).forEach(function (p) {
       var t = parseTime(p.time);
       if (t === null) { return; }
-      points.push({ t: t, slot: num(p.slot), w: num(p.demand_w), wh: num(p.summation_wh) });
+      later(p.time, t);
+      if (step) {
+        var n = num(p.readings) || 0;
+        points.push({ t: t, slot: null, w: num(p.demand_min_w), wh: num(p.summation_wh), n: n });
+        points.push({ t: t + step * 500, slot: null, w: num(p.demand_max_w), wh: num(p.summation_wh), n: 0 });
+      } else {
+        points.push({ t: t, slot: num(p.slot), w: num(p.demand_w), wh: num(p.summation_wh), n: 1 });
+      }
     });
     (Array.isArray(body.gaps) ? body.gaps : []).forEach(function (g) {
-      var t = parseTime(g.due !== undefined ? g.due : g.time);
+      var iso = g.due !== undefined ? g.due : g.time;
+      var t = parseTime(iso);
       if (t === null) { return; }
-      gaps.push({ t: t, slot: num(g.slot), cause: String(g.cause || "") });
+      later(iso, t);
+      gaps.push({ t: step ? t + step * 500 : t, slot: num(g.slot), cause: String(g.cause || ""),
+                  missed: num(g.missed) || 1 });
     });
     points.sort(function (a, b) { return a.t - b.t; });
     gaps.sort(function (a, b) { return a.t - b.t; });
-    var interval = num(body.poll_interval_s);
-    return { points: points, gaps: gaps, minutes: minutes, intervalS: interval,
-             at: performance.now() };
+    var from = points.length ? points[0].t : Infinity;
+    if (gaps.length) { from = Math.min(from, step ? gaps[0].t - step * 500 : gaps[0].t); }
+    if (step && newest !== null) { newest = { t: newest.t - 1, iso: new Date(newest.t - 1).toISOString() }; }
+    var toMs = parseTime(body.to);
+    return { points: points, gaps: gaps, minutes: minutes, stepS: step,
+             intervalS: step || num(body.poll_interval_s), at: performance.now(),
+             from: from, since: toMs === null ? -Infinity : toMs - minutes * 60000, toMs: toMs,
+             newest: newest ? newest.iso : null, newestMs: newest ? newest.t : null };
   }
 
-  /* "Energy used today": the first summation at or after local midnight that history holds. */
-  function findBaseline(h) {
+  /* "Energy used today": the first summation at or after local midnight that history holds, asked
+   * for once a day (`after=` midnight, `limit=1`); while there is none yet, again every minute. */
+  function findBaseline() {
     var midnight = localMidnight(gatewayNow());
-    if (S.baseline && S.baseline.day === midnight && S.baseline.exact) { return; }
-    for (var i = 0; i < h.points.length; i++) {
-      var p = h.points[i];
-      if (p.t >= midnight && p.wh !== null) {
-        var slack = Math.max(60, 2 * (S.pollS || 7)) * 1000;
-        if (!S.baseline || S.baseline.day !== midnight || p.t < S.baseline.time) {
-          S.baseline = { day: midnight, time: p.t, wh: p.wh, exact: p.t - midnight <= slack };
-        }
-        return;
-      }
-    }
+    if (S.baseline && S.baseline.day === midnight) { return null; }
+    var now = performance.now();
+    if (S.baselineTried && now - S.baselineTried < 60000) { return null; }
+    S.baselineTried = now;
+    var after = new Date(midnight - 1).toISOString();
+    return settle(getJSON(API_HISTORY + "1440&limit=1&after=" + encodeURIComponent(after))).then(function (res) {
+      if (!res.ok || !Array.isArray(res.value.points) || !res.value.points.length) { return; }
+      var p = res.value.points[0];
+      var t = parseTime(p.time), wh = num(p.summation_wh);
+      if (t === null || wh === null || t < midnight) { return; }
+      var slack = Math.max(60, 2 * (S.pollS || 7)) * 1000;
+      S.baseline = { day: midnight, time: t, wh: wh, exact: t - midnight <= slack };
+    });
   }
 
   // ---- time and number helpers ---------------------------------------------------------------
@@ -378,7 +452,12 @@
       setText(ui.today, fmt(kwh, kwh < 10 ? 3 : 2));
       setText(ui.todayLabel, b.exact ? "Energy used today" : "Energy used since " + clock(b.time));
     } else {
-      if (wh !== null && b && wh < b.wh) { S.baseline = null; }   // register replaced or reset
+      if (wh !== null && b && b.day === midnight && wh < b.wh) {
+        // The register went back (meter replaced or reset): count from this reading on, and do not
+        // search history for a baseline again today.
+        var t = parseTime(c.time);
+        S.baseline = { day: midnight, time: t === null ? gatewayNow() : t, wh: wh, exact: false };
+      }
       setText(ui.today, "\u2013");
       setText(ui.todayLabel, "Energy used today");
     }
@@ -738,6 +817,11 @@
     return t;
   }
 
+  /* Readings behind the points: one each, or a per-minute bucket's count. */
+  function readingsIn(points) {
+    return points.reduce(function (sum, p) { return sum + (p.n === undefined ? 1 : p.n); }, 0);
+  }
+
   function chartSummary(shown, gaps, minutes, h, since) {
     var span = since !== null ? "the time since " + clock(since)
              : minutes <= 60 ? "the last hour" : "the last 24 hours";
@@ -746,7 +830,7 @@
     var lo = Infinity, hi = -Infinity;
     shown.forEach(function (p) { lo = Math.min(lo, p.w); hi = Math.max(hi, p.w); });
     var text = "Demand over " + span + ": lowest " + signed(lo / 1000, 2) + " kW, highest " +
-               signed(hi / 1000, 2) + " kW, " + shown.length + " readings";
+               signed(hi / 1000, 2) + " kW, " + readingsIn(shown) + " readings";
     text += gaps.length ? ", " + gaps.length + " missed." : ", none missed.";
     if (since !== null) {
       text += " The gateway holds no older history.";
