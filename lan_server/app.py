@@ -48,6 +48,8 @@ SECURITY_HEADERS = {
     "Server": "OpenSEG",
 }
 _SECURITY_KEYS = {name.lower() for name in SECURITY_HEADERS}
+_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in http.HTTPStatus}
+_SECURITY_ITEMS = [(name.lower(), (name, value)) for name, value in SECURITY_HEADERS.items()]
 NO_STORE = "no-store"                 # measurements and errors: never kept by any cache
 STATIC_CACHE = "private, no-cache"    # the page itself: may be kept, but revalidated
 
@@ -111,6 +113,8 @@ class BadRequest(Exception):
 
 
 def parse_query(query: str) -> dict[str, str]:
+    if not query:
+        return {}
     try:
         pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=False,
                                        max_num_fields=MAX_QUERY_FIELDS, errors="strict")
@@ -170,7 +174,7 @@ class LanApp:
                 and _accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))):
             reply = _gzipped(reply)
         headers = self._headers(reply)
-        status = f"{reply.status} {http.HTTPStatus(reply.status).phrase}"
+        status = _STATUS_LINES.get(reply.status) or f"{reply.status} {http.HTTPStatus(reply.status).phrase}"
         start_response(status, headers)
         probe = environ.get("HTTP_" + PROBE_HEADER.upper().replace("-", "_"), "")
         if not (probe and hmac.compare_digest(probe.encode("utf-8", "surrogateescape"),
@@ -190,7 +194,7 @@ class LanApp:
                 continue
             out[key] = (name, value)
         out.setdefault("cache-control", ("Cache-Control", NO_STORE))
-        out.update((name.lower(), (name, value)) for name, value in SECURITY_HEADERS.items())
+        out.update(_SECURITY_ITEMS)
         return list(out.values())
 
     # -- after authentication ------------------------------------------------------------------

@@ -575,7 +575,7 @@ def _updated(ctx: Context, window: Window, static: float | None = None) -> float
 
 
 @functools.lru_cache(maxsize=64)
-def _current_value_document(subscription: str, base_url: str, query_string: str, mr: MeterReadingDef, latest,
+def current_value_document(subscription: str, base_url: str, query_string: str, mr: MeterReadingDef, latest,
                             p: int) -> bytes:
     """The parameterless IntervalBlock answer of MeterReading 1 or 2. It depends on exactly these
     arguments (nothing else reaches it: no snapshot, no store), so it is built once per reading and per
@@ -603,7 +603,7 @@ def interval_blocks_document(ctx: Context, mr: MeterReadingDef, query, params: d
         latest = ctx.snap.latest_with(mr.register)
         if latest is None:
             return None
-        return _current_value_document(ctx.subscription, ctx.base_url, ctx.query_string, mr, latest,
+        return current_value_document(ctx.subscription, ctx.base_url, ctx.query_string, mr, latest,
                                        exponent(ctx, mr))
     with ctx.source.consistent():
         if not query.history:

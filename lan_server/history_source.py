@@ -97,13 +97,7 @@ class StoreSource:
         """One exponent for everything this MeterReading can show: every scaling the store holds and
         the latest value in memory (espi_exponent's rule), so the ReadingType and every IntervalBlock
         agree whichever is fetched first."""
-        index = QUANTITIES.index(quantity)
-        largest = {s: m[index] for s, m in self.store.maxima().items()}
-        latest = self.snap.latest_with(quantity)
-        if latest is not None:
-            _largest([latest], quantity, largest)
-        p = sc.espi_exponent(largest)
-        return 0 if p is None else p
+        return store_exponent(self.store, quantity, self.snap.latest_with(quantity))
 
     @staticmethod
     def _ms(t: int | None) -> int | None:
@@ -131,6 +125,30 @@ class StoreSource:
 
     def entries(self, since: float) -> Iterator[Row]:
         return self.reader.rows(t_ms_of(since))
+
+
+# quantity -> (the store's maxima dict, the latest value's scaling and size, the exponent). The writer
+# replaces the maxima dict whenever a maximum grows, so the same dict object means the same maxima:
+# the current-value answers, thousands a second at load, skip the Fractions of espi_exponent.
+_EXPONENTS: dict[str, tuple[object, tuple, int]] = {}
+
+
+def store_exponent(store: HistoryStore, quantity: str, latest: Reading | None) -> int:
+    """StoreSource.exponent, from the store's maxima and the latest reading alone."""
+    maxima = store.maxima()
+    raw = None if latest is None else getattr(latest, quantity)
+    key = (None, None) if raw is None else (latest.scaling, abs(raw))
+    held = _EXPONENTS.get(quantity)
+    if held is not None and held[0] is maxima and held[1] == key:
+        return held[2]
+    index = QUANTITIES.index(quantity)
+    largest = {s: m[index] for s, m in maxima.items()}
+    if latest is not None:
+        _largest([latest], quantity, largest)
+    p = sc.espi_exponent(largest)
+    p = 0 if p is None else p
+    _EXPONENTS[quantity] = (maxima, key, p)
+    return p
 
 
 def source_for(readings, snap: Snapshot):

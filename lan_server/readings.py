@@ -212,6 +212,12 @@ class Readings:
                 history=entries, report=self._report,
                 last_message_at=self._last_message_at, scaling_since=self._scaling_since)
 
+    def latest_of(self, quantity: str) -> Reading | None:
+        """Snapshot.latest_with without the cost of a Snapshot: the current-value answers' one read."""
+        with self._lock:
+            return {"demand": self._latest_demand, "summation": self._latest_summation,
+                    "received": self._latest_received}[quantity]
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._history)

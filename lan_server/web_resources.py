@@ -5,6 +5,7 @@ is imported; the HTTP layer (app.py) authenticates and passes the user's subscri
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from urllib.parse import urlencode
 from . import espi_feed as ef
 from . import espi_query
 from . import interval_energy as ie
-from .history_source import source_for
+from .history_source import source_for, store_exponent
 from .history_store import HistoryStore, t_ms_of
 from .readings import Reading, Readings, Snapshot, data_status
 from .scaling import Scaling, decimal_text, resolution_exponent, scaled_int, value_text
@@ -45,11 +46,19 @@ class _Raw(str):
     """A JSON number already written out exactly (scaled meter values keep every digit)."""
 
 
+@functools.lru_cache(maxsize=256)
+def _key(k: Any) -> str:
+    """A JSON object key; the same few dozen keys come in every answer."""
+    return json.dumps(str(k))
+
+
 def _dumps(obj: Any) -> str:
+    if obj is None:
+        return "null"
     if isinstance(obj, _Raw):
         return str(obj)
     if isinstance(obj, dict):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_dumps(v)}" for k, v in obj.items()) + "}"
+        return "{" + ",".join(f"{_key(k)}:{_dumps(v)}" for k, v in obj.items()) + "}"
     if isinstance(obj, (list, tuple)):
         return "[" + ",".join(_dumps(v) for v in obj) + "]"
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -73,9 +82,13 @@ def _age(now: float, t: float | None) -> float | None:
     return None if t is None else round(max(0.0, now - t), 3)
 
 
+# The current value's text, asked for by every open page each tick: worked out once per value.
+_value_text = functools.lru_cache(maxsize=64)(value_text)
+
+
 def _value(reading: Reading | None, quantity: str) -> _Raw | None:
     raw = None if reading is None else getattr(reading, quantity)
-    return None if raw is None else _Raw(value_text(raw, reading.scaling))
+    return None if raw is None else _Raw(_value_text(raw, reading.scaling))
 
 
 # -- ESPI -------------------------------------------------------------------------------------------
@@ -90,6 +103,10 @@ def espi(readings: Readings, *, path: str, params: Mapping[str, str], subscripti
     """GET {base_url}/espi/1_1/resource/{path}. Checks in this order: another user's subscription
     (403), no such resource (404), bad parameter (400), no value yet for a current-value request
     (503), otherwise 200 with an Atom feed (collections) or entry (single resources)."""
+    if not params:
+        fast = _current_value(readings, path, subscription, base_url)
+        if fast is not None:
+            return fast
     segs = path.strip("/").split("/") if path.strip("/") else []
     sub_at = 1 if segs[:1] == ["Subscription"] else 2 if segs[:2] == ["Batch", "Subscription"] else None
     if sub_at is not None and len(segs) > sub_at and segs[sub_at] != subscription:
@@ -150,6 +167,29 @@ def espi(readings: Readings, *, path: str, params: Mapping[str, str], subscripti
     if body is None:
         return _text(404, "no such interval block in the history held")
     return _atom(body)
+
+
+@functools.lru_cache(maxsize=16)
+def _current_value_paths(subscription: str) -> dict[str, ef.MeterReadingDef]:
+    return {f"Subscription/{subscription}/UsagePoint/{ef.USAGE_POINT_ID}/MeterReading/{mr.id}/IntervalBlock": mr
+            for mr in ef.METER_READINGS.values() if mr.quantity != "interval"}
+
+
+def _current_value(readings: Readings, path: str, subscription: str, base_url: str) -> Response | None:
+    """The most requested answer, the parameterless IntervalBlock of MeterReading 1 or 2 with history
+    on, straight from the latest reading: the same document `espi` would build (the same memoised
+    builder), without its routing, snapshot, query parsing or Context. None: take the general path
+    (another resource, history off, or no value yet: the 503 is the general path's)."""
+    mr = _current_value_paths(subscription).get(path.strip("/"))
+    store = getattr(readings, "history", None)
+    if mr is None or not isinstance(store, HistoryStore):
+        return None
+    latest = readings.latest_of(mr.quantity)
+    if latest is None:
+        return None
+    body = ef.current_value_document(subscription, base_url, "", mr, latest,
+                                     store_exponent(store, mr.register, latest))
+    return Response(200, ATOM_TYPE, body, dict(NO_STORE))
 
 
 def _route(segs: list[str]) -> tuple[str, str | None, str | None] | None:

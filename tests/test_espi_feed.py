@@ -190,7 +190,7 @@ def test_current_value_is_exactly_scaled(clock, scaling, raw_demand, raw_sum, de
 
 
 def test_current_value_answer_is_built_once_per_reading_and_never_outlives_it(clock):
-    """The parameterless IntervalBlock answer is memoised (espi_feed._current_value_document): the same
+    """The parameterless IntervalBlock answer is memoised (espi_feed.current_value_document): the same
     bytes while the reading is the same, a new document for each new reading (also when a larger value
     changes the exponent), per subscription and base URL; and the same bytes the uncached builder makes."""
     r = Readings(30.0, clock=clock)

@@ -427,3 +427,31 @@ def test_current_value_answers_borrow_no_read_connection(fed):
     assert fed.store.readers_open() == 0
     ok(fed.r, f"{MR}/3/IntervalBlock")                  # an answer that reads history borrows one
     assert fed.store.readers_open() == 1
+
+
+def test_the_current_value_shortcut_answers_what_the_general_path_does(fed, monkeypatch):
+    """web_resources._current_value (history on, MeterReading 1 or 2, no parameters) against the
+    general route, byte for byte, also after a larger value changes the exponent."""
+    def both(mr):
+        path = f"{MR}/{mr}/IntervalBlock"
+        fast = espi(fed.r, path)
+        with monkeypatch.context() as m:
+            m.setattr(web_resources, "_current_value", lambda *a: None)
+            slow = espi(fed.r, path)
+        assert (fast.status, fast.content_type, fast.body, fast.headers) == \
+            (slow.status, slow.content_type, slow.body, slow.headers)
+        return assert_valid(fast.body)
+
+    for mr in ("1", "2"):
+        both(mr)
+    fed.r.apply(reading(10**6, 10**6, fed.clock.advance(7.0), demand=9_000_000, summation=10**12,
+                        scaling=SCALING_3_10000))
+    for mr in ("1", "2"):
+        (value,) = [v for _, _, v, _ in values(both(mr))]
+        assert value > 0
+    # The memoised exponent is the one worked out afresh.
+    from lan_server import history_source
+    held = {q: history_source.store_exponent(fed.store, q, fed.r.latest_of(q)) for q in ("demand", "summation")}
+    history_source._EXPONENTS.clear()
+    assert held == {q: history_source.store_exponent(fed.store, q, fed.r.latest_of(q)) for q in ("demand", "summation")}
+    assert espi(fed.r, f"Subscription/other/UsagePoint/1/MeterReading/1/IntervalBlock").status == 403
