@@ -68,6 +68,13 @@ def machine() -> str:
             f"{ssl.OPENSSL_VERSION}")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kb(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -391,13 +398,13 @@ class Abuse:
 HEADING = "## Robustness and performance (issue 6)"
 
 
-def write_section(text: str, path: Path = BENCH / "RESULTS.md") -> None:
-    """Replace this script's own section (from HEADING to the next '## ') and leave every other section
-    as it is, in place."""
+def write_section(text: str, path: Path = BENCH / "RESULTS.md", heading: str = HEADING) -> None:
+    """Replace a script's own section (from its heading to the next '## ') and leave every other
+    section as it is, in place."""
     old = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is written by the script it names.\n"
     body = text.rstrip("\n") + "\n"
-    if HEADING in old:
-        before, rest = old.split(HEADING, 1)
+    if heading in old:
+        before, rest = old.split(heading, 1)
         nxt = rest.find("\n## ")
         after = rest[nxt + 1:] if nxt >= 0 else ""
         new = before + body + ("\n" + after if after else "")

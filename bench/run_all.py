@@ -40,8 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (HEADING, REPO, Abuse, BareServer, BenchStack, closed_loop, machine, ms, open_loop,  # noqa: E402
-                    pct, rss_kb, write_section)
+from common import (HEADING, REPO, Abuse, BareServer, BenchStack, closed_loop, cpu_s, machine, ms,  # noqa: E402
+                    open_loop, pct, rss_kb, write_section)
 
 sys.path.insert(0, str(REPO / "tests"))
 from test_faults_witness import poll_reads, read_frames  # noqa: E402
@@ -116,10 +116,19 @@ def bench_throughput(s: BenchStack, bare: BareServer, d: Durations) -> dict:
     for label, clients, new in (("keep-alive, 4 clients", 4, False), ("keep-alive, 8 clients", 8, False),
                                 ("new connection per request, 4 clients", 4, True)):
         lan, ref = [], []
+        cpu = {"lan": 0.0, "bare": 0.0}
         for _ in range(d.tp_rounds):
+            c0 = cpu_s(bare.proc.pid)
             ref.append(closed_loop(bare.port, s.cafile, "/", {}, clients, d.tp_round_s, new))
+            cpu["bare"] += cpu_s(bare.proc.pid) - c0
+            c0 = cpu_s(s.lan.pid)
             lan.append(closed_loop(s.port, s.cafile, ib, hdr, clients, d.tp_round_s, new))
+            cpu["lan"] += cpu_s(s.lan.pid) - c0
         out[label] = {"lan": _merge(lan), "bare": _merge(ref)}
+        for k in ("lan", "bare"):
+            # The server process's CPU per answer (its reading, 1 s of idle work aside, is the
+            # figure least moved by other load on the machine).
+            out[label][k]["cpu_ms"] = cpu[k] * 1000 / max(1, out[label][k]["requests"])
         log(f"throughput {label}: LAN {out[label]['lan']['rate']:.0f}/s, bare {out[label]['bare']['rate']:.0f}/s")
     return out
 
@@ -287,6 +296,11 @@ def report(r: dict, d: Durations, started: str, took: float) -> str:
             rows.append(f"| 1 | LAN throughput, IntervalBlock, auth, {label} | {lan['rate']:.0f} req/s "
                         f"({lan['errors']} errors) | bare hello {bare['rate']:.0f} req/s | {ratio:.2f} | {goal} | "
                         f"{met} | {fmt_s(lan['seconds'])} each |")
+            rows.append(f"| 1 | LAN CPU per request, {label} | {lan['cpu_ms']:.3f} ms | bare hello "
+                        f"{bare['cpu_ms']:.3f} ms | +{lan['cpu_ms'] - bare['cpu_ms']:.3f} ms | "
+                        f"{'≤ +0.11 ms' if 'keep-alive' in label else '—'} | "
+                        f"{('yes' if lan['cpu_ms'] - bare['cpu_ms'] <= 0.11 else '**no**') if 'keep-alive' in label else '—'} "
+                        f"| {fmt_s(lan['seconds'])} each |")
     if "latency" in r:
         for label, x in r["latency"].items():
             lan, bare = x["lan"], x["bare"]

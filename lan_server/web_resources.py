@@ -373,10 +373,13 @@ def history_json(readings: Readings, params: Mapping[str, Any]) -> Response:
     since = snap.now - q.minutes * 60
     text = _ValueText()
     with source.consistent():
-        entries = source.entries(since)
-        if q.after is not None:
+        if q.after is None:
+            entries = source.entries(since)
+        else:
+            # Read from `after` on (the store reads only those rows), then drop what is not later.
             after_ms = t_ms_of(q.after)
-            entries = (e for e in entries if t_ms_of(e.time) > after_ms)
+            entries = (e for e in source.entries(max(since, after_ms / 1000))
+                       if t_ms_of(e.time) > after_ms)
         points, gaps = (_buckets(entries, q.step, text) if q.step else _singles(entries, text))
     if q.limit is not None and len(points) > q.limit:
         points = points[:q.limit]
