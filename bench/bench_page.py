@@ -21,12 +21,18 @@ Everything runs as the real console commands (emulator on a pty, openseg-han, op
            The reference: what re-fetching the whole range at the same rate would transfer (the size
            of the range's full answer, measured in the same run). "Slow requests" are answers that took
            more than 100 ms by the access log: a login that runs scrypt is one.
+3. request  the CPU one request costs openseg-lan's application (lan_server.app.LanApp with the
+           production logging set-up, writing its access log to /dev/null), in this process, one
+           thread, for the current-value IntervalBlock and /api/v1/current, beside bench/bare_server.py's
+           hello WSGI callable measured the same way: the part of a request that is ours. The HTTP/TLS
+           stack (cheroot), the same for both servers, is run_all.py's throughput figure (1).
 Figures are reported, never asserted; RESULTS.md records the machine and the durations.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import re
 import sys
 import time
@@ -47,17 +53,6 @@ HEADING = "## Memory, an open page, logins (issue 16)"
 
 def log(msg: str) -> None:
     print(f"[{dt.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def peak_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 class PreloadedStack(BenchStack):
@@ -121,7 +116,7 @@ def bench_memory(days: int) -> dict:
             count = sequence(s)
             took = time.time() - began
             out[label] = {"rest_mb": rest / 1024, "login_mb": login / 1024, "after_mb": rss_kb(pid) / 1024,
-                          "peak_mb": peak_kb(pid) / 1024, "han_mb": rss_kb(s.han.pid) / 1024,
+                          "peak_mb": rss_kb(pid, "VmHWM") / 1024, "han_mb": rss_kb(s.han.pid) / 1024,
                           "requests": count, "seconds": took}
         log(f"memory, {label}: {out[label]}")
     return out
@@ -199,6 +194,53 @@ def bench_page(minutes: float) -> dict:
     return out
 
 
+# ---- 3. the application's cost per request ---------------------------------------------------------
+def bench_request(n: int) -> dict:
+    import base64
+    import logging
+    import tempfile
+    from bare_server import hello
+    from channel_messages import reading, status
+    from lan_server import main as lan_main, passwords, users_file
+    from lan_server.app import LanApp
+    from lan_server.auth import Authenticator
+    from lan_server.readings import Readings
+    from lan_server.users_file import User, UsersStore
+
+    d = Path(tempfile.mkdtemp(prefix="bp-", dir="/tmp"))
+    users = d / "users.toml"
+    users.write_text(users_file.render({"alice": User("alice", "sub1", passwords.hash_password("alice-pw-123"))}))
+    lan_main.setup_logging()
+    for h in logging.getLogger("openseg").handlers:
+        h.setStream(open(os.devnull, "w"))
+    store = hs.HistoryStore(str(d / hs.FILE_NAME), 35, log=lambda _: None)
+    r = Readings(30.0, history=store)
+    now = time.time()
+    r.apply(status(0, now, poll_interval_s=7.0))
+    for i in range(50):
+        r.apply(reading(i, i, now - 350 + 7 * i))
+    store.flush()
+    app = LanApp(authenticator=Authenticator(UsersStore(str(users))), readings=r, channel_counters=lambda: {},
+                 lan_started=now, time_zone="Europe/Paris", default_base_url="https://gw:8443")
+    auth = "Basic " + base64.b64encode(b"alice:alice-pw-123").decode()
+
+    def cost(wsgi, path: str) -> float:
+        env = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "REMOTE_ADDR": "10.0.0.1",
+               "HTTP_HOST": "gw:8443", "HTTP_AUTHORIZATION": auth, "wsgi.url_scheme": "https"}
+        wsgi(dict(env), lambda *a: None)            # the login (scrypt) and the memoised document
+        t = time.process_time()
+        for _ in range(n):
+            wsgi(dict(env), lambda *a: None)
+        return (time.process_time() - t) * 1000 / n
+
+    out = {"n": n, "bare_ms": cost(hello, "/"),
+           "intervalblock_ms": cost(app, "/espi/1_1/resource/Subscription/sub1/UsagePoint/1/MeterReading/1/IntervalBlock"),
+           "current_ms": cost(app, "/api/v1/current")}
+    store.close()
+    log(f"request: {out}")
+    return out
+
+
 # ---- the report ------------------------------------------------------------------------------------
 def report(r: dict, args, started: str, took: float) -> str:
     lines = [HEADING, "",
@@ -219,6 +261,18 @@ def report(r: dict, args, started: str, took: float) -> str:
         lines += ["", f"Store: {r['days']} days of 7-s readings. The sequence: 150 current-value IntervalBlocks "
                   "on new connections, then three times the page's history (60 min, 24 h, 24 h per minute), "
                   "the status, the page, Download My Data and all history's 15-minute energy.", ""]
+    if "request" in r:
+        q = r["request"]
+        lines += ["| CPU per request, in this process, one thread | measured | reference, same run: bare hello "
+                  "WSGI callable | ours | goal | met |", "|---|---|---|---|---|---|"]
+        for key, name, goal in (("intervalblock_ms", "current-value IntervalBlock, auth + access log", 0.11),
+                                ("current_ms", "/api/v1/current, auth + access log", None)):
+            ours = q[key] - q["bare_ms"]
+            met = "—" if goal is None else ("yes" if ours <= goal else "**no**")
+            lines.append(f"| {name} | {q[key]:.3f} ms | {q['bare_ms']:.4f} ms | {ours:.3f} ms | "
+                         f"{'—' if goal is None else f'≤ {goal} ms'} | {met} |")
+        lines += ["", f"{q['n']} requests each, CPU time of this process (time.process_time). The HTTP/TLS stack "
+                  "around it is the same in both servers: see run_all.py's (1) for the throughput it leaves.", ""]
     if "page" in r:
         p = r["page"]
         lines += ["| open page, after the first load | requests / min | KB / min | reference: the whole range "
@@ -248,7 +302,7 @@ def report(r: dict, args, started: str, took: float) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short windows and a 3-day store")
-    ap.add_argument("--only", default="memory,page")
+    ap.add_argument("--only", default="request,memory,page")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -256,6 +310,8 @@ def main() -> int:
     t0 = time.time()
     days = 3 if args.quick else 35
     r: dict = {"days": days}
+    if "request" in only:
+        r["request"] = bench_request(5000 if args.quick else 50000)
     if "memory" in only:
         r["memory"] = bench_memory(days)
     if "page" in only:

@@ -75,11 +75,12 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_kb(pid: int) -> int | None:
+def rss_kb(pid: int, field: str = "VmRSS") -> int | None:
+    """A process's memory figure from /proc/PID/status: VmRSS now, or VmHWM, its peak so far."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         return None
