@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import xbee_frames, zcl, zdo
+from . import xbee_frames, zcl
 from .radio import Radio
-from .xbee_frames import ExplicitRx, TxStatus
 
 METER_NWK = 0x0000
 API_MODE_ESCAPED = 2
@@ -122,13 +121,19 @@ class Discovery:
 
 
 def find_meter(radio: Radio, timeout: float) -> Discovery:
-    """IEEE_addr_req to the coordinator, then a Match_Desc broadcast for Simple Metering servers."""
-    ieee, ieee_problem = _coordinator_ieee(radio, timeout)
-    matches = _match_simple_metering(radio, timeout)
+    """IEEE_addr_req to the coordinator, then a Match_Desc broadcast for Simple Metering servers.
+
+    The two requests go out one poll interval apart (the pace law; `Radio` waits for it). Once found,
+    the radio is aimed at the meter: the guard lets ZCL reads go to it and nowhere else.
+    """
+    radio.aim_at(None)
+    ieee, ieee_problem = radio.coordinator_ieee(timeout)
+    matches = radio.match_simple_metering(timeout)
     at_coordinator = [eps for nwk, eps in matches if nwk == METER_NWK]
     others = tuple((nwk, eps) for nwk, eps in matches if nwk != METER_NWK)
     if ieee is not None and at_coordinator:
         meter = Meter(ieee, METER_NWK, at_coordinator[0][0])
+        radio.aim_at(meter)
         return Discovery("found", f"meter {meter.describe()}", meter, others)
     if others and not at_coordinator:
         where = ", ".join(f"0x{nwk:04X} endpoint {'/'.join(map(str, eps))}" for nwk, eps in others)
@@ -139,59 +144,6 @@ def find_meter(radio: Radio, timeout: float) -> Discovery:
         return Discovery("meter-unreachable", f"the coordinator 0x0000 {ieee_problem}", None, others)
     return Discovery("meter-unreachable", "the coordinator 0x0000 answered IEEE_addr_req but no node offers "
                      "Simple Metering (0x0702) on the Smart Energy profile", None, others)
-
-
-def _coordinator_ieee(radio: Radio, timeout: float) -> tuple[int | None, str]:
-    seq = radio.next_zdo_seq()
-    frame_id = radio.send_explicit(xbee_frames.COORDINATOR_64, METER_NWK, zdo.ENDPOINT, zdo.ENDPOINT,
-                                   zdo.IEEE_ADDR_REQ, zdo.PROFILE, zdo.ieee_addr_req(seq, METER_NWK))
-    deadline = radio.clock.monotonic() + timeout
-    response_cluster = zdo.IEEE_ADDR_REQ | zdo.RESPONSE_BIT
-    while True:
-        got = radio.wait(lambda f: (isinstance(f, TxStatus) and f.frame_id == frame_id)
-                         or (isinstance(f, ExplicitRx) and f.profile == zdo.PROFILE
-                             and f.cluster == response_cluster), deadline)
-        if got is None:
-            return None, f"did not answer IEEE_addr_req within {timeout:g} s"
-        if isinstance(got.frame, TxStatus):
-            if not got.frame.ok:
-                words = xbee_frames.DELIVERY_STATUS.get(got.frame.delivery, "unknown")
-                return None, f"could not be reached (delivery status 0x{got.frame.delivery:02x}: {words})"
-            continue
-        try:
-            rsp = zdo.parse_ieee_addr_rsp(got.frame.payload)
-        except zdo.ZdoError:
-            continue            # damaged; a good answer may still come before the deadline
-        if rsp.seq != seq:
-            continue
-        if rsp.status != zdo.STATUS_SUCCESS:
-            return None, f"answered IEEE_addr_req with ZDO status 0x{rsp.status:02x}"
-        return rsp.ieee, ""
-
-
-def _match_simple_metering(radio: Radio, timeout: float) -> list[tuple[int, tuple[int, ...]]]:
-    """Every (nwk, endpoints) that answers within `timeout`: more than one node may offer the cluster."""
-    seq = radio.next_zdo_seq()
-    radio.send_explicit(xbee_frames.BROADCAST_64, xbee_frames.BROADCAST_RX_ON_IDLE_16, zdo.ENDPOINT,
-                        zdo.ENDPOINT, zdo.MATCH_DESC_REQ, zdo.PROFILE,
-                        zdo.match_desc_req(seq, xbee_frames.BROADCAST_RX_ON_IDLE_16, zcl.PROFILE_SMART_ENERGY,
-                                           (zcl.CLUSTER_SIMPLE_METERING,)))
-    deadline = radio.clock.monotonic() + timeout
-    response_cluster = zdo.MATCH_DESC_REQ | zdo.RESPONSE_BIT
-    found: dict[int, tuple[int, ...]] = {}
-    while True:
-        got = radio.wait(lambda f: isinstance(f, ExplicitRx) and f.profile == zdo.PROFILE
-                         and f.cluster == response_cluster, deadline)
-        if got is None:
-            return list(found.items())
-        try:
-            rsp = zdo.parse_match_desc_rsp(got.frame.payload)
-        except zdo.ZdoError:
-            continue
-        if rsp.seq == seq and rsp.status == zdo.STATUS_SUCCESS and rsp.endpoints:
-            # The responder's own address is in the frame header; the payload's nwk-of-interest is the
-            # address the match is about, and for a coordinator answering for itself they agree.
-            found.setdefault(got.frame.src16, rsp.endpoints)
 
 
 # ---- scaling ------------------------------------------------------------------------------------
@@ -229,7 +181,7 @@ _REQUIRED = (zcl.UNIT_OF_MEASURE, zcl.MULTIPLIER, zcl.DIVISOR, zcl.SUMMATION_FOR
 
 
 def read_scaling(radio: Radio, meter: Meter, timeout: float) -> ScalingRead:
-    read = radio.zcl_read(meter.ieee, meter.nwk, meter.endpoint, zcl.SCALING_READ, timeout)
+    read = radio.zcl_read(meter, zcl.SCALING_READ, timeout)
     if read.cause is not None:
         return ScalingRead(None, "meter-unreachable", f"meter found but the scaling read failed "
                            f"({read.cause}: {read.detail})")
@@ -276,3 +228,7 @@ class Backoff:
 
     def reset(self) -> None:
         self._next = self.base
+
+    def saturate(self) -> None:
+        """Go straight to the cap (what cannot change quickly should not be retried quickly)."""
+        self._next = self.cap

@@ -1,8 +1,9 @@
-"""The serial port to the XBee: open (exclusive, raw, 8N1), read with a timeout, reopen after loss.
+"""The serial port to the XBee, read-only: open (exclusive, raw, 8N1), read with a timeout, reopen after loss.
 
-Writing is deliberately not part of this module's public surface: `write_raw` exists only to be handed
-to `EgressGuard` in `main.py`, so every byte to the radio passes the guard (tests/test_egress_guard.py
-checks the wiring). A port that vanishes (USB unplugged, emulator gone) raises `LinkLost`; the main loop
+`SerialLink` cannot write. At every open it hands the write-capable port object to the egress guard
+(`hand_over`, which is `EgressGuard.attach`) and keeps for itself only a second descriptor on the same
+device opened O_RDONLY, so the kernel refuses a write through anything this view holds (EBADF); on close
+it hands over None. Every byte to the radio therefore passes the guard. A port that vanishes (USB unplugged, emulator gone) raises `LinkLost`; the main loop
 reports `radio-down` and reopens with backoff, so a cable fault never ends the process.
 
 A self-pipe (signal.set_wakeup_fd) is watched next to the port, so SIGTERM ends a wait at once instead of
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import select
+from typing import Callable
 
 import serial
 
@@ -28,47 +30,54 @@ class Stopping(Exception):
 
 
 class SerialLink:
-    def __init__(self, port: str, baudrate: int, wakeup_fd: int | None = None):
+    def __init__(self, port: str, baudrate: int, hand_over: Callable[[serial.Serial | None], None],
+                 wakeup_fd: int | None = None):
         self.port = port
         self.baudrate = baudrate
+        self._hand_over = hand_over
         self._wakeup_fd = wakeup_fd
-        self._serial: serial.Serial | None = None
+        self._fd: int | None = None     # O_RDONLY
 
     @property
     def is_open(self) -> bool:
-        return self._serial is not None
+        return self._fd is not None
 
     def open(self) -> None:
-        if self._serial is not None:
+        if self._fd is not None:
             return
         try:
             # exclusive=True takes a flock, so a second openseg-han (or `--check` while the service
             # runs) fails clearly instead of both reading half the frames each.
-            self._serial = serial.Serial(
+            port = serial.Serial(
                 self.port, self.baudrate, bytesize=serial.EIGHTBITS, parity=serial.PARITY_NONE,
                 stopbits=serial.STOPBITS_ONE, timeout=0, write_timeout=WRITE_TIMEOUT_S,
                 xonxoff=False, rtscts=False, dsrdtr=False, exclusive=True)
         except (serial.SerialException, OSError, ValueError) as exc:
             raise LinkLost(f"cannot open {self.port}: {exc}") from None
         try:
-            self._serial.reset_input_buffer()
+            port.reset_input_buffer()
+            # The same device again (not the path, which udev may have reassigned), read-only; the
+            # terminal settings just made belong to the device and hold for this descriptor too.
+            self._fd = os.open(f"/proc/self/fd/{port.fileno()}", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
         except (serial.SerialException, OSError) as exc:
-            self.close()
+            port.close()
             raise LinkLost(f"cannot use {self.port}: {exc}") from None
+        self._hand_over(port)
 
     def close(self) -> None:
-        port, self._serial = self._serial, None
-        if port is not None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            self._hand_over(None)
             try:
-                port.close()
-            except (serial.SerialException, OSError):
+                os.close(fd)
+            except OSError:
                 pass    # the device is already gone; nothing left to release
 
     def read(self, timeout: float) -> bytes:
         """Whatever bytes arrive within `timeout` seconds (b"" if none)."""
-        if self._serial is None:
+        if self._fd is None:
             raise LinkLost(f"{self.port} is not open")
-        fd = self._serial.fileno()
+        fd = self._fd
         ready = self._select([fd], timeout)
         if fd not in ready:
             return b""
@@ -87,15 +96,6 @@ class SerialLink:
     def sleep(self, timeout: float) -> None:
         """Wait without the port (while it is closed), still ending early on SIGTERM."""
         self._select([], timeout)
-
-    def write_raw(self, data: bytes) -> None:
-        if self._serial is None:
-            raise LinkLost(f"{self.port} is not open")
-        try:
-            self._serial.write(data)
-        except (serial.SerialException, OSError) as exc:
-            self.close()
-            raise LinkLost(f"{self.port}: write failed: {exc}") from None
 
     def _select(self, fds: list[int], timeout: float) -> list[int]:
         watched = fds + ([self._wakeup_fd] if self._wakeup_fd is not None else [])

@@ -1,7 +1,7 @@
 """`openseg-han --config F [--check]`: wiring only. The loop is in service.py, the diagnosis in check.py.
 
-This is the one place the serial port's write function is handed out, and it goes to the egress guard;
-every other module gets the guard (or the Radio holding it). The process opens exactly two things: the
+This is where the serial link is told to hand the write-capable port to the egress guard (and to nothing
+else); every other module gets the read-only link and the Radio, whose requests go through the guard. The process opens exactly two things: the
 serial port and an unbound datagram socket for the channel.
 
 Exit codes: 0 stopped by SIGTERM/SIGINT, or `--check` found the gateway ready; 1 `--check` found it not
@@ -70,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     han = cfg.han
     clock = SystemClock()
-    link = SerialLink(han["serial_port"], han["baudrate"], None if args.check else _stop_on_signals())
-    guard = EgressGuard(link.write_raw, log.error)
+    guard = EgressGuard(log.error, clock, han["poll_interval_s"])
+    # The one hand-over of the port's write: the link gives each port it opens to the guard only.
+    link = SerialLink(han["serial_port"], han["baudrate"], guard.attach,
+                      None if args.check else _stop_on_signals())
     radio = Radio(link, guard, clock, han["require_aps_encryption"])
     if args.check:
         try:

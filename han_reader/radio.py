@@ -1,16 +1,22 @@
-"""Request and response over the XBee link: frame ids, AT queries, explicit frames, and waiting.
+"""Request and response over the XBee link: the named requests, and one path that matches replies to them.
 
-Everything the radio sends passes through `wait`, whoever is waiting and for what, so a modem status
-(reset, watchdog, disassociated) is seen even while the loop waits for a slot or a meter reply: it is
-raised as `RadioReset` and the main loop goes back to joining. Frames nobody asked for (a reply that
-arrived after its timeout, a TX status for an old frame id) are dropped here without fuss.
+Every request the HAN makes is a method here built by `wire_requests` (one builder per request) and
+sent through `EgressGuard.send`; this module never sees the port's write. Before a frame to the meter,
+the radio waits for the pace law's turn (`EgressGuard.explicit_free_at`) with the waiting function its
+owner gives (`pace_with`: the service's, which keeps housekeeping going), so the guard never has to
+refuse one of ours.
+
+Replies are matched in one place, as bellows' `_awaiting` table does: a request registers the keys of the
+frames it waits for (its TX status, its AT response, its ZDO response cluster and sequence number, or
+its ZCL sequence number from the meter), and `wait` routes each frame the radio sends to the key it
+carries. A frame nobody waits for (a late reply, a TX status for an old frame id, anything unasked)
+is dropped and counted in `unawaited`. A modem status (reset, watchdog, disassociated) is raised as
+`RadioReset` whoever is waiting, so the main loop goes back to joining.
 
 Bytes from the radio are untrusted: damaged frames are counted by the decoder, frames too short for
 their type are counted here, and neither ever raises out of this module. With `require_aps_encryption`,
 an explicit RX frame without the APS-encrypted option is ignored and counted: Smart Energy requires APS
 security on the HAN, so such a frame did not come from the meter as the utility provisioned it.
-
-Outgoing frames go to `EgressGuard.send`; this module never sees the port's write function.
 """
 from __future__ import annotations
 
@@ -19,14 +25,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from . import xbee_frames, zcl
+from . import wire_requests, xbee_frames, zcl, zdo
 from .clock import Clock
-from .egress_guard import EgressGuard
+from .egress_guard import EgressGuard, Meter
 from .xbee_frames import ATResponse, ExplicitRx, Frame, ModemStatus, TxStatus
 
 log = logging.getLogger("openseg.han")
 
-HOST_ENDPOINT = 0x5E          # our Smart Energy client endpoint (docs/han-protocol.md)
 RESET_STATUSES = {
     xbee_frames.MODEM_HARDWARE_RESET: "hardware reset",
     xbee_frames.MODEM_WATCHDOG_RESET: "watchdog reset",
@@ -59,6 +64,9 @@ class ZclRead:
     reply: Received | None = None
 
 
+Key = tuple     # ("tx", frame id) | ("at", frame id) | ("zdo", cluster, seq) | ("zcl", nwk, endpoint, seq)
+
+
 class Radio:
     def __init__(self, link, guard: EgressGuard, clock: Clock, require_aps_encryption: bool = True):
         self.link = link
@@ -68,7 +76,10 @@ class Radio:
         self.decoder = xbee_frames.Decoder()
         self.unparsable = 0            # frames with a good checksum but too short for their type
         self.distrusted = 0            # explicit RX frames without APS encryption, ignored
-        self._pending: deque[Received] = deque()
+        self.unawaited = 0             # frames no request was waiting for, dropped
+        self._awaiting: dict[Key, deque[Received]] = {}
+        self._reset: RadioReset | None = None    # seen while routing; raised once the frames before it
+        self._idle_until: Callable[[float], None] = self.drain
         self._frame_id = 0
         self._zdo_seq = 0
         self._zcl_seq = 0
@@ -77,76 +88,213 @@ class Radio:
     def frames_bad(self) -> int:
         return self.decoder.stats.bad_frames + self.unparsable
 
-    def restart(self) -> None:
-        """Forget any half-received frame and queued frames (after the port was reopened)."""
-        self.decoder = xbee_frames.Decoder(stats=self.decoder.stats)
-        self._pending.clear()
+    def pace_with(self, idle_until: Callable[[float], None]) -> None:
+        """How to wait for the pace law's turn (the service passes its own wait, with housekeeping)."""
+        self._idle_until = idle_until
 
-    # ---- sending -------------------------------------------------------------------------------
+    def aim_at(self, meter) -> None:
+        """Discovery found `meter` (a discovery.Meter, or None): ZCL reads may go to it only."""
+        self.guard.aim_at(None if meter is None else Meter(meter.ieee, meter.endpoint))
+
+    def restart(self) -> None:
+        """Forget any half-received frame and any awaited reply (after the port was reopened)."""
+        self.decoder = xbee_frames.Decoder(stats=self.decoder.stats)
+        self._awaiting.clear()
+        self._reset = None
+
+    # ---- the named requests --------------------------------------------------------------------
     def _next_frame_id(self) -> int:
         self._frame_id = self._frame_id % 255 + 1      # 1..255; 0 would suppress the response
         return self._frame_id
 
-    def next_zdo_seq(self) -> int:
+    def _next_zdo_seq(self) -> int:
         self._zdo_seq = (self._zdo_seq + 1) & 0xFF
         return self._zdo_seq
 
-    def next_zcl_seq(self) -> int:
+    def _next_zcl_seq(self) -> int:
         self._zcl_seq = (self._zcl_seq + 1) & 0xFF
         return self._zcl_seq
 
-    def send_explicit(self, dest64: int, dest16: int, src_endpoint: int, dst_endpoint: int,
-                      cluster: int, profile: int, payload: bytes) -> int:
-        frame_id = self._next_frame_id()
-        self.guard.send(xbee_frames.ExplicitTx(
-            frame_id, dest64, dest16, src_endpoint, dst_endpoint, cluster, profile, payload,
-            options=xbee_frames.TX_OPT_APS_ENCRYPTION).encode())
-        return frame_id
+    def _request(self, frame: bytes, keys: list[Key]) -> None:
+        """Register what the request awaits, then send it (through the guard, at the meter's pace)."""
+        if frame[0] != xbee_frames.AT_COMMAND:
+            self._idle_until(self.guard.explicit_free_at())
+        for key in keys:
+            self._awaiting[key] = deque()
+        try:
+            self.guard.send(frame)
+        except BaseException:
+            self._forget(keys)
+            raise
+
+    def _forget(self, keys: list[Key]) -> None:
+        for key in keys:
+            self._awaiting.pop(key, None)
 
     def at_query(self, command: str, timeout: float) -> ATResponse | None:
         """Ask the local radio for one setting (no parameter, ever); None if it did not answer."""
         frame_id = self._next_frame_id()
-        self.guard.send(xbee_frames.ATCommand(frame_id, command).encode())
-        got = self.wait(lambda f: isinstance(f, ATResponse) and f.frame_id == frame_id
-                        and f.command == command, self.clock.monotonic() + timeout)
-        return got.frame if got else None
+        keys = [("at", frame_id)]
+        self._request(wire_requests.at_query(frame_id, command), keys)
+        try:
+            got = self.wait(keys, self.clock.monotonic() + timeout)
+        finally:
+            self._forget(keys)
+        if got is None or got.frame.command != command:
+            return None
+        return got.frame
 
-    # ---- receiving -----------------------------------------------------------------------------
-    def wait(self, wanted: Callable[[Frame], bool], deadline: float) -> Received | None:
-        """The first frame `wanted` accepts, reading the port until `deadline` (monotonic).
+    def coordinator_ieee(self, timeout: float) -> tuple[int | None, str]:
+        """IEEE_addr_req to the coordinator: (its IEEE address, "") or (None, what went wrong)."""
+        frame_id, seq = self._next_frame_id(), self._next_zdo_seq()
+        keys = [("tx", frame_id), ("zdo", zdo.IEEE_ADDR_REQ | zdo.RESPONSE_BIT, seq)]
+        self._request(wire_requests.coordinator_ieee_addr(frame_id, seq), keys)
+        deadline = self.clock.monotonic() + timeout
+        try:
+            while True:
+                got = self.wait(keys, deadline)
+                if got is None:
+                    return None, f"did not answer IEEE_addr_req within {timeout:g} s"
+                if isinstance(got.frame, TxStatus):
+                    if not got.frame.ok:
+                        return None, f"could not be reached ({_delivery(got.frame)})"
+                    continue
+                try:
+                    rsp = zdo.parse_ieee_addr_rsp(got.frame.payload)
+                except zdo.ZdoError:
+                    continue            # damaged; a good answer may still come before the deadline
+                if rsp.status != zdo.STATUS_SUCCESS:
+                    return None, f"answered IEEE_addr_req with ZDO status 0x{rsp.status:02x}"
+                return rsp.ieee, ""
+        finally:
+            self._forget(keys)
 
-        Raises RadioReset when a reset/disassociation status arrives, and lets the link's LinkLost and
-        Stopping through; everything else the radio sends is screened and, if unwanted, dropped.
+    def match_simple_metering(self, timeout: float) -> list[tuple[int, tuple[int, ...]]]:
+        """Every (nwk, endpoints) that answers the Match_Desc broadcast within `timeout`."""
+        frame_id, seq = self._next_frame_id(), self._next_zdo_seq()
+        keys = [("zdo", zdo.MATCH_DESC_REQ | zdo.RESPONSE_BIT, seq)]
+        self._request(wire_requests.match_simple_metering(frame_id, seq), keys)
+        deadline = self.clock.monotonic() + timeout
+        found: dict[int, tuple[int, ...]] = {}
+        try:
+            while (got := self.wait(keys, deadline)) is not None:
+                try:
+                    rsp = zdo.parse_match_desc_rsp(got.frame.payload)
+                except zdo.ZdoError:
+                    continue
+                if rsp.status == zdo.STATUS_SUCCESS and rsp.endpoints:
+                    # The responder's own address is in the frame header; the payload's nwk-of-interest
+                    # is the address the match is about, and for a coordinator answering for itself
+                    # they agree.
+                    found.setdefault(got.frame.src16, rsp.endpoints)
+        finally:
+            self._forget(keys)
+        return list(found.items())
+
+    # ---- the one ZCL exchange: Read Attributes on Simple Metering -------------------------------
+    def zcl_read(self, meter, attributes: tuple[zcl.Attribute, ...], timeout: float) -> ZclRead:
+        """Send one Read Attributes request to `meter` and wait for its TX status and its response.
+
+        A reply is ours when it comes from the meter's nwk/endpoint on Simple Metering and carries our ZCL
+        sequence number (or one that cannot be located, in a damaged frame); an older sequence number is
+        a late reply to an earlier query, not awaited.
+        """
+        frame_id, seq = self._next_frame_id(), self._next_zcl_seq()
+        keys = [("tx", frame_id), ("zcl", meter.nwk, meter.endpoint, seq)]
+        self._request(wire_requests.read_meter(frame_id, seq, Meter(meter.ieee, meter.endpoint), attributes),
+                      keys)
+        sent = self.clock.monotonic()
+        try:
+            return self._zcl_outcome(keys, seq, sent, timeout)
+        finally:
+            self._forget(keys)
+
+    def _zcl_outcome(self, keys: list[Key], seq: int, sent: float, timeout: float) -> ZclRead:
+        while True:
+            got = self.wait(keys, sent + timeout)
+            if got is None:
+                return ZclRead("timeout", f"no reply within {timeout:g} s", sent, {})
+            frame = got.frame
+            if isinstance(frame, TxStatus):
+                if frame.ok:
+                    continue
+                return ZclRead("tx-failed", _delivery(frame), sent, {}, got)
+            try:
+                rsp = zcl.parse_response(frame.payload)
+            except zcl.ZclError as exc:
+                return ZclRead("malformed", str(exc), sent, {}, got)
+            if rsp.seq != seq:
+                continue        # a late reply that only looked like ours while damaged
+            if rsp.command == zcl.CMD_DEFAULT_RESPONSE:
+                return ZclRead("zcl-status", f"Default Response status 0x{rsp.default_status:02x}", sent, {},
+                               got)
+            return ZclRead(None, "", sent, rsp.results, got)
+
+    # ---- receiving: the one path every frame from the radio takes --------------------------------
+    def wait(self, keys: list[Key], deadline: float) -> Received | None:
+        """The next frame routed to one of `keys`, reading the port until `deadline` (monotonic).
+
+        Raises RadioReset when a reset/disassociation status arrives (after the awaited frames that came
+        before it), and lets the link's LinkLost and Stopping through.
         """
         while True:
-            while self._pending:
-                got = self._pending.popleft()
-                if self._trusted(got.frame) and wanted(got.frame):
-                    return got
+            for key in keys:
+                queue = self._awaiting.get(key)
+                if queue:
+                    return queue.popleft()
+            if self._reset is not None:
+                reset, self._reset = self._reset, None
+                self._awaiting.clear()  # anything awaited belongs to the old session
+                raise reset
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
                 return None
             data = self.link.read(remaining)
-            if not data:
-                continue
-            wall, mono = self.clock.wall(), self.clock.monotonic()
-            for raw in self.decoder.feed(data):
-                try:
-                    frame = xbee_frames.parse(raw)
-                except xbee_frames.FrameError:
-                    self.unparsable += 1
-                    continue
-                self._pending.append(Received(frame, wall, mono))
+            if data:
+                self._route(data, self.clock.wall(), self.clock.monotonic())
 
     def drain(self, deadline: float) -> None:
         """Keep reading (and reacting to modem status) until `deadline`."""
-        self.wait(lambda f: False, deadline)
+        self.wait([], deadline)
+
+    def _route(self, data: bytes, wall: float, mono: float) -> None:
+        for raw in self.decoder.feed(data):
+            if self._reset is not None:
+                return              # frames after a reset belong to the new session: none is awaited
+            try:
+                frame = xbee_frames.parse(raw)
+            except xbee_frames.FrameError:
+                self.unparsable += 1
+                continue
+            if not self._trusted(frame):
+                continue
+            queue = self._awaiting.get(self._key(frame))
+            if queue is None:
+                self.unawaited += 1
+            else:
+                queue.append(Received(frame, wall, mono))
+
+    def _key(self, frame: Frame) -> Key | None:
+        if isinstance(frame, TxStatus):
+            return ("tx", frame.frame_id)
+        if isinstance(frame, ATResponse):
+            return ("at", frame.frame_id)
+        if not isinstance(frame, ExplicitRx):
+            return None
+        if frame.profile == zdo.PROFILE:
+            return ("zdo", frame.cluster, frame.payload[0] if frame.payload else None)
+        if frame.profile == zcl.PROFILE_SMART_ENERGY and frame.cluster == zcl.CLUSTER_SIMPLE_METERING:
+            seq = _zcl_seq_of(frame.payload)
+            if seq is None:     # too damaged to say whose: it goes to the read waiting on that meter
+                seq = next((k[3] for k in self._awaiting if k[:3] == ("zcl", frame.src16, frame.src_endpoint)),
+                           None)
+            return ("zcl", frame.src16, frame.src_endpoint, seq)
+        return None
 
     def _trusted(self, frame: Frame) -> bool:
         if isinstance(frame, ModemStatus):
             if frame.status in RESET_STATUSES:
-                self._pending.clear()   # anything queued behind a reset belongs to the old session
-                raise RadioReset(frame.status)
+                self._reset = RadioReset(frame.status)
             return False
         if isinstance(frame, ExplicitRx) and self.require_aps and not frame.aps_encrypted:
             self.distrusted += 1
@@ -157,49 +305,10 @@ class Radio:
             return False
         return True
 
-    # ---- the one ZCL exchange: Read Attributes on Simple Metering -------------------------------
-    def zcl_read(self, dest64: int, dest16: int, endpoint: int, attributes: tuple[zcl.Attribute, ...],
-                 timeout: float) -> ZclRead:
-        """Send one Read Attributes request and wait for its TX status and its response.
 
-        A reply is ours when it comes from dest16/endpoint on Simple Metering / Smart Energy and carries
-        our ZCL sequence number; an older sequence number is a late reply to an earlier query, skipped.
-        """
-        seq = self.next_zcl_seq()
-        frame_id = self.send_explicit(dest64, dest16, HOST_ENDPOINT, endpoint, zcl.CLUSTER_SIMPLE_METERING,
-                                      zcl.PROFILE_SMART_ENERGY, zcl.read_attributes(seq, attributes))
-        sent = self.clock.monotonic()
-        deadline = sent + timeout
-
-        def ours(f: Frame) -> bool:
-            if isinstance(f, TxStatus):
-                return f.frame_id == frame_id
-            return (isinstance(f, ExplicitRx) and f.src16 == dest16 and f.src_endpoint == endpoint
-                    and f.cluster == zcl.CLUSTER_SIMPLE_METERING and f.profile == zcl.PROFILE_SMART_ENERGY)
-
-        while True:
-            got = self.wait(ours, deadline)
-            if got is None:
-                return ZclRead("timeout", f"no reply within {timeout:g} s", sent, {})
-            frame = got.frame
-            if isinstance(frame, TxStatus):
-                if frame.ok:
-                    continue
-                words = xbee_frames.DELIVERY_STATUS.get(frame.delivery, "unknown")
-                return ZclRead("tx-failed", f"delivery status 0x{frame.delivery:02x} ({words})", sent, {},
-                               got)
-            try:
-                rsp = zcl.parse_response(frame.payload)
-            except zcl.ZclError as exc:
-                if _zcl_seq_of(frame.payload) not in (None, seq):
-                    continue        # a damaged late reply to an earlier query: not this one's fault
-                return ZclRead("malformed", str(exc), sent, {}, got)
-            if rsp.seq != seq:
-                continue
-            if rsp.command == zcl.CMD_DEFAULT_RESPONSE:
-                return ZclRead("zcl-status", f"Default Response status 0x{rsp.default_status:02x}", sent, {},
-                               got)
-            return ZclRead(None, "", sent, rsp.results, got)
+def _delivery(status: TxStatus) -> str:
+    words = xbee_frames.DELIVERY_STATUS.get(status.delivery, "unknown")
+    return f"delivery status 0x{status.delivery:02x} ({words})"
 
 
 def _zcl_seq_of(payload: bytes) -> int | None:

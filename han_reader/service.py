@@ -47,10 +47,20 @@ EXIT_RADIO_MISCONFIGURED = 3
 DETAIL_MAX = 200        # messages.FIELDS["status"]["detail"]
 
 
+BACKOFF_CAP_S = 300.0   # the longest wait between discovery attempts: a few minutes
+BACKOFF_CAP_INTERVALS = 32
+
+
 def retry_timing(poll_interval_s: float) -> tuple[float, float]:
-    """(first retry delay, longest retry delay): 1 s doubling to 60 s at the production interval,
-    scaled down with a lab's short interval so tests see several retries within seconds."""
+    """(first retry delay, longest retry delay) for the port and the AI query, which stay on the serial
+    line: 1 s doubling to 60 s at the production interval, scaled down with a lab's short interval."""
     return min(1.0, poll_interval_s / 4), min(60.0, poll_interval_s * 10)
+
+
+def meter_backoff(poll_interval_s: float) -> tuple[float, float]:
+    """(first, longest) wait before another discovery after one failed or a reset cut it short: from one
+    poll interval, doubling, to 32 intervals but at most 5 minutes (224 s at the 7 s default)."""
+    return poll_interval_s, max(poll_interval_s, min(BACKOFF_CAP_S, BACKOFF_CAP_INTERVALS * poll_interval_s))
 
 
 class HanService:
@@ -67,7 +77,11 @@ class HanService:
         base, cap = retry_timing(self.interval)
         self.join_poll_s = base
         self.port_backoff = Backoff(base, cap)
-        self.discovery_backoff = Backoff(base, cap)
+        # Discovery and rejoin are paced against the meter: a radio that resets at every discovery
+        # (a reset storm) backs off to the cap instead of restarting discovery at once.
+        self.discovery_backoff = Backoff(*meter_backoff(self.interval))
+        self.discoveries_unanswered = 0     # discovery attempts since the meter last answered a poll
+        radio.pace_with(self._idle_until)
         self.state: str | None = None
         self.detail = ""
         self.meter: Meter | None = None
@@ -151,12 +165,13 @@ class HanService:
     def _find_meter(self) -> None:
         self._set_state("discovering", "looking for the meter: IEEE_addr_req to 0x0000, Match_Desc for "
                         "Simple Metering")
-        self.discovery_backoff.reset()
         while True:
+            if self.discoveries_unanswered:
+                self._idle(self.discovery_backoff.next())
+            self.discoveries_unanswered += 1
             found = discovery.find_meter(self.radio, self.timeout)
             if found.outcome != "found":
                 self._set_state(found.outcome, found.detail + "; retrying", logging.WARNING)
-                self._idle(self.discovery_backoff.next())
                 continue
             read = discovery.read_scaling(self.radio, found.meter, self.timeout)
             if read.outcome == "ok":
@@ -165,12 +180,14 @@ class HanService:
                 return
             if read.outcome == "refused":
                 self._set_state("discovering", read.detail, logging.ERROR)
-                self._idle(self.discovery_backoff.cap)      # a wrong meter will not change quickly
+                self.discovery_backoff.saturate()       # a wrong meter will not change quickly
             else:
                 self._set_state("meter-unreachable", read.detail + "; retrying", logging.WARNING)
-                self._idle(self.discovery_backoff.next())
 
     def _poll_forever(self) -> None:
+        # The pace law: the first poll waits a whole interval after the scaling read. Slots due
+        # meanwhile become "not-polling" gaps (housekeeping, while self.polling is still False).
+        self._idle_until(self.guard.explicit_free_at())
         if self.schedule is None:
             self.schedule = Schedule(self.clock.monotonic(), self.clock.wall(), self.interval)
             log.info("schedule: slot 0 due now, one slot every %g s", self.interval)
@@ -197,6 +214,8 @@ class HanService:
             raise
         self.counters.count(outcome)
         if outcome.cause is None:
+            self.discoveries_unanswered = 0
+            self.discovery_backoff.reset()
             fields = {"slot": slot, "due": self.schedule.due_wall(slot), "time": outcome.time,
                       "rtt_s": outcome.rtt_s, "scaling": self.scaling.as_message()}
             if outcome.summation is not None:
@@ -284,3 +303,4 @@ class HanService:
 
     def _forget_meter(self) -> None:
         self.meter = self.scaling = None
+        self.radio.aim_at(None)

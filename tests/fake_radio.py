@@ -1,12 +1,13 @@
 """An in-process XBee SE radio joined to a Smart Energy meter, for unit tests of the HAN process.
 
-It stands where `link.SerialLink` stands (open/close/read/sleep/write_raw), answers frames the way
+It stands where `link.SerialLink` stands (open/close/read/sleep; at every open it hands a port to
+`hand_over`, the egress guard's `attach`, whose writes arrive in `receive`), answers frames the way
 docs/han-protocol.md says, and lives in a `FakeClock`'s time: `read(timeout)` advances the clock to the
 next thing that happens instead of sleeping, so an hour of polling takes milliseconds. Scripted events
 (`at(t, action)`) reset the radio, cut the meter's power, unplug the port or send SIGTERM at exact times.
 
-Every frame the host writes is classified with the egress guard's own `check` into `frame_log`, as the
-emulator's frame log does, so a test can assert that nothing but reads ever left the host.
+Every frame the host writes is classified by the emulator's classifier (independent of the guard) into
+`frame_log`, as the emulator's frame log does, so a test can assert that nothing but reads ever left.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from han_reader import egress_guard, xbee_frames, zcl, zdo
+from han_reader import xbee_frames, zcl, zdo
 from han_reader.link import LinkLost, Stopping
+from openseg_emulator import classify
 
 RADIO_IEEE = 0x0013A20040A1B2C3
 METER_IEEE = 0x00078100000ABCDE
@@ -70,6 +72,19 @@ class Node:
         return struct.pack("<HBB", attr_id, 0, attr.type) + value.to_bytes(size, "little", signed=signed)
 
 
+class _Port:
+    """The write-capable port the fake hands to the guard."""
+
+    def __init__(self, radio: "FakeRadio"):
+        self._radio = radio
+
+    def write(self, data: bytes) -> None:
+        self._radio.receive(data)
+
+    def close(self) -> None:
+        pass
+
+
 class FakeRadio:
     port = "/dev/fake-xbee"
     baudrate = 9600
@@ -94,6 +109,7 @@ class FakeRadio:
         # "default-response", "malformed" or a callable(seq) -> payload.
         self.poll_faults: list = []
         self.silent = False                 # answer no frame at all (a radio in transparent mode)
+        self.hand_over: Callable | None = None   # EgressGuard.attach, given the port at every open
         self._decoder = xbee_frames.Decoder()
         self._outbox: list[tuple[float, int, bytes]] = []
         self._events: list[tuple[float, int, Callable[[], None]]] = []
@@ -106,8 +122,12 @@ class FakeRadio:
             raise LinkLost(f"cannot open {self.port}: [Errno 2] No such file or directory")
         self.is_open = True
         self.opens += 1
+        if self.hand_over is not None:
+            self.hand_over(_Port(self))
 
     def close(self) -> None:
+        if self.is_open and self.hand_over is not None:
+            self.hand_over(None)
         self.is_open = False
 
     def read(self, timeout: float) -> bytes:
@@ -141,14 +161,12 @@ class FakeRadio:
             action()
         self.clock.advance_to(deadline)
 
-    def write_raw(self, data: bytes) -> None:
+    def receive(self, data: bytes) -> None:
+        """Bytes the host wrote (through the port handed to the guard)."""
         if not self.is_open:
             raise LinkLost(f"{self.port} is not open")
         for frame in self._decoder.feed(data):
-            try:
-                kind = egress_guard.check(frame)
-            except egress_guard.EgressRefused:
-                kind = "not-a-read"
+            kind, _ = classify.classify(frame)
             self.frame_log.append({"t": self.clock.now, "class": kind, "frame": frame})
             if not self.silent:
                 self._handle(frame)
@@ -269,3 +287,12 @@ class FakeRadio:
                                  "t": self.clock.now + self.reply_delay})
             meter.summation += meter.summation_step
             meter.received += meter.received_step
+
+
+def wire_radio(hw: FakeRadio, interval_s: float = 7.0, log=None, require_aps: bool = True):
+    """A Radio on the fake hardware, with an egress guard holding its port, as main.py wires them."""
+    from han_reader.egress_guard import EgressGuard
+    from han_reader.radio import Radio
+    guard = EgressGuard(log or (lambda line: None), hw.clock, interval_s)
+    hw.hand_over = guard.attach
+    return Radio(hw, guard, hw.clock, require_aps)

@@ -52,8 +52,9 @@ class Rig:
         self.radio_hw = radio or FakeRadio(self.clock)
         self.t0 = self.clock.now
         self.logged: list[str] = []
-        self.guard = EgressGuard(self.radio_hw.write_raw, self.logged.append)
         self.han = {**HAN, **han}
+        self.guard = EgressGuard(self.logged.append, self.clock, self.han["poll_interval_s"])
+        self.radio_hw.hand_over = self.guard.attach
         self.radio = Radio(self.radio_hw, self.guard, self.clock, self.han["require_aps_encryption"])
         self.sender = RecordingSender(self.clock)
         self.notified: list[tuple[float, str]] = []     # (fake time, field) for every sd_notify field

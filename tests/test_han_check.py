@@ -2,16 +2,13 @@
 import pytest
 
 from han_reader.check import run_check
-from han_reader.egress_guard import EgressGuard
-from han_reader.radio import Radio
-
-from fake_radio import FakeClock, FakeRadio, Node
+from fake_radio import FakeClock, FakeRadio, Node, wire_radio
 from han_fixtures import HAN
 
 
 def diagnose(hw):
     lines = []
-    radio = Radio(hw, EgressGuard(hw.write_raw, lambda line: None), hw.clock)
+    radio = wire_radio(hw, HAN["poll_interval_s"])
     code = run_check(hw, radio, HAN, out=lines.append)
     assert {f["class"] for f in hw.frame_log} <= {"at-query", "zdo-discovery", "zcl-read"}
     assert not hw.is_open, "the check closes the port"

@@ -3,10 +3,7 @@ import pytest
 
 from han_reader import discovery
 from han_reader.discovery import Backoff, RadioMisconfigured, RadioSilent
-from han_reader.egress_guard import EgressGuard
-from han_reader.radio import Radio
-
-from fake_radio import METER_IEEE, RADIO_IEEE, FakeClock, FakeRadio, Node
+from fake_radio import METER_IEEE, RADIO_IEEE, FakeClock, FakeRadio, Node, wire_radio
 
 TIMEOUT = 2.0
 
@@ -14,8 +11,9 @@ TIMEOUT = 2.0
 def rig(meters=None, **kw):
     clock = FakeClock()
     hw = FakeRadio(clock, meters, **kw)
+    radio = wire_radio(hw)
     hw.open()
-    return hw, Radio(hw, EgressGuard(hw.write_raw, lambda line: None), clock)
+    return hw, radio
 
 
 def test_meter_found_at_the_coordinator_on_the_endpoint_it_names():
@@ -57,7 +55,11 @@ def test_discovery_waits_the_response_timeout_for_all_matches():
     hw, radio = rig()
     t0 = hw.clock.now
     discovery.find_meter(radio, TIMEOUT)
-    assert hw.clock.now - t0 == pytest.approx(TIMEOUT + hw.reply_delay, abs=0.05)
+    # The Match_Desc goes one poll interval after the IEEE_addr_req (the pace law), then waits its
+    # whole timeout for every node that may answer.
+    ieee_req, match_req = [f for f in hw.frame_log if f["class"] == "zdo-discovery"]
+    assert match_req["t"] - ieee_req["t"] == pytest.approx(radio.guard.interval_s)
+    assert hw.clock.now - match_req["t"] == pytest.approx(TIMEOUT, abs=0.05)
 
 
 def test_scaling_zero_multiplier_and_divisor_count_as_one():

@@ -5,10 +5,9 @@ import pytest
 
 from han_reader import poller, xbee_frames, zcl
 from han_reader.discovery import Meter
-from han_reader.egress_guard import EgressGuard
-from han_reader.radio import Radio, RadioReset
+from han_reader.radio import RadioReset
 
-from fake_radio import METER_IEEE, FakeClock, FakeRadio, Node
+from fake_radio import METER_IEEE, FakeClock, FakeRadio, Node, wire_radio
 
 TIMEOUT = 3.0
 
@@ -16,10 +15,12 @@ TIMEOUT = 3.0
 def rig(node=None, aps=True, require_aps=True, reply_delay=0.05):
     clock = FakeClock()
     hw = FakeRadio(clock, [node or Node(endpoint=9)], aps=aps, reply_delay=reply_delay)
+    radio = wire_radio(hw, require_aps=require_aps)
     hw.open()
-    radio = Radio(hw, EgressGuard(hw.write_raw, lambda line: None), clock, require_aps)
     n = hw.meters[0]
-    return hw, radio, Meter(n.ieee, n.nwk, n.endpoint)
+    meter = Meter(n.ieee, n.nwk, n.endpoint)
+    radio.aim_at(meter)
+    return hw, radio, meter
 
 
 def records(*recs):
@@ -157,7 +158,9 @@ def test_a_late_reply_to_an_earlier_query_is_not_taken_for_this_one():
 def test_replies_from_another_address_or_endpoint_are_not_the_meters():
     hw, radio, meter = rig(Node(endpoint=9))
     wrong_ep = Meter(METER_IEEE, 0x0000, 8)      # the fake answers 0x24 for an unknown endpoint
+    radio.aim_at(wrong_ep)      # the guard sends reads only where discovery aimed it
     assert poller.poll_once(radio, wrong_ep, TIMEOUT).cause == "tx-failed"
+    radio.aim_at(meter)
 
     def from_elsewhere(seq):
         frame = hw._rx(0x1111, 0x2222, 9, 0x5E, 0x0702, 0x0109, bytes((0x18, seq, 0x01)) +
