@@ -136,13 +136,14 @@ class Radio:
         frame_id = self._next_frame_id()
         keys = [("at", frame_id)]
         self._request(wire_requests.at_query(frame_id, command), keys)
+        deadline = self.clock.monotonic() + timeout
         try:
-            got = self.wait(keys, self.clock.monotonic() + timeout)
+            while (got := self.wait(keys, deadline)) is not None:
+                if got.frame.command == command:    # a stray answer for our frame id is not ours
+                    return got.frame
+            return None
         finally:
             self._forget(keys)
-        if got is None or got.frame.command != command:
-            return None
-        return got.frame
 
     def coordinator_ieee(self, timeout: float) -> tuple[int | None, str]:
         """IEEE_addr_req to the coordinator: (its IEEE address, "") or (None, what went wrong)."""

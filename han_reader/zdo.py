@@ -1,8 +1,8 @@
-"""The few ZigBee Device Object requests used for discovery, and their responses. Pure: no I/O.
+"""The two ZigBee Device Object requests used for discovery, and their responses. Pure: no I/O.
 
 ZDO frames travel on profile 0x0000 between endpoints 0; a response's cluster is the request's with
-bit 15 set. Payloads are little-endian. Only discovery requests exist here, which is what the egress
-guard allows on profile 0.
+bit 15 set. Payloads are little-endian. Only the two requests the HAN sends exist here, which is what the
+egress guard allows on profile 0.
 """
 from __future__ import annotations
 
@@ -12,10 +12,7 @@ from dataclasses import dataclass
 PROFILE = 0x0000
 ENDPOINT = 0x00
 
-NWK_ADDR_REQ = 0x0000
 IEEE_ADDR_REQ = 0x0001
-SIMPLE_DESC_REQ = 0x0004
-ACTIVE_EP_REQ = 0x0005
 MATCH_DESC_REQ = 0x0006
 RESPONSE_BIT = 0x8000
 
@@ -34,14 +31,6 @@ def ieee_addr_req(seq: int, nwk: int) -> bytes:
 def match_desc_req(seq: int, nwk_of_interest: int, profile: int, in_clusters: tuple[int, ...]) -> bytes:
     return (struct.pack("<BHHB", seq, nwk_of_interest, profile, len(in_clusters))
             + b"".join(struct.pack("<H", c) for c in in_clusters) + b"\x00")
-
-
-def active_ep_req(seq: int, nwk: int) -> bytes:
-    return struct.pack("<BH", seq, nwk)
-
-
-def simple_desc_req(seq: int, nwk: int, endpoint: int) -> bytes:
-    return struct.pack("<BHB", seq, nwk, endpoint)
 
 
 @dataclass(frozen=True)

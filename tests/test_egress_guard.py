@@ -381,3 +381,54 @@ def test_the_attribute_list_is_exactly_what_the_code_reads():
     # 0x0001 CurrentSummationReceived: admitted now for the energy-exported poll (issue 13)
     assert set(egress_guard.METERING_ATTRIBUTES) == read | {0x0001} == REF_ATTRIBUTES
     assert set(egress_guard.ZDO_REQUESTS) == {0x0001, 0x0006}
+
+
+# ---- every refusal says exactly why (the log line an auditor reads) ---------------------------------
+@pytest.mark.parametrize("frame, meter, message", [
+    (b"", METER, "empty frame"),
+    (bytes((0x17, 1)) + bytes(12), METER, "frame type 0x17 is not allowed"),
+    (READ_REQ[:19], METER, "explicit frame shorter than its header"),
+    (READ_REQ[:18] + b"\x05" + READ_REQ[19:], METER, "radius 5 (only 0, the network's maximum, is sent)"),
+    (AT_REQ + b"\x01", METER, "AT command with a parameter (only queries are allowed)"),
+    (bytes((0x08, 1)) + b"WR", METER, "AT command 'WR' is not on the read-only list"),
+    (zdo_tx(0x0034, b"\x01" + bytes(9)), METER, "ZDO cluster 0x0034 is not a request the gateway sends"),
+    (IEEE_REQ[:12] + b"\x00\x01" + IEEE_REQ[14:], METER, "IEEE_addr_req not between endpoints 0"),
+    (IEEE_REQ[:2] + MATCH_REQ[2:12] + IEEE_REQ[12:], METER,
+     "IEEE_addr_req to 000000000000ffff/0xfffd, not to its one destination"),
+    (MATCH_REQ[:19] + b"\x20" + MATCH_REQ[20:], METER, "Match_Desc_req with transmit options 0x20"),
+    (IEEE_REQ + b"\x00", METER, "IEEE_addr_req with a payload other than the gateway's own"),
+    (tx(0x0702, 0x0104, POLL), METER, "profile 0x0104 cluster 0x0702 is not allowed"),
+    (READ_REQ, None, "ZCL frame before discovery found the meter"),
+    (tx(0x0702, 0x0109, POLL, dest64=0xABCD, dst=7), METER,
+     "ZCL frame to 000000000000abcd/0x0000 endpoint 94->7, not to the meter"),
+    (tx(0x0702, 0x0109, POLL, options=0x00), METER,
+     "ZCL frame with transmit options 0x00 (APS encryption only)"),
+    (tx(0x0702, 0x0109, POLL[:-1]), METER, "ZCL frame is not a Read Attributes with whole attribute ids"),
+    (tx(0x0702, 0x0109, b"\x10\x01\x00\x00\x00"), METER, "ZCL frame control 0x10 is not a plain global request"),
+    (tx(0x0702, 0x0109, b"\x00\x01\x02\x07\x00"), METER, "ZCL command 0x02 is not Read Attributes"),
+    (tx(0x0702, 0x0109, b"\x00\x01\x00\x00\x00\x00\x00"), METER,
+     "Read Attributes of ['0x0', '0x0'], not each of the read set once"),
+])
+def test_each_refusal_names_its_reason(frame, meter, message):
+    with pytest.raises(EgressRefused) as refused:
+        check(frame, meter)
+    assert str(refused.value) == message
+
+
+def test_a_guard_not_yet_aimed_refuses_reads_but_not_discovery():
+    clock, port, logged = Clock(), Port(), []
+    guard = EgressGuard(logged.append, clock, INTERVAL)
+    guard.attach(port)
+    with pytest.raises(EgressRefused, match="before discovery"):
+        guard.send(READ_REQ)
+    assert guard.send(IEEE_REQ) == Kind.ZDO_DISCOVERY
+    guard.aim_at(METER)
+    clock.now += INTERVAL
+    assert guard.send(READ_REQ) == Kind.ZCL_READ
+    guard.aim_at(None)
+    clock.now += INTERVAL
+    with pytest.raises(EgressRefused, match="before discovery"):
+        guard.send(READ_REQ)
+    with pytest.raises(LinkLost) as lost:
+        EgressGuard(logged.append, clock, INTERVAL).send(AT_REQ)
+    assert str(lost.value) == "the serial port is not open"

@@ -297,6 +297,11 @@ def test_radio_reset_rejoins_rediscovers_and_resumes(gw):
     assert gw.scaling_reads() == 2                  # the scaling is read again after a radio reset
     check_slots(gw.messages)
     gw.assert_only_reads()
+    # The pace law, measured by the emulator: over the start and the reset, no two frames to the meter
+    # (discovery, the scaling reads, the polls) closer than the poll interval (0.9 x for the pty's jitter).
+    to_meter = [f["t"] for f in gw.events("rx") if f.get("class") in ("zdo-discovery", "zcl-read")]
+    assert len(to_meter) >= 12
+    assert min(b - a for a, b in zip(to_meter, to_meter[1:])) >= 0.9 * gw.interval
 
 
 def test_meter_power_loss_gives_gaps_then_polling_resumes(gw):
