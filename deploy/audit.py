@@ -8,7 +8,9 @@ Runs, each as its own pytest session so one failure does not hide the others:
   5. TLS                             tests/test_tls_scan.py (sslyze, Mozilla intermediate; headers)
   6. the systemd units               tests/test_deploy_systemd.py (verify, security, sysusers, tmpfiles)
   7. a known limit, measured         tests/test_deploy_limits.py (idle/slow HTTP connections)
-then prints what each showed, with the numbers an auditor asks for, and exits non-zero if any failed.
+then prints what each showed, with the numbers an auditor asks for, then runs the traceability table
+(deploy/trace.py: each claim's test must pass and its negative control must make it fail) and prints
+each row's status, and exits non-zero if anything failed.
 Full outputs are kept in tests/artifacts/audit/.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ BIN = Path(sys.executable).parent
 
 SECTIONS = [
     ("import contract", "tests/test_import_contract.py"),
-    ("read-only guarantee", "tests/test_egress_guard.py"),
+    ("read-only guarantee", "tests/test_egress_guard.py tests/test_egress_capability.py"),
     ("runtime separation", "tests/test_separation.py"),
     ("readiness + watchdog", "tests/test_sd_notify.py"),
     ("TLS scan + headers", "tests/test_tls_scan.py"),
@@ -42,7 +44,7 @@ def run_section(name: str, path: str) -> dict:
     junit = OUT / f"{slug}.xml"
     start = time.monotonic()
     proc = subprocess.run([str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
-                           path], cwd=ROOT, capture_output=True, text=True)
+                           *path.split()], cwd=ROOT, capture_output=True, text=True)
     (OUT / f"{slug}.log").write_text(proc.stdout + proc.stderr)
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     if junit.exists():
@@ -98,7 +100,12 @@ def main() -> int:
     for line in facts():
         print(f"  {line}")
     print("-" * 80)
+    print("  traceability (SECURITY.md §3a): test passes, negative control fails it", flush=True)
+    trace = subprocess.run([sys.executable, str(ROOT / "deploy" / "trace.py")], cwd=ROOT)
+    print("-" * 80)
     failed = [r for r in results if not r["ok"]]
+    if trace.returncode != 0:
+        failed.append({"name": "traceability", "log": ROOT / "deploy" / "trace.py"})
     if failed:
         for r in failed:
             print(f"  FAILED: {r['name']}: see {r['log'].relative_to(ROOT)}")

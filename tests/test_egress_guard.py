@@ -388,6 +388,7 @@ def test_the_attribute_list_is_exactly_what_the_code_reads():
     (b"", METER, "empty frame"),
     (bytes((0x17, 1)) + bytes(12), METER, "frame type 0x17 is not allowed"),
     (READ_REQ[:19], METER, "explicit frame shorter than its header"),
+    (READ_REQ[:20], METER, "ZCL frame is not a Read Attributes with whole attribute ids"),   # header only
     (READ_REQ[:18] + b"\x05" + READ_REQ[19:], METER, "radius 5 (only 0, the network's maximum, is sent)"),
     (AT_REQ + b"\x01", METER, "AT command with a parameter (only queries are allowed)"),
     (bytes((0x08, 1)) + b"WR", METER, "AT command 'WR' is not on the read-only list"),

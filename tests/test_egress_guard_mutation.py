@@ -29,6 +29,13 @@ EQUIVALENT = {
     "x__check_at__mutmut_15": "'ASCII' for 'ascii': the same codec",
 }
 
+# mutmut hands each mutant's covering tests to pytest in no particular order, with -x: running the quick
+# targeted tests first and the exhaustive sweeps last lets most mutants die within milliseconds.
+CONFTEST = """
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.name.startswith(("test_every_", "test_guard_and_reference")))
+"""
+
 CONFIG = """[mutmut]
 source_paths = han_reader
 only_mutate = han_reader/egress_guard.py
@@ -47,6 +54,7 @@ def test_every_mutant_of_the_guard_is_killed_or_named_equivalent(tmp_path):
     shutil.copytree(ROOT / "han_reader", work / "han_reader", ignore=shutil.ignore_patterns("__pycache__"))
     (work / "tests").mkdir()
     shutil.copy(ROOT / "tests" / "test_egress_guard.py", work / "tests")
+    (work / "tests" / "conftest.py").write_text(CONFTEST)
     (work / "setup.cfg").write_text(CONFIG)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     run = subprocess.run([str(MUTMUT), "run", "--max-children", "2"], cwd=work, env=env, capture_output=True,
