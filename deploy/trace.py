@@ -157,9 +157,11 @@ def check_row(number: int, row: Row) -> bool:
     start = time.monotonic()
     proved = pytest(ROOT, row.test)
     caught = control(row)
-    ok = proved.returncode == 0 and caught.returncode != 0
+    # pytest's exit code 1 is "tests failed"; 2 (collection error) would mean the edit broke the copy
+    # rather than the claim, which proves nothing.
+    ok = proved.returncode == 0 and caught.returncode == 1
     print(f"  {'PASS' if ok else 'FAIL'}  row {number:2}  test {'passes' if proved.returncode == 0 else 'FAILS'}, "
-          f"control {'fails it' if caught.returncode else 'does NOT fail it'}  "
+          f"control {'fails it' if caught.returncode == 1 else 'does NOT fail it'}  "
           f"({time.monotonic() - start:5.1f} s)  {row.claim[:60]}", flush=True)
     if not ok:
         print((proved.stdout if proved.returncode else caught.stdout)[-1500:])
