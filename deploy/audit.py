@@ -111,8 +111,8 @@ def main() -> int:
             print(f"  FAILED: {r['name']}: see {r['log'].relative_to(ROOT)}")
         print(f"AUDIT FAILED ({len(failed)} of {len(results)} sections)")
         return 1
-    print(f"AUDIT PASSED: {len(results)} sections, {sum(r['tests'] for r in results)} tests; "
-          f"logs in {OUT.relative_to(ROOT)}/")
+    print(f"AUDIT PASSED: {len(results)} sections, {sum(r['tests'] for r in results)} tests, and every "
+          f"traceability row; logs in {OUT.relative_to(ROOT)}/")
     return 0
 
 
