@@ -3,8 +3,9 @@
 `SerialLink` cannot write. At every open it hands the write-capable port object to the egress guard
 (`hand_over`, which is `EgressGuard.attach`) and keeps for itself only a second descriptor on the same
 device opened O_RDONLY, so the kernel refuses a write through anything this view holds (EBADF); on close
-it hands over None. Every byte to the radio therefore passes the guard. A port that vanishes (USB unplugged, emulator gone) raises `LinkLost`; the main loop
-reports `radio-down` and reopens with backoff, so a cable fault never ends the process.
+it hands over None. Every byte to the radio therefore passes the guard. A port that vanishes (USB
+unplugged, emulator gone) raises `LinkLost`; the main loop reports `radio-down` and reopens with
+backoff, so a cable fault never ends the process.
 
 A self-pipe (signal.set_wakeup_fd) is watched next to the port, so SIGTERM ends a wait at once instead of
 after the current timeout; `Stopping` carries that out to the main loop.

@@ -1,8 +1,8 @@
 """`openseg-han --config F [--check]`: wiring only. The loop is in service.py, the diagnosis in check.py.
 
 This is where the serial link is told to hand the write-capable port to the egress guard (and to nothing
-else); every other module gets the read-only link and the Radio, whose requests go through the guard. The process opens exactly two things: the
-serial port and an unbound datagram socket for the channel.
+else); every other module gets the read-only link and the Radio, whose requests go through the guard.
+The process opens exactly two things: the serial port and an unbound datagram socket for the channel.
 
 Exit codes: 0 stopped by SIGTERM/SIGINT, or `--check` found the gateway ready; 1 `--check` found it not
 ready; 2 configuration error (the message names the key); 3 the radio is not in API mode 2 with explicit

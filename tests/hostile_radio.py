@@ -132,7 +132,8 @@ def verdict(data: bytes) -> str:
     if profile == 0 and (src_ep, dst_ep, options) == (0, 0, 0):
         if cluster == 0x0001 and (dest64, dest16) == (0, 0) and payload[1:] == bytes(4):
             return "zdo"
-        if cluster == 0x0006 and (dest64, dest16) == (0xFFFF, 0xFFFD) and payload[1:] == bytes.fromhex("fdff090101020700"):
+        if cluster == 0x0006 and (dest64, dest16) == (0xFFFF, 0xFFFD) \
+                and payload[1:] == bytes.fromhex("fdff090101020700"):
             return "zdo"
     if (profile, cluster, dest64, dest16, src_ep, dst_ep, options) == (0x0109, 0x0702, METER_IEEE, 0, HOST_EP,
                                                                          METER_ENDPOINT, 0x20):
