@@ -19,8 +19,10 @@ nothing wider. `check` parses every frame itself rather than trusting those buil
       radius 0, with the APS-encryption transmit option and nothing else.
 
 **The pace law**: an explicit frame (every ZDO and ZCL frame goes to or reaches the meter) leaves at
-least one poll interval after the previous one, always. AT queries stay on the serial line (the radio
-answers them itself) and are not paced.
+least 0.9 x the poll interval after the previous one, always. The HAN aims at a whole interval
+(`explicit_free_at`); the tenth below it is for the polls, which follow the schedule's fixed grid: a poll
+the loop sent a little late must not push every later poll as late (the grid is regained instead). AT
+queries stay on the serial line (the radio answers them itself) and are not paced.
 
 Everything else raises EgressRefused, is logged and counted, and never reaches the port.
 """
@@ -65,6 +67,7 @@ TX_OPTIONS_ZDO = 0x00
 TX_OPTIONS_ZCL = xbee_frames.TX_OPT_APS_ENCRYPTION
 ZCL_FRAME_CONTROL = 0x00           # global, no manufacturer code, client to server, default response on
 ZCL_READ_ATTRIBUTES = 0x00
+PACE_FLOOR = 0.9                   # x the poll interval: the least time between two frames to the meter
 
 
 @dataclass(frozen=True)
@@ -229,16 +232,21 @@ class EgressGuard:
         self._meter = meter
 
     def explicit_free_at(self) -> float:
-        """The earliest monotonic time the next frame to the meter may leave (the pace law)."""
+        """When the next frame to the meter is due by the HAN's aim: a whole interval after the last."""
         return self._last_explicit + self.interval_s
+
+    def explicit_floor_at(self) -> float:
+        """The earliest monotonic time the guard lets the next frame to the meter leave (the pace law)."""
+        return self._last_explicit + PACE_FLOOR * self.interval_s
 
     def send(self, frame: bytes) -> Kind:
         now = self._clock.monotonic()
         try:
             kind = check(frame, self._meter)
-            if kind is not Kind.AT_QUERY and now < self.explicit_free_at():
+            if kind is not Kind.AT_QUERY and now < self.explicit_floor_at():
                 raise EgressRefused(f"pace: {now - self._last_explicit:.3f} s after the previous frame to "
-                                    f"the meter, less than the {self.interval_s:g} s poll interval")
+                                    f"the meter, less than {PACE_FLOOR:g} x the {self.interval_s:g} s poll "
+                                    f"interval")
         except EgressRefused as exc:
             self.refused += 1
             self._log(f"egress-guard: REFUSED frame {frame[:32].hex()}: {exc}")

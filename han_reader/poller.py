@@ -37,7 +37,7 @@ class PollOutcome:
 
 
 def poll_once(radio: Radio, meter: Meter, timeout: float) -> PollOutcome:
-    read = radio.zcl_read(meter, zcl.POLL_READ, timeout)
+    read = radio.zcl_read(meter, zcl.POLL_READ, timeout, on_grid=True)
     if read.cause is not None:
         return PollOutcome(read.cause, read.detail)
     asked = (("summation", zcl.CURRENT_SUMMATION_DELIVERED), ("received", zcl.CURRENT_SUMMATION_RECEIVED),

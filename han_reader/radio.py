@@ -2,9 +2,10 @@
 
 Every request the HAN makes is a method here built by `wire_requests` (one builder per request) and
 sent through `EgressGuard.send`; this module never sees the port's write. Before a frame to the meter,
-the radio waits for the pace law's turn (`EgressGuard.explicit_free_at`) with the waiting function its
-owner gives (`pace_with`: the service's, which keeps housekeeping going), so the guard never has to
-refuse one of ours.
+the radio waits for its turn with the waiting function its owner gives (`pace_with`: the service's,
+which keeps housekeeping going): a whole poll interval after the previous one for discovery and the
+scaling read (`EgressGuard.explicit_free_at`), the guard's floor for a poll, whose slot the schedule's
+grid already spaces (`explicit_floor_at`). So the guard never has to refuse one of ours.
 
 Replies are matched in one place, as bellows' `_awaiting` table does: a request registers the keys of the
 frames it waits for (its TX status, its AT response, its ZDO response cluster and sequence number, or
@@ -115,10 +116,10 @@ class Radio:
         self._zcl_seq = (self._zcl_seq + 1) & 0xFF
         return self._zcl_seq
 
-    def _request(self, frame: bytes, keys: list[Key]) -> None:
+    def _request(self, frame: bytes, keys: list[Key], on_grid: bool = False) -> None:
         """Register what the request awaits, then send it (through the guard, at the meter's pace)."""
         if frame[0] != xbee_frames.AT_COMMAND:
-            self._idle_until(self.guard.explicit_free_at())
+            self._idle_until(self.guard.explicit_floor_at() if on_grid else self.guard.explicit_free_at())
         for key in keys:
             self._awaiting[key] = deque()
         try:
@@ -193,17 +194,18 @@ class Radio:
         return list(found.items())
 
     # ---- the one ZCL exchange: Read Attributes on Simple Metering -------------------------------
-    def zcl_read(self, meter, attributes: tuple[zcl.Attribute, ...], timeout: float) -> ZclRead:
+    def zcl_read(self, meter, attributes: tuple[zcl.Attribute, ...], timeout: float,
+                 on_grid: bool = False) -> ZclRead:
         """Send one Read Attributes request to `meter` and wait for its TX status and its response.
 
         A reply is ours when it comes from the meter's nwk/endpoint on Simple Metering and carries our ZCL
         sequence number (or one that cannot be located, in a damaged frame); an older sequence number is
-        a late reply to an earlier query, not awaited.
+        a late reply to an earlier query, not awaited. `on_grid`: a poll, spaced by the schedule.
         """
         frame_id, seq = self._next_frame_id(), self._next_zcl_seq()
         keys = [("tx", frame_id), ("zcl", meter.nwk, meter.endpoint, seq)]
         self._request(wire_requests.read_meter(frame_id, seq, Meter(meter.ieee, meter.endpoint), attributes),
-                      keys)
+                      keys, on_grid)
         sent = self.clock.monotonic()
         try:
             return self._zcl_outcome(keys, seq, sent, timeout)

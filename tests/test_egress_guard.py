@@ -305,20 +305,22 @@ def test_an_allowed_frame_is_written_escaped_and_counted():
 
 def test_the_pace_law():
     guard, clock, port, logged = guard_with_port()
-    assert guard.explicit_free_at() == -math.inf
+    assert guard.explicit_free_at() == guard.explicit_floor_at() == -math.inf
     guard.send(IEEE_REQ)
-    assert guard.explicit_free_at() == 100.0 + INTERVAL
+    assert guard.explicit_free_at() == 100.0 + INTERVAL                # the HAN's aim: a whole interval
+    assert guard.explicit_floor_at() == pytest.approx(100.0 + 0.9 * INTERVAL)   # the law: 0.9 x
     for frame in (MATCH_REQ, READ_REQ, IEEE_REQ):          # every frame to the meter, whatever kind
-        clock.now = 100.0 + INTERVAL - 0.001
-        with pytest.raises(EgressRefused, match="pace: 6.999 s after the previous frame to the meter, "
-                                                "less than the 7 s poll interval"):
+        clock.now = 100.0 + 0.9 * INTERVAL - 0.001
+        with pytest.raises(EgressRefused) as refused:
             guard.send(frame)
+        assert str(refused.value) == ("pace: 6.299 s after the previous frame to the meter, less than 0.9 x "
+                                      "the 7 s poll interval")
     assert guard.refused == 3 and len(logged) == 3 and len(port.written) == 1
     guard.send(AT_REQ)                                     # AT queries stay local: not paced
     assert guard.explicit_free_at() == 100.0 + INTERVAL   # refusals and AT queries do not move the pace
-    clock.now = 100.0 + INTERVAL
-    guard.send(READ_REQ)
-    assert guard.explicit_free_at() == 100.0 + 2 * INTERVAL and guard.sent == 3
+    clock.now = guard.explicit_floor_at()
+    guard.send(READ_REQ)                                   # exactly at the floor: allowed
+    assert guard.explicit_free_at() == clock.now + INTERVAL and guard.sent == 3
     clock.now += 1.0
     with pytest.raises(EgressRefused):
         guard.send(bytes((0x08, 1)) + b"WR")               # a refused AT frame is still refused

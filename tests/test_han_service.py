@@ -308,3 +308,17 @@ def test_a_query_interrupted_by_the_radio_still_gets_its_gap(event):
     rig.service._send_status()
     assert rig.sender.of("status")[-1]["queries_lost"] == 0
     check_invariants(rig)
+
+
+def test_a_late_poll_does_not_make_every_later_poll_late():
+    """The guard's floor is 0.9 x the interval, so after the loop stalled 2 s just before slot 3 the polls
+    close in on the grid by 0.7 s a slot instead of all staying 2 s late; never closer than 0.9 x."""
+    rig = Rig()
+    slot0 = 21.25
+    rig.at(slot0 + 3 * 7 - 0.01, lambda: rig.clock.advance_to(rig.clock.now + 2.0))
+    rig.run_for(slot0 + 12 * 7)
+    polls = [f["t"] - rig.t0 for f in rig.radio_hw.frame_log if f["class"] == "zcl-read" and not is_scaling_read(f)]
+    late = [round(t - slot0 - k * 7, 2) for k, t in enumerate(polls)]
+    assert late[:9] == [0.0, 0.0, 0.0, 1.99, 1.29, 0.59, 0.0, 0.0, 0.0]
+    assert min(b - a for a, b in zip(polls, polls[1:])) >= 0.9 * 7 - 1e-9
+    check_invariants(rig)
