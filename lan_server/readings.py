@@ -16,6 +16,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Protocol, Union
 
+from shared_schema.messages import LOST_CAUSES
+
 from .scaling import Scaling
 
 
@@ -74,6 +76,25 @@ class HanReport:
     received: float             # LAN clock
 
 
+@dataclass(frozen=True, slots=True)
+class QueryCounts:
+    """The HAN's query counters as of now: its last status report plus what the readings and gaps
+    received since then add (each is one query's outcome; a gap for a slot that was never queried,
+    `late` or `not-polling`, adds nothing). The HAN reports every 30 s, so without this the page would
+    show "0 queries" beside readings that are arriving."""
+    total: int
+    lost: int
+    lost_by_cause: tuple[tuple[str, int], ...]
+
+    def after(self, cause: str | None) -> "QueryCounts":
+        if cause is None:
+            return QueryCounts(self.total + 1, self.lost, self.lost_by_cause)
+        if cause not in LOST_CAUSES:
+            return self
+        return QueryCounts(self.total + 1, self.lost + 1,
+                           tuple((c, n + (c == cause)) for c, n in self.lost_by_cause))
+
+
 @dataclass(frozen=True)
 class Snapshot:
     now: float
@@ -87,6 +108,7 @@ class Snapshot:
     latest_received: Reading | None    # the most recent reading that carries an export value
     history: tuple[Entry, ...]         # readings and gaps in time order, within history_s of now
     report: HanReport | None
+    queries: QueryCounts | None        # the report's counters brought up to date (QueryCounts)
     last_message_at: float | None      # LAN clock, any kind of message
     scaling_since: float | None        # time tag of the first reading with the current scaling
 
@@ -133,6 +155,7 @@ class Readings:
         self._latest_summation: Reading | None = None
         self._latest_received: Reading | None = None
         self._report: HanReport | None = None
+        self._queries: QueryCounts | None = None
         self._last_message_at: float | None = None
         self._scaling_since: float | None = None
 
@@ -146,6 +169,8 @@ class Readings:
             self._last_message_at = now
             if kind == "status":
                 self._report = _report(msg, now)
+                self._queries = QueryCounts(self._report.queries_total, self._report.queries_lost,
+                                            self._report.lost_by_cause)
             elif kind == "reading":
                 reading = Reading(
                     seq=msg["seq"], slot=msg["slot"], due=float(msg["due"]), time=float(msg["time"]),
@@ -163,9 +188,13 @@ class Readings:
                     self._latest_received = reading
                 self._insert(reading)
                 entry = reading
+                if self._queries is not None:
+                    self._queries = self._queries.after(None)
             elif kind == "gap":
                 entry = Gap(seq=msg["seq"], slot=msg["slot"], due=float(msg["due"]), cause=msg["cause"])
                 self._insert(entry)
+                if self._queries is not None:
+                    self._queries = self._queries.after(entry.cause)
             self._prune(now)
         # Outside the lock: a slow disk must never hold up a request thread's snapshot.
         if entry is not None and self.history is not None:
@@ -209,7 +238,7 @@ class Readings:
                 silent_after_s=self.silent_after_s, history_s=self.history_s,
                 latest=self._latest, latest_demand=self._latest_demand,
                 latest_summation=self._latest_summation, latest_received=self._latest_received,
-                history=entries, report=self._report,
+                history=entries, report=self._report, queries=self._queries,
                 last_message_at=self._last_message_at, scaling_since=self._scaling_since)
 
     def latest_of(self, quantity: str) -> Reading | None:

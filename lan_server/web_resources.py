@@ -260,7 +260,7 @@ def status_json(readings: Readings, channel_counters: dict, lan_started: float) 
     """What the HAN side last reported, how old that report is, whether the HAN has gone silent,
     the LAN side's own uptime and the channel receiver's counters."""
     snap = readings.snapshot(history=False)
-    rep = snap.report
+    rep, q = snap.report, snap.queries
     last_age = _age(snap.now, snap.last_message_at)
     meter = None
     if rep is not None and rep.meter is not None:
@@ -272,9 +272,10 @@ def status_json(readings: Readings, channel_counters: dict, lan_started: float) 
         "detail": rep.detail if rep else "no report from the meter reader (HAN process) yet",
         "meter": meter,
         "radio_ieee": rep.radio_ieee if rep else None,
-        "queries_total": rep.queries_total if rep else None,
-        "queries_lost": rep.queries_lost if rep else None,
-        "lost_by_cause": dict(rep.lost_by_cause) if rep else None,
+        # Up to date with the readings and gaps received since the report (readings.QueryCounts).
+        "queries_total": q.total if q else None,
+        "queries_lost": q.lost if q else None,
+        "lost_by_cause": dict(q.lost_by_cause) if q else None,
         "frames_bad": rep.frames_bad if rep else None,
         "guard_refused": rep.guard_refused if rep else None,
         "channel_dropped": rep.channel_dropped if rep else None,

@@ -89,6 +89,30 @@ def test_status_reports_what_the_han_side_said_and_how_old_it_is():
     assert js["han_silent"] is True and js["state"] == "polling" and js["report_age_s"] == 72
 
 
+def test_status_counts_the_queries_whose_outcomes_arrived_since_the_report():
+    # Issue 15 (4): the HAN reports every 30 s; the readings and gaps between reports are queries too.
+    clock = Clock()
+    r = Readings(30.0, clock=clock)
+    js = body(web_resources.status_json(r, {}, lan_started=T0))
+    assert (js["queries_total"], js["queries_lost"], js["lost_by_cause"]) == (None, None, None)
+    r.apply(reading(0, 0, clock()))                      # before any report: nothing to add to
+    r.apply(status(1, clock(), queries_total=0, queries_lost=0))
+    js = body(web_resources.status_json(r, {}, lan_started=T0))
+    assert (js["queries_total"], js["queries_lost"]) == (0, 0)
+    r.apply(reading(2, 1, clock.advance(7)))
+    r.apply(gap(3, 2, clock.advance(7), cause="tx-failed"))
+    r.apply(gap(4, 3, clock.advance(7), cause="late"))          # never queried: not a query
+    r.apply(gap(5, 4, clock.advance(7), cause="not-polling"))   # nor this
+    r.apply(reading(6, 5, clock.advance(7)))
+    js = body(web_resources.status_json(r, {}, lan_started=T0))
+    assert (js["queries_total"], js["queries_lost"]) == (3, 1)
+    assert js["lost_by_cause"] == {"malformed": 0, "timeout": 0, "tx-failed": 1, "zcl-status": 0}
+    r.apply(status(7, clock(), queries_total=3, queries_lost=1))   # the report agrees: no double count
+    js = body(web_resources.status_json(r, {}, lan_started=T0))
+    assert (js["queries_total"], js["queries_lost"]) == (3, 1)
+    assert js["lost_by_cause"] == {"malformed": 0, "timeout": 1, "tx-failed": 0, "zcl-status": 0}
+
+
 def test_history_points_and_gaps_in_time_order():
     clock = Clock()
     r = Readings(30.0, clock=clock)
