@@ -7,9 +7,12 @@ RUNDIR := run
 # Programs the tests drive for real, as command:Debian-package: the browser for the page, curl and
 # openssl as independent TLS clients, systemd-analyze for the unit checks, systemd itself and
 # util-linux's namespace tools for the system test (tests/test_system_boot.py), which also needs the
-# system python's venv module (deploy/install-gateway makes /opt/openseg/venv with it).
+# system python's venv module (deploy/install-gateway makes /opt/openseg/venv with it); a Prometheus
+# server (and promtool) scraping /metrics, a mosquitto broker and its command-line client for
+# openseg-mqtt.
 SYSTEM_COMMANDS := chromium:chromium curl:curl openssl:openssl systemd-analyze:systemd node:nodejs npm:npm \
-                   unshare:util-linux nsenter:util-linux setpriv:util-linux
+                   unshare:util-linux nsenter:util-linux setpriv:util-linux \
+                   prometheus:prometheus mosquitto:mosquitto mosquitto_sub:mosquitto-clients
 # Green Button parsers from npm the tests feed Download My Data to (pinned in tests/node).
 NODE_STAMP := tests/node/node_modules/.package-lock.json
 

@@ -214,6 +214,8 @@ class LanApp:
             return self.resources.current_json(self.readings)
         if path == "/api/v1/status":
             return self.resources.status_json(self.readings, self.channel_counters(), self.lan_started)
+        if path == "/metrics":
+            return self.resources.metrics_text(self.readings, self.channel_counters(), self.lan_started)
         if path == "/api/v1/history":
             return self.resources.history_json(self.readings, params)
         if path == "/api/v1/whoami":

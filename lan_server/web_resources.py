@@ -15,8 +15,10 @@ from urllib.parse import urlencode
 from . import espi_feed as ef
 from . import espi_query
 from . import interval_energy as ie
+from . import metrics
 from .history_source import source_for, store_exponent
 from .history_store import HistoryStore, t_ms_of
+from .metrics import HistoryHealth
 from .readings import Reading, Readings, Snapshot, data_status
 from .scaling import Scaling, decimal_text, resolution_exponent, scaled_int, value_text
 
@@ -294,19 +296,35 @@ def status_json(readings: Readings, channel_counters: dict, lan_started: float) 
     })
 
 
-def _history_status(readings: Readings) -> dict:
-    """The persistent history: how much it holds, its bounds, and whether writing it fails."""
+def _history_health(readings: Readings) -> HistoryHealth | None:
+    """The persistent history's counters and bounds; None when history is off."""
     store = getattr(readings, "history", None)
     if not isinstance(store, HistoryStore):
-        return {"enabled": False}
+        return None
     st = store.stats()
     with store.reading() as reader, reader.snapshot():
         oldest, newest = reader.oldest_ms(), reader.newest_ms()
+    return HistoryHealth(st, None if oldest is None else oldest / 1000,
+                         None if newest is None else newest / 1000)
+
+
+def _history_status(readings: Readings) -> dict:
+    """The persistent history: how much it holds, its bounds, and whether writing it fails."""
+    health = _history_health(readings)
+    if health is None:
+        return {"enabled": False}
+    st = health.stats
     return {"enabled": True, "retention_days": st.retention_days, "rows": st.rows,
-            "oldest": iso_ms(oldest / 1000) if oldest is not None else None,
-            "newest": iso_ms(newest / 1000) if newest is not None else None,
+            "oldest": iso_ms(health.oldest_s), "newest": iso_ms(health.newest_s),
             "file_bytes": st.file_bytes, "bound_bytes": st.bound_bytes, "bound_rows": st.bound_rows,
             "not_stored": st.skipped, "write_errors": st.write_errors, "lost": st.dropped}
+
+
+def metrics_text(readings: Readings, channel_counters: dict, lan_started: float) -> Response:
+    """GET /metrics: Prometheus text exposition (metrics.render)."""
+    body = metrics.render(readings.snapshot(history=False), channel_counters, _history_health(readings),
+                          lan_started)
+    return Response(200, metrics.CONTENT_TYPE, body.encode(), dict(NO_STORE))
 
 
 HISTORY_DEFAULT_MIN = 60
