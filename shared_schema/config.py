@@ -35,6 +35,16 @@ def _uid(v): return None if 0 <= v < 2**32 else "must be a uid 0-4294967295"
 def _retention(v): return None if 0 <= v <= 3660 else "must be 0-3660 days"
 
 
+def _topic_part(v):
+    if not v or any(c in v for c in "+#\0") or v.startswith("/") or v.endswith("/"):
+        return "must be an MQTT topic level without +, #, or a leading/trailing /"
+    return None
+
+
+def _https_url(v):
+    return None if v.startswith("https://") and len(v) > 8 else "must be an https:// URL"
+
+
 def _address(v):
     try:
         ipaddress.ip_address(v)
@@ -85,9 +95,31 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Any]]] = {
         # Data older than this is reported `stale` (default: three production poll intervals).
         "stale_after_s": (float, 30.0, _positive),
     },
+    # openseg-mqtt (optional, off unless this section exists): a LAN client of the gateway's HTTPS
+    # JSON that publishes to an MQTT broker with Home Assistant discovery.
+    "mqtt": {
+        "host": (str, _REQUIRED, _nonempty),
+        "port": (int, 1883, _port),
+        "tls": (bool, False, None),
+        "ca_file": (str, None, _nonempty),            # the broker's CA; default: the system's
+        "username": (str, None, _nonempty),
+        "password_file": (str, None, _nonempty),
+        "client_id": (str, "openseg-mqtt", _nonempty),
+        "discovery_prefix": (str, "homeassistant", _topic_part),
+        "topic_prefix": (str, "openseg", _topic_part),
+        "interval_s": (float, 10.0, _positive),
+        # The gateway, as any LAN client sees it: default https://127.0.0.1:[lan] port, trusting
+        # [lan] certificate.
+        "gateway_url": (str, None, _https_url),
+        "gateway_ca_file": (str, None, _nonempty),
+        "gateway_username": (str, _REQUIRED, _nonempty),
+        "gateway_password_file": (str, _REQUIRED, _nonempty),
+    },
 }
+OPTIONAL_SECTIONS = {"mqtt"}
 PATH_KEYS = {("han", "serial_port"), ("channel", "socket_path"), ("lan", "certificate"),
-             ("lan", "private_key"), ("lan", "users_file"), ("lan", "state_dir")}
+             ("lan", "private_key"), ("lan", "users_file"), ("lan", "state_dir"), ("mqtt", "ca_file"),
+             ("mqtt", "password_file"), ("mqtt", "gateway_ca_file"), ("mqtt", "gateway_password_file")}
 
 
 @dataclass(frozen=True)
@@ -96,6 +128,7 @@ class Config:
     han: dict[str, Any]
     channel: dict[str, Any]
     lan: dict[str, Any]
+    mqtt: dict[str, Any] | None = None      # None: the section is absent, openseg-mqtt is off
 
 
 def _typed(section: str, key: str, value: Any, typ: type) -> Any:
@@ -114,6 +147,8 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         if section not in SCHEMA:
             raise ConfigError(f"[{shown(section)}]: unknown section (known: {', '.join(SCHEMA)})")
     for section, keys in SCHEMA.items():
+        if section in OPTIONAL_SECTIONS and section not in data:
+            continue
         given = data.get(section, {})
         if not isinstance(given, dict):
             raise ConfigError(f"[{section}]: must be a table")
@@ -130,7 +165,7 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
                 value = _typed(section, key, given[key], typ)
                 if check and (problem := check(value)):
                     raise ConfigError(f"[{section}] {key}: {problem} (got {value!r})")
-            if (section, key) in PATH_KEYS:
+            if (section, key) in PATH_KEYS and value is not None:
                 if "\0" in value:
                     raise ConfigError(f"[{section}] {key}: a path cannot hold a NUL character (got {value!r})")
                 value = os.path.normpath(os.path.join(base, os.path.expanduser(value)))

@@ -27,7 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
-UNITS = ("openseg-han.service", "openseg-lan.service")
+UNITS = ("openseg-han.service", "openseg-lan.service", "openseg-mqtt.service")
 SYSTEMD_UNIT_LIBRARY = Path("/usr/lib/systemd/system")
 MAX_EXPOSURE = 2.0
 
@@ -155,6 +155,9 @@ REQUIRED = {
     "openseg-lan.service": {**COMMON, "PrivateDevices": ["yes"],
                             "RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6"],
                             "User": ["openseg-lan"]},
+    "openseg-mqtt.service": {**COMMON, "PrivateDevices": ["yes"], "DevicePolicy": ["closed"],
+                             "RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6"],
+                             "User": ["openseg-mqtt"], "PrivateUsers": ["yes"]},
 }
 
 
@@ -215,7 +218,7 @@ def test_sysusers_creates_one_user_per_process_and_the_channel_group(tmp_path):
     sysusers(tmp_path)
     passwd = {l.split(":")[0]: l.split(":") for l in (tmp_path / "etc/passwd").read_text().splitlines()}
     group = {l.split(":")[0]: l.split(":") for l in (tmp_path / "etc/group").read_text().splitlines()}
-    for user in ("openseg-han", "openseg-lan"):
+    for user in ("openseg-han", "openseg-lan", "openseg-mqtt"):
         assert user in passwd and passwd[user][6] == "/usr/sbin/nologin"
         assert 0 < int(passwd[user][2]) < 1000, "a system user"
     assert passwd["openseg-han"][2] != passwd["openseg-lan"][2]

@@ -1,0 +1,239 @@
+"""openseg-mqtt: the discovery configs and states as pure functions, then the real process between a live
+stack (emulator -> HAN -> LAN) and a real mosquitto broker (Debian package) over TLS with a username,
+watched by mosquitto's own command-line client (`mosquitto_sub`, which prints each message's retain
+flag): topics, payloads, retain flags, values against the emulator's answers, and a broker restart."""
+from __future__ import annotations
+
+import getpass
+import json
+import shutil
+import subprocess
+import time
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from mqtt_bridge import discovery
+from mqtt_bridge.main import Backoff
+from openseg_emulator.devstack import command, dump_toml, free_port
+from test_faults_witness import FaultStack, poll_reads
+
+MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
+MOSQUITTO_SUB = shutil.which("mosquitto_sub")
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
+TOPICS = discovery.Topics("homeassistant", "openseg", "openseg_sub1")
+
+
+# ---- pure ------------------------------------------------------------------------------------------
+def test_discovery_configs_follow_home_assistants_conventions():
+    by_key = {json.loads(m.payload)["unique_id"]: (m, json.loads(m.payload)) for m in
+              discovery.discovery_messages(TOPICS, [s.key for s in discovery.SENSORS], "https://gw:8443", "1.0")}
+    msg, power = by_key["openseg_sub1_power"]
+    assert msg.topic == "homeassistant/sensor/openseg_sub1/power/config" and msg.retain
+    assert (power["device_class"], power["state_class"], power["unit_of_measurement"]) == ("power", "measurement", "W")
+    assert power["state_topic"] == "openseg/openseg_sub1/power"
+    assert power["availability"] == [{"topic": "openseg/openseg_sub1/bridge"}, {"topic": "openseg/openseg_sub1/data"}]
+    assert power["availability_mode"] == "all" and power["device"]["identifiers"] == ["openseg_sub1"]
+    for key in ("energy_imported", "energy_exported"):
+        _, energy = by_key[f"openseg_sub1_{key}"]
+        assert (energy["device_class"], energy["state_class"], energy["unit_of_measurement"]) == \
+            ("energy", "total_increasing", "kWh")
+    _, link = by_key["openseg_sub1_meter_link"]
+    assert link["entity_category"] == "diagnostic" and link["device_class"] == "enum"
+    assert "polling" in link["options"] and link["availability"] == [{"topic": "openseg/openseg_sub1/bridge"}]
+
+
+def test_states_are_exact_absent_when_unknown_and_never_go_down():
+    floor = discovery.NeverDown()
+    current = {"demand_w": Decimal("-2.1"), "summation_wh": Decimal("12345678.3"), "time": "2026-12-01T00:00:00.000Z",
+               "age_s": 1, "status": "ok"}
+    got = discovery.states(current, {"state": "polling"}, floor)
+    assert got == {"bridge": "online", "data": "online", "power": "-2.1", "energy_imported": "12345.6783",
+                   "last_reading": "2026-12-01T00:00:00.000Z", "meter_link": "polling"}
+    assert "energy_exported" not in got                   # the gateway reports no export: nothing, not 0
+    got = discovery.states({**current, "summation_wh": 12345000, "received_wh": 5, "status": "stale"}, None, floor)
+    assert "energy_imported" not in got and floor.held_back == 1      # lower than published: held back
+    assert got["energy_exported"] == "0.005" and got["data"] == "offline" and "meter_link" not in got
+    assert discovery.states({**current, "demand_w": None, "summation_wh": None, "time": None,
+                             "status": "no-data"}, None, floor) == {"bridge": "online", "data": "offline"}
+    assert discovery.states(None, None, floor) == {"bridge": "offline"}
+
+
+def test_backoff_doubles_to_a_minute_and_starts_over():
+    b = Backoff()
+    assert [b.next() for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    b.reset()
+    assert b.next() == 1
+
+
+# ---- the command -------------------------------------------------------------------------------------
+def run_bridge(config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([command("openseg-mqtt"), "--config", str(config)], capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_off_unless_configured_and_one_line_errors(tmp_path):
+    init = subprocess.run([command("openseg-admin"), "init", "--dir", str(tmp_path / "gw")],
+                          capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stderr
+    config = tmp_path / "gw" / "gateway.toml"
+    out = run_bridge(config)
+    assert out.returncode == 2 and "no [mqtt] section, so openseg-mqtt is off" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    base = config.read_text()
+    for section, message in [
+        ('host = "127.0.0.1"\ngateway_username = "u"', "[mqtt] gateway_password_file: missing"),
+        ('host = "127.0.0.1"\ngateway_username = "u"\ngateway_password_file = "nope"',
+         "[mqtt] gateway_password_file: cannot read"),
+        ('host = "127.0.0.1"\nport = 0\ngateway_username = "u"\ngateway_password_file = "x"', "[mqtt] port:"),
+        ('host = "b"\ntopic_prefix = "a/#"\ngateway_username = "u"\ngateway_password_file = "x"',
+         "[mqtt] topic_prefix:"),
+    ]:
+        config.write_text(base + "\n[mqtt]\n" + section + "\n")
+        out = run_bridge(config)
+        assert out.returncode == 2 and message in out.stderr, (section, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
+# ---- against a real broker -----------------------------------------------------------------------------
+class Mosquitto:
+    """A mosquitto broker on 127.0.0.1 with TLS (the gateway's own certificate, which names 127.0.0.1)
+    and one user; no persistence, so a restart forgets every retained message."""
+
+    def __init__(self, workdir: Path, cert: str, key: str):
+        for tool, name in ((MOSQUITTO, "mosquitto"), (MOSQUITTO_SUB, "mosquitto_sub"),
+                           (MOSQUITTO_PASSWD, "mosquitto_passwd")):
+            if tool is None:
+                pytest.fail(f"{name} is not installed (Debian: apt-get install mosquitto mosquitto-clients); "
+                            "`make test` installs it")
+        self.dir, self.cafile = workdir, cert
+        self.port = free_port()
+        self.user, self.password = "ha", "broker-secret"
+        passwd = workdir / "mosquitto.passwd"
+        subprocess.run([MOSQUITTO_PASSWD, "-c", "-b", str(passwd), self.user, self.password], check=True,
+                       capture_output=True, timeout=30)
+        (workdir / "mosquitto.conf").write_text(
+            f"user {getpass.getuser()}\npersistence false\nallow_anonymous false\npassword_file {passwd}\n"
+            f"log_dest stderr\nlistener {self.port} 127.0.0.1\ncertfile {cert}\nkeyfile {key}\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.dir / "mosquitto.log", "ab")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.dir / "mosquitto.conf")], stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 15
+        while b"mosquitto version" not in (self.dir / "mosquitto.log").read_bytes() or not self._listening():
+            assert self.proc.poll() is None, (self.dir / "mosquitto.log").read_text()
+            assert time.monotonic() < deadline, "mosquitto did not start"
+            time.sleep(0.05)
+
+    def _listening(self) -> bool:
+        import socket
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def sub_args(self, *topics: str) -> list[str]:
+        args = [MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(self.port), "--cafile", self.cafile,
+                "-u", self.user, "-P", self.password, "-F", "%r\t%t\t%p"]
+        for t in topics:
+            args += ["-t", t]
+        return args
+
+    def retained(self, *topics: str) -> dict[str, tuple[int, str]]:
+        """What a new subscriber gets at once: {topic: (retain flag, payload)}."""
+        out = subprocess.run(self.sub_args(*topics) + ["--retained-only", "-W", "1"], capture_output=True,
+                             text=True, timeout=20)
+        got = {}
+        for line in out.stdout.splitlines():
+            flag, topic, payload = line.split("\t", 2)
+            got[topic] = (int(flag), payload)
+        return got
+
+
+def test_openseg_mqtt_publishes_the_meter_to_a_real_broker_and_survives_its_restart():
+    with FaultStack(1.0, timeout=0.4, lan={"stale_after_s": 3.0}) as s:
+        broker = Mosquitto(s.tmp, s.cafile, str(s.gateway_dir / "tls" / "key.pem"))
+        broker.start()
+        gw_password = s.tmp / "gw-password"
+        gw_password.write_text(s.password + "\n")
+        broker_password = s.tmp / "broker-password"
+        broker_password.write_text(broker.password + "\n")
+        config = s.config_path.read_text() + dump_toml({"mqtt": {
+            "host": "127.0.0.1", "port": broker.port, "tls": True, "ca_file": s.cafile,
+            "username": broker.user, "password_file": str(broker_password), "interval_s": 0.5,
+            "gateway_username": s.username, "gateway_password_file": str(gw_password)}})
+        s.config_path.write_text(config)
+        node = discovery.node_id(s.subscription)
+        state = f"openseg/{node}"
+        live = subprocess.Popen(broker.sub_args(f"{state}/energy_imported"), stdout=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        log = open(s.tmp / "mqtt.log", "ab")
+        bridge = subprocess.Popen([command("openseg-mqtt"), "--config", str(s.config_path)],
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        try:
+            s.until_polling(readings=2)
+            want = {f"homeassistant/sensor/{node}/{k}/config" for k in
+                    ("power", "energy_imported", "meter_link", "last_reading")}
+            want |= {f"{state}/{k}" for k in ("bridge", "data", "power", "energy_imported", "meter_link",
+                                              "last_reading")}
+
+            def all_retained():
+                got = broker.retained("homeassistant/#", "openseg/#")
+                return got if want <= got.keys() else None
+            got = s.until(all_retained, "openseg-mqtt's retained configs and states")
+            assert all(flag == 1 for flag, _ in got.values()), got
+            # No export register in this gateway's answers: no sensor for it, no state, no 0.
+            assert not [t for t in got if "energy_exported" in t]
+            config_power = json.loads(got[f"homeassistant/sensor/{node}/power/config"][1])
+            assert config_power["state_topic"] == f"{state}/power" and config_power["unit_of_measurement"] == "W"
+            assert got[f"{state}/bridge"][1] == "online" and got[f"{state}/meter_link"][1] == "polling"
+
+            # The meter's numbers: stop the HAN, then the last answer is the truth.
+            s.stop_han()
+            answered = [r for r in poll_reads(s.all_frames()) if r.answered is not None]
+            raw = answered[-1].attrs
+            kwh = Fraction(raw["0x0000"], 1000)          # the emulator's default 1/1000 kWh per count
+            watts = raw["0x0400"]
+            s.until(lambda: (Fraction(Decimal(broker.retained(f"{state}/energy_imported")
+                                              .get(f"{state}/energy_imported", (0, "0"))[1])) == kwh),
+                    f"energy_imported {float(kwh)} kWh (the meter's last register)")
+            assert Decimal(broker.retained(f"{state}/power")[f"{state}/power"][1]) == watts
+            # The gateway's data turns stale without the HAN: the numbers become unavailable.
+            s.until(lambda: broker.retained(f"{state}/data").get(f"{state}/data", (0, ""))[1] == "offline",
+                    "the data availability to say offline")
+
+            # A broker restart forgets everything retained; openseg-mqtt reconnects and says it all again.
+            broker.stop()
+            broker.start()
+            got = s.until(all_retained, "the configs and states again after the broker restarted")
+            assert got[f"{state}/bridge"] == (1, "online") and got[f"{state}/data"] == (1, "offline")
+            assert Fraction(Decimal(got[f"{state}/energy_imported"][1])) == kwh
+            assert "connection lost" in (s.tmp / "mqtt.log").read_text()
+
+            # Stopped cleanly, the bridge says it is gone (and the broker's last will would, if it died).
+            bridge.terminate()
+            assert bridge.wait(timeout=15) == 0
+            assert broker.retained(f"{state}/bridge")[f"{state}/bridge"] == (1, "offline")
+        finally:
+            if bridge.poll() is None:
+                bridge.kill()
+                bridge.wait()
+            live.terminate()
+            seen, _ = live.communicate(timeout=10)
+            broker.stop()
+        # Over the whole run the energy total never went down.
+        values = [Decimal(line.split("\t")[2]) for line in seen.splitlines()]
+        assert values and values == sorted(values), values
