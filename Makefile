@@ -67,8 +67,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_espi_paging.py
 	$(BIN)/python bench/bench_page.py $(BENCH_ARGS)
 
+# `make run PORT=8444` serves on another port (also for a run/ made earlier); RUNDIR=run2 with another
+# PORT runs a second, independent gateway. One run per folder: a second one says who holds it.
 run: $(STAMP)
-	$(BIN)/python -m openseg_emulator.devstack --dir $(RUNDIR)
+	$(BIN)/python -m openseg_emulator.devstack --dir $(RUNDIR) $(if $(PORT),--lan-port $(PORT))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -20,10 +20,13 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Callable
 
 from shared_schema.text_file import TextFileError, parse_toml, read_text
+
+from .run_lock import Busy, RunLock
 
 BIN = Path(sys.executable).parent
 # glibc malloc settings for openseg-lan, the same as deploy/openseg-lan.service sets (a test checks
@@ -54,7 +57,10 @@ def dump_toml(data: dict) -> str:
         for key, value in table.items():
             if isinstance(value, bool):
                 text = "true" if value else "false"
-            elif isinstance(value, (int, float)):
+            elif isinstance(value, float):
+                # 15 significant digits, as a person wrote it: 7 * 0.4 is 2.8, not 2.8000000000000003.
+                text = repr(float(f"{value:.15g}"))
+            elif isinstance(value, int):
                 text = repr(value)
             elif isinstance(value, str):
                 text = json.dumps(value)     # a JSON string is a valid TOML basic string
@@ -150,6 +156,15 @@ class Stack:
             raise TextFileError(f"{login_file}: not the login `openseg-admin init` printed ({exc}); "
                                 f"delete {self.workdir} to start afresh") from None
         cfg = parse_toml(read_text(str(self.config_path), "config file"), str(self.config_path))
+        if self.lan_port is not None and cfg.get("lan", {}).get("port") != self.lan_port:
+            # A port asked for on a folder made earlier with another one: the config and the login
+            # the banner shows both follow.
+            cfg.setdefault("lan", {})["port"] = self.lan_port
+            url = urllib.parse.urlsplit(self.login["url"])
+            self.login["url"] = url._replace(netloc=f"{url.hostname}:{self.lan_port}").geturl()
+            fd = os.open(login_file, os.O_WRONLY | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.login, f)
         han = cfg.setdefault("han", {})
         han.update({"serial_port": str(self.link), "poll_interval_s": float(self.poll_interval_s),
                     "response_timeout_s": float(self.response_timeout_s)})
@@ -290,15 +305,60 @@ class Stack:
         return [json.loads(line) for line in self.frame_log.read_text().splitlines() if line.strip()]
 
 
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run emulator + openseg-han + openseg-lan together.")
     parser.add_argument("--dir", default="run", help="working folder (created once, then reused)")
     parser.add_argument("--poll-interval", type=float, default=7.0, help="seconds between meter reads")
-    parser.add_argument("--lan-port", type=int, default=8443)
+    parser.add_argument("--lan-port", type=int, metavar="N",
+                        help="HTTPS port (default 8443, or what the folder was made with); also changes "
+                             "an existing folder's config")
     args = parser.parse_args(argv)
-    # A household with solar panels, so the page shows energy exported around midday as well.
-    stack = Stack(args.dir, poll_interval_s=args.poll_interval, lan_port=args.lan_port,
-                  capture_logs=False, emulator_args=["--solar"])
+    if args.lan_port is not None and not 1 <= args.lan_port <= 65535:
+        parser.error("--lan-port: must be a TCP port 1-65535")
+    folder = Path(args.dir)
+    lock = RunLock(folder)
+    try:
+        lock.acquire()
+    except Busy as exc:
+        print(f"OpenSEG is already running in {folder}/ (process {exc.pid}); this run changed nothing.\n"
+              f"Stop that one (Ctrl-C where it runs), or run a second one in another folder on another "
+              f"port: make run RUNDIR=run2 PORT=8444", file=sys.stderr)
+        return 1
+    try:
+        return _run(folder, args)
+    finally:
+        lock.release()
+
+
+def _run(folder: Path, args: argparse.Namespace) -> int:
+    config = folder / "gateway" / "gateway.toml"
+    port = args.lan_port
+    if port is None:
+        try:
+            port = (parse_toml(read_text(str(config), "config file"), str(config)).get("lan", {}).get("port", 8443)
+                    if config.exists() else 8443)
+        except TextFileError as exc:
+            print(f"devstack: {exc}", file=sys.stderr)
+            return 2
+    if port_in_use(port):
+        print(f"Port {port} is in use by another program. Pick another: make run PORT=8444 "
+              f"(or python -m openseg_emulator.devstack --dir {folder} --lan-port 8444)", file=sys.stderr)
+        return 1
+    # A household with solar panels, so the page shows energy exported around midday as well. The
+    # meter's registers carry on from the last run; the processes' logs go to files, so the console
+    # keeps only the banner below.
+    stack = Stack(folder, poll_interval_s=args.poll_interval, lan_port=port,
+                  emulator_args=["--solar", "--state-file", str(folder.resolve() / "meter-state.json")])
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
@@ -308,9 +368,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"devstack: {exc}", file=sys.stderr)
         return 2
     except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
-        stack.stop()        # the process at fault has said why on stderr, above
-        print(f"devstack: {str(exc).strip()}", file=sys.stderr)
+        stack.stop()        # the process at fault said why in its log, whose end this holds
+        print(f"devstack: OpenSEG did not start: {str(exc).strip()}\nThe logs are in {stack.log_dir}/.",
+              file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        stack.stop()
+        return 130
+    except BaseException:
+        stack.stop()
+        raise
     try:
         print(f"\nOpenSEG is running (emulated meter on {stack.link}).", flush=True)
         print(f"  url:          {stack.url}/")
@@ -320,17 +387,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  certificate:  {stack.cafile}")
         print(f"\n  curl --cacert {stack.cafile} -u {stack.username}:{stack.password} \\\n"
               f"       {stack.url}/espi/1_1/resource/Batch/Subscription/{stack.subscription}")
-        print("\nCtrl-C stops everything.\n", flush=True)
-        try:
-            while not stop:
-                for name in ("emulator", "lan", "han"):
-                    proc = getattr(stack, name)
-                    if proc is not None and proc.poll() is not None:
-                        print(f"{name} exited with code {proc.returncode}; stopping", file=sys.stderr)
-                        return 1
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+        print(f"\nThe login is kept in {folder}/login.json; the logs are in {stack.log_dir}/ "
+              "(emulator.log, han.log, lan.log).")
+        print("Ctrl-C stops everything.\n", flush=True)
+        while not stop:
+            for name in ("emulator", "lan", "han"):
+                proc = getattr(stack, name)
+                if proc is not None and proc.poll() is not None:
+                    print(f"{name} exited with code {proc.returncode}; stopping (see {stack.log_dir}/{name}.log)",
+                          file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
     finally:
         stack.stop()
     return 0

@@ -30,7 +30,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from . import api_frames as af
-from . import metering
+from . import metering, register_state
 from .classify import classify
 from .faults import CORRUPT, DROP, FaultInjector
 from .frame_log import FrameLog
@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-export", action="store_true",
                    help="a meter without export measurement: CurrentSummationReceived (0x0001) is answered "
                         "UNSUPPORTED_ATTRIBUTE")
+    m.add_argument("--state-file", metavar="FILE",
+                   help="keep the registers across runs: start from FILE when it exists (instead of "
+                        "--start-kwh and --start-received-kwh), rewrite it after every answer")
     load = m.add_mutually_exclusive_group()
     load.add_argument("--load-w", type=_watts, metavar="W", help="constant load in watts (negative = export)")
     load.add_argument("--load-file", metavar="FILE",
@@ -190,6 +193,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.exit(2, f"{parser.prog}: --load-file: {e}\n")     # one line, no usage: a file fault
     else:
         args.load_source = None
+    if args.state_file:
+        try:
+            saved = register_state.load(Path(args.state_file))
+        except register_state.StateFileError as e:
+            parser.error(f"--state-file: {e}")
+        if saved is not None:
+            args.start_kwh, args.start_received_kwh = saved
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2**32)
     return args
@@ -280,6 +290,7 @@ class Emulator:
             load_desc = {"profile": "household", "w": float(self.load.demand_w(0)), "start_time_of_day_s": tod,
                          "solar_peak_w": self.load.solar_peak_w}
         self.model = MeterModel(self.load, args.start_kwh, args.multiplier, args.divisor, args.start_received_kwh)
+        self.state_file = Path(args.state_file) if args.state_file else None
         summation_fmt, demand_fmt = self.model.formatting()
         self.meter_settings = metering.MeterSettings(args.unit, args.device_type, args.multiplier, args.divisor,
                                                      summation_fmt, demand_fmt, export=not args.no_export)
@@ -361,6 +372,8 @@ class Emulator:
         self.check_load_file(now)
         sample = self.model.sample(now)
         t_sample = time.time()
+        if self.state_file is not None:
+            register_state.save(self.state_file, sample.kwh, sample.received_kwh)
         values = metering.attribute_values(self.meter_settings, sample.summation_raw, sample.demand_raw,
                                            sample.received_raw)
         frame = reply.frame + metering.read_attributes_response(reply.read, values, MAX_ZCL_REPLY)
