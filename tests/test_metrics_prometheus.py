@@ -14,11 +14,13 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+import yaml
 
 from channel_messages import SCALING_3_10000, Clock, gap, reading, status
 from lan_server import web_resources
 from lan_server.readings import Readings
 from openseg_emulator.devstack import free_port
+from readme_recipes import recipe
 from test_faults_witness import FaultStack, poll_reads
 
 pytestmark = pytest.mark.integration
@@ -74,15 +76,14 @@ class Prometheus:
         password_file = workdir / "gateway-password"
         password_file.write_text(stack.password)
         password_file.chmod(0o600)
-        # The scrape config the README documents, with the test's paths and a fast interval.
-        (workdir / "prometheus.yml").write_text(json.dumps({
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-            "scrape_configs": [{
-                "job_name": "openseg", "scheme": "https", "metrics_path": "/metrics",
-                "basic_auth": {"username": stack.username, "password_file": str(password_file)},
-                "tls_config": {"ca_file": stack.cafile, "server_name": "localhost"},
-                "static_configs": [{"targets": [f"127.0.0.1:{stack.port}"]}],
-            }]}))     # JSON is YAML
+        # The README's scrape job as written, with this stack's user, files, target and a fast interval.
+        config = yaml.safe_load(recipe("prometheus-scrape"))
+        [job] = config["scrape_configs"]
+        job["scrape_interval"] = job["scrape_timeout"] = "1s"
+        job["basic_auth"].update(username=stack.username, password_file=str(password_file))
+        job["tls_config"]["ca_file"] = stack.cafile
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{stack.port}"]}]
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = open(workdir / "prometheus.log", "wb")
         self.proc = subprocess.Popen(
             [_require(PROMETHEUS, "prometheus"), f"--config.file={workdir / 'prometheus.yml'}",

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import time
+import tomllib
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from mqtt_bridge import discovery
 from mqtt_bridge.main import Backoff
 from openseg_emulator.devstack import command, dump_toml, free_port
+from readme_recipes import recipe
 from test_faults_witness import FaultStack, poll_reads
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
@@ -170,10 +172,13 @@ def test_openseg_mqtt_publishes_the_meter_to_a_real_broker_and_survives_its_rest
         gw_password.write_text(s.password + "\n")
         broker_password = s.tmp / "broker-password"
         broker_password.write_text(broker.password + "\n")
-        config = s.config_path.read_text() + dump_toml({"mqtt": {
-            "host": "127.0.0.1", "port": broker.port, "tls": True, "ca_file": s.cafile,
-            "username": broker.user, "password_file": str(broker_password), "interval_s": 0.5,
-            "gateway_username": s.username, "gateway_password_file": str(gw_password)}})
+        # The README's [mqtt] section as written, pointed at this broker, this gateway and these files.
+        section = tomllib.loads(recipe("mqtt-config"))["mqtt"]
+        section.update(host="127.0.0.1", port=broker.port, ca_file=s.cafile, username=broker.user,
+                       password_file=str(broker_password), interval_s=0.5, gateway_username=s.username,
+                       gateway_password_file=str(gw_password))
+        assert section["tls"] is True
+        config = s.config_path.read_text() + dump_toml({"mqtt": section})
         s.config_path.write_text(config)
         node = discovery.node_id(s.subscription)
         state = f"openseg/{node}"
