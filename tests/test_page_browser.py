@@ -238,12 +238,20 @@ def test_shows_the_meters_demand_and_follows_the_load(open_page, stack):
     assert abs(shown - _current(stack)["demand_w"] / 1000) <= DEMAND_TOL_KW
     expect(page.locator("#direction")).to_have_text("Drawing from the grid")
     expect(page.locator("#updated")).to_have_text(re.compile(r"^Updated \d+ s ago \(\d\d:\d\d:\d\d\)$"))
-    # The status in plain words, with the meter's identity and the share of lost queries.
+    # The status in plain words; the meter's identity and the counters are one tap away.
     meter = stack.get_json("/api/v1/status")[1]["meter"]
     expect(page.locator("#st-meter")).to_have_text("Meter connected")
+    expect(page.locator("#st-lost")).to_have_text(re.compile(r"^\d+(\.\d)? % \([\d,]+ of [\d,]+ readings\)$"))
+    card = page.locator("section.status").inner_text()          # what a household sees at first
+    assert not re.search(r"IEEE|HAN|LAN|endpoint|0x[0-9A-F]|channel|quer", card), card
+    expect(page.locator("#st-identity")).to_be_hidden()
+    page.locator("#st-more summary").click()
+    expect(page.locator("#st-identity")).to_be_visible()
     expect(page.locator("#st-identity")).to_have_text(
         f"IEEE {meter['ieee']}, address {meter['nwk_hex']}, endpoint {meter['endpoint']}")
-    expect(page.locator("#st-lost")).to_have_text(re.compile(r"^\d+(\.\d)? % \([\d,]+ of [\d,]+ queries\)$"))
+    expect(page.locator("#st-queries")).to_have_text(re.compile(r"^[\d,]+ sent, [\d,]+ lost"))
+    page.locator("#st-more summary").click()
+    expect(page.locator("#st-identity")).to_be_hidden()
 
     # The register total and "energy used today" agree with the JSON the page reads, within what
     # the meter counts between the two reads.
@@ -280,6 +288,10 @@ def test_shows_the_meters_demand_and_follows_the_load(open_page, stack):
     expect(page.locator("#direction")).to_have_text("Drawing from the grid")
     # The chart draws the readings it fetched (export included: the axis goes below zero).
     page.wait_for_function("() => Number(document.getElementById('chart').dataset.points) > 3")
+    # The stack is younger than the hour shown: the time axis starts at the first reading held.
+    hist = stack.get_json("/api/v1/history?minutes=60")[1]
+    held = min([p["time"] for p in hist["points"]] + [g["due"] for g in hist["gaps"]])
+    assert page.locator("#chart").get_attribute("data-start") == held
     watch.check()
 
 

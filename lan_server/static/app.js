@@ -560,13 +560,14 @@
     var s = STATES[st.state];
     var words = s ? s[1] : st.state ? String(st.state) : "No report yet";
     var detail = typeof st.detail === "string" ? st.detail : "";
+    // In plain words on the card; the HAN's own wording, counts and addresses under "Technical details".
     if (hanSilent()) {               // the last report may be long out of date: say so
       setText(ui.stMeter, "Unknown (the meter reader is silent)");
-      setText(ui.stDetail, st.state ? "Its last report: " + words + (detail ? " \u2014 " + detail : "") : "");
+      setText(ui.stDetail, st.state ? "Its last report: " + words + (detail ? " \u2014 " + detail : "") : "\u2013");
       setAttr(ui.stMeter, "data-level", "bad");
     } else {
       setText(ui.stMeter, words);
-      setText(ui.stDetail, detail);
+      setText(ui.stDetail, (st.state ? st.state : "no report yet") + (detail ? ": " + detail : ""));
       setAttr(ui.stMeter, "data-level", s ? s[0] : "warn");
     }
 
@@ -574,8 +575,13 @@
     if (total !== null && lost !== null) {
       var share = total > 0 ? lost / total * 100 : 0;
       setText(ui.stLost, fmt(share, share > 0 && share < 10 ? 1 : 0) + " % (" + fmt(lost, 0) +
-              " of " + fmt(total, 0) + " queries)");
+              " of " + fmt(total, 0) + " readings)");
       setAttr(ui.stLost, "data-level", share >= 20 ? "bad" : share >= 5 ? "warn" : "ok");
+      var causes = st.lost_by_cause && typeof st.lost_by_cause === "object" ? st.lost_by_cause : {};
+      var named = Object.keys(causes).filter(function (c) { return num(causes[c]) > 0; })
+        .map(function (c) { return c + " " + fmt(causes[c], 0); });
+      setText(ui.stQueries, fmt(total, 0) + " sent, " + fmt(lost, 0) + " lost" +
+              (named.length ? " (" + named.join(", ") + ")" : ""));
     }
 
     var age = num(st.last_message_age_s);
@@ -608,10 +614,11 @@
       setText(ui.stChannel, cparts.join(", ") || "\u2013");
     }
 
+    if (num(st.lan_uptime_s) !== null) { setText(ui.stUptime, duration(st.lan_uptime_s)); }
     var up = [];
-    if (num(st.lan_uptime_s) !== null) { up.push("server " + duration(st.lan_uptime_s)); }
-    if (num(st.han_uptime_s) !== null && !hanSilent()) { up.push("meter reader " + duration(st.han_uptime_s)); }
-    if (up.length) { setText(ui.stUptime, up.join(", ")); }
+    if (num(st.lan_uptime_s) !== null) { up.push("LAN server " + duration(st.lan_uptime_s)); }
+    if (num(st.han_uptime_s) !== null && !hanSilent()) { up.push("HAN meter reader " + duration(st.han_uptime_s)); }
+    if (up.length) { setText(ui.stUptimes, up.join(", ")); }
   }
 
   function renderDownload() {
@@ -695,12 +702,13 @@
     var intervalMs = intervalS * 1000;
     var end = gatewayNow();
     var start = end - minutes * 60000;
-    // When history holds less than the range (the gateway started recently), the axis starts where
-    // history starts, so the readings are not a sliver at the right edge; the title says so.
+    // When history holds less than the range (the gateway started recently), the axis starts at the
+    // first reading, so the readings are not a sliver at the right edge and nothing before them is
+    // drawn as if it were known; the title says so.
     var held = firstEntry(h);
     var since = null;
-    if (held !== null && held - intervalMs > start) {
-      start = Math.min(held - intervalMs, end - Math.max(60000, 20 * intervalMs));
+    if (held !== null && held > start) {
+      start = Math.min(held, end - intervalMs);
       since = held;
     }
     var pad = { l: Math.round(3.2 * rem), r: Math.round(0.6 * rem), t: Math.round(0.6 * rem),
@@ -781,6 +789,7 @@
           chart, h ? "No readings in this period" : "Loading history\u2026");
     }
 
+    chart.setAttribute("data-start", new Date(start).toISOString());
     chart.setAttribute("data-runs", String(runs.length));
     chart.setAttribute("data-gaps", String(gaps.length));
     chart.setAttribute("data-points", String(shown.length));
@@ -874,6 +883,8 @@
     ui.stIdentity = $("st-identity");
     ui.stChannel = $("st-channel");
     ui.stUptime = $("st-uptime");
+    ui.stUptimes = $("st-uptimes");
+    ui.stQueries = $("st-queries");
     ui.download = $("download");
 
     [ui.range60, ui.range1440].forEach(function (b) {
