@@ -152,3 +152,18 @@ def test_a_port_in_use_is_named_with_the_way_out(tmp_path):
                               "--lan-port", str(port)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and f"Port {port} is in use" in run.stderr and "make run PORT=" in run.stderr
     assert not (tmp_path / "r" / "gateway").exists()
+
+
+def test_register_state_round_trips_exactly_and_refuses_what_it_did_not_write(tmp_path):
+    from openseg_emulator import register_state
+    path = tmp_path / "meter-state.json"
+    assert register_state.load(path) is None
+    register_state.save(path, Fraction(123456789, 7), Fraction(1, 3))
+    assert register_state.load(path) == (Fraction(123456789, 7), Fraction(1, 3))
+    for text in ("{", '{"kwh": "1"}', '{"kwh": "-1", "received_kwh": "0"}', '{"kwh": "x", "received_kwh": "0"}'):
+        path.write_text(text)
+        with pytest.raises(register_state.StateFileError):
+            register_state.load(path)
+    run = subprocess.run([sys.executable, "-m", "openseg_emulator.main", "--link", str(tmp_path / "x"),
+                          "--state-file", str(path)], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2 and "--state-file:" in run.stderr and "Traceback" not in run.stderr
