@@ -22,6 +22,7 @@ from .scaling import decimal_text, resolution_exponent, scaled_int
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 JOULES_PER_WH = 3600
 DATA_STATUSES = ("ok", "stale", "no-data")
+COUNTER, GAUGE = "counter", "gauge"
 
 
 @dataclass(frozen=True)
@@ -84,81 +85,80 @@ def render(snap: Snapshot, channel: Mapping, history: HistoryHealth | None, lan_
         f.append(_Family("openseg_" + name, kind, help_text))
         return f[-1]
 
+    def plain(*rows: tuple) -> None:
+        """Families of one unlabelled sample each: (name, kind, help, value)."""
+        for name, kind, help_text, value in rows:
+            family(name, kind, help_text).add(value)
+
     summ, dem = snap.latest_summation, snap.latest_demand
-    family("energy_imported_joules_total", "counter",
+    family("energy_imported_joules_total", COUNTER,
            "Energy delivered to the home, the meter's register (CurrentSummationDelivered), in joules "
            "(1 Wh = 3600 J).").add(_scaled(summ, "summation", JOULES_PER_WH))
-    family("power_watts", "gauge", "Instantaneous demand the meter reports, in watts (negative: "
+    family("power_watts", GAUGE, "Instantaneous demand the meter reports, in watts (negative: "
            "exporting).").add(_scaled(dem, "demand"))
-    family("energy_reading_timestamp_seconds", "gauge", "Time tag of the latest energy reading, "
+    family("energy_reading_timestamp_seconds", GAUGE, "Time tag of the latest energy reading, "
            "seconds since the epoch.").add(summ.time if summ else None)
-    family("power_reading_timestamp_seconds", "gauge", "Time tag of the latest power reading, seconds "
+    family("power_reading_timestamp_seconds", GAUGE, "Time tag of the latest power reading, seconds "
            "since the epoch.").add(dem.time if dem else None)
     status = data_status(snap)
-    data = family("data_status", "gauge", "1 for the freshness of the latest reading (ok, stale, "
+    data = family("data_status", GAUGE, "1 for the freshness of the latest reading (ok, stale, "
                   "no-data), 0 for the others.")
     for name in DATA_STATUSES:
         data.add(name == status, {"status": name})
 
     rep, q = snap.report, snap.queries
-    state = family("han_state", "gauge", "1 for the HAN process's current state, 0 for the others "
+    state = family("han_state", GAUGE, "1 for the HAN process's current state, 0 for the others "
                    "(none before its first report).")
     if rep is not None:
         for name in HAN_STATES:
             state.add(name == rep.state, {"state": name})
     silent = snap.last_message_at is None or snap.now - snap.last_message_at > snap.silent_after_s
-    family("han_silent", "gauge", "1 when nothing has come from the HAN process for "
+    family("han_silent", GAUGE, "1 when nothing has come from the HAN process for "
            f"{snap.silent_after_s:g} s (not running, or cannot send).").add(silent)
     if q is not None:
-        family("queries_total", "counter", "Queries the HAN process sent to the meter.").add(q.total)
-        lost = family("queries_lost_total", "counter", "Queries the meter did not answer usably, by cause.")
+        family("queries_total", COUNTER, "Queries the HAN process sent to the meter.").add(q.total)
+        lost = family("queries_lost_total", COUNTER, "Queries the meter did not answer usably, by cause.")
         for cause, n in q.lost_by_cause:
             lost.add(n, {"cause": cause})
     if rep is not None:
-        family("han_frames_bad_total", "counter", "Frames from the radio that failed their checksum or "
-               "framing.").add(rep.frames_bad)
-        family("han_guard_refused_total", "counter", "Frames the HAN's egress guard refused to send "
-               "(anything but a read).").add(rep.guard_refused)
-        family("han_channel_dropped_total", "counter", "Messages the HAN process dropped because the "
-               "channel was full or absent.").add(rep.channel_dropped)
-        family("han_start_time_seconds", "gauge", "When the HAN process started, seconds since the "
-               "epoch.").add(rep.started)
-        family("poll_interval_seconds", "gauge", "Seconds between two meter queries.").add(rep.poll_interval_s)
-        family("han_report_timestamp_seconds", "gauge", "When the HAN's latest status report arrived, "
-               "seconds since the epoch.").add(rep.received)
+        plain(("han_frames_bad_total", COUNTER, "Frames from the radio that failed their checksum or framing.",
+               rep.frames_bad),
+              ("han_guard_refused_total", COUNTER, "Frames the HAN's egress guard refused to send (anything "
+               "but a read).", rep.guard_refused),
+              ("han_channel_dropped_total", COUNTER, "Messages the HAN process dropped because the channel "
+               "was full or absent.", rep.channel_dropped),
+              ("han_start_time_seconds", GAUGE, "When the HAN process started, seconds since the epoch.",
+               rep.started),
+              ("poll_interval_seconds", GAUGE, "Seconds between two meter queries.", rep.poll_interval_s),
+              ("han_report_timestamp_seconds", GAUGE, "When the HAN's latest status report arrived, seconds "
+               "since the epoch.", rep.received))
 
-    family("channel_received_total", "counter", "Valid messages the LAN process received from the HAN "
-           "process.").add(channel.get("received"))
-    rejected = family("channel_rejected_total", "counter", "Datagrams the LAN process dropped, by reason.")
+    plain(("channel_received_total", COUNTER, "Valid messages the LAN process received from the HAN process.",
+           channel.get("received")))
+    rejected = family("channel_rejected_total", COUNTER, "Datagrams the LAN process dropped, by reason.")
     for reason, n in sorted(channel.get("rejected_by_reason", {}).items()):
         rejected.add(n, {"reason": reason})
-    family("channel_sequence_gaps_total", "counter", "Jumps in the HAN's message numbering "
-           "seen by the LAN process.").add(channel.get("seq_gaps"))
-    family("channel_messages_missing_total", "counter", "Messages missing in those jumps."
-           ).add(channel.get("seq_missing"))
-    family("han_restarts_total", "counter", "HAN process restarts seen by the LAN process."
-           ).add(channel.get("han_restarts"))
-    family("lan_start_time_seconds", "gauge", "When the LAN process started, seconds since the "
-           "epoch.").add(lan_started)
-
-    family("history_enabled", "gauge", "1 when readings are kept in the persistent history."
-           ).add(history is not None)
+    plain(("channel_sequence_gaps_total", COUNTER, "Jumps in the HAN's message numbering seen by the LAN "
+           "process.", channel.get("seq_gaps")),
+          ("channel_messages_missing_total", COUNTER, "Messages missing in those jumps.",
+           channel.get("seq_missing")),
+          ("han_restarts_total", COUNTER, "HAN process restarts seen by the LAN process.",
+           channel.get("han_restarts")),
+          ("lan_start_time_seconds", GAUGE, "When the LAN process started, seconds since the epoch.", lan_started),
+          ("history_enabled", GAUGE, "1 when readings are kept in the persistent history.", history is not None))
     if history is not None:
         st = history.stats
-        family("history_rows", "gauge", "Readings and gaps the history holds.").add(st.rows)
-        family("history_file_bytes", "gauge", "Size of the history database file.").add(st.file_bytes)
-        family("history_bound_bytes", "gauge", "The most the history file may grow to."
-               ).add(st.bound_bytes)
-        family("history_retention_seconds", "gauge", "How long the history keeps entries."
-               ).add(st.retention_days * 86400)
-        family("history_oldest_timestamp_seconds", "gauge", "Time of the oldest entry kept, seconds "
-               "since the epoch.").add(history.oldest_s)
-        family("history_newest_timestamp_seconds", "gauge", "Time of the newest entry kept, seconds "
-               "since the epoch.").add(history.newest_s)
-        family("history_not_stored_total", "counter", "Entries not stored because their time tag was "
-               "beyond the retention or in the future by this machine's clock.").add(st.skipped)
-        family("history_write_errors_total", "counter", "Failed writes to the history database."
-               ).add(st.write_errors)
-        family("history_lost_total", "counter", "Entries lost because a write failed."
-               ).add(st.dropped)
+        plain(("history_rows", GAUGE, "Readings and gaps the history holds.", st.rows),
+              ("history_file_bytes", GAUGE, "Size of the history database file.", st.file_bytes),
+              ("history_bound_bytes", GAUGE, "The most the history file may grow to.", st.bound_bytes),
+              ("history_retention_seconds", GAUGE, "How long the history keeps entries.",
+               st.retention_days * 86400),
+              ("history_oldest_timestamp_seconds", GAUGE, "Time of the oldest entry kept, seconds since the "
+               "epoch.", history.oldest_s),
+              ("history_newest_timestamp_seconds", GAUGE, "Time of the newest entry kept, seconds since the "
+               "epoch.", history.newest_s),
+              ("history_not_stored_total", COUNTER, "Entries not stored because their time tag was beyond the "
+               "retention or in the future by this machine's clock.", st.skipped),
+              ("history_write_errors_total", COUNTER, "Failed writes to the history database.", st.write_errors),
+              ("history_lost_total", COUNTER, "Entries lost because a write failed.", st.dropped))
     return "\n".join(line for fam in f for line in fam.lines()) + "\n"
