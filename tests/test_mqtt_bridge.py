@@ -200,8 +200,6 @@ def test_openseg_mqtt_publishes_the_meter_to_a_real_broker_and_survives_its_rest
                 return got if want <= got.keys() else None
             got = s.until(all_retained, "openseg-mqtt's retained configs and states")
             assert all(flag == 1 for flag, _ in got.values()), got
-            # No export register in this gateway's answers: no sensor for it, no state, no 0.
-            assert not [t for t in got if "energy_exported" in t]
             config_power = json.loads(got[f"homeassistant/sensor/{node}/power/config"][1])
             assert config_power["state_topic"] == f"{state}/power" and config_power["unit_of_measurement"] == "W"
             assert got[f"{state}/bridge"][1] == "online" and got[f"{state}/meter_link"][1] == "polling"
@@ -216,6 +214,13 @@ def test_openseg_mqtt_publishes_the_meter_to_a_real_broker_and_survives_its_rest
                                               .get(f"{state}/energy_imported", (0, "0"))[1])) == kwh),
                     f"energy_imported {float(kwh)} kWh (the meter's last register)")
             assert Decimal(broker.retained(f"{state}/power")[f"{state}/power"][1]) == watts
+            exported = broker.retained(f"homeassistant/sensor/{node}/energy_exported/config", f"{state}/energy_exported")
+            if "0x0001" in raw:          # the gateway reads the meter's export register: kWh, exactly
+                s.until(lambda: Fraction(Decimal(broker.retained(f"{state}/energy_exported")
+                                                 .get(f"{state}/energy_exported", (0, "-1"))[1]))
+                        == Fraction(raw["0x0001"], 1000), "energy_exported, the meter's received register")
+            else:                        # it does not: no sensor for it, no state, never a made-up 0
+                assert exported == {}, exported
             # The gateway's data turns stale without the HAN: the numbers become unavailable.
             s.until(lambda: broker.retained(f"{state}/data").get(f"{state}/data", (0, ""))[1] == "offline",
                     "the data availability to say offline")
