@@ -233,6 +233,14 @@ def test_openseg_mqtt_publishes_the_meter_to_a_real_broker_and_survives_its_rest
             assert Fraction(Decimal(got[f"{state}/energy_imported"][1])) == kwh
             assert "connection lost" in (s.tmp / "mqtt.log").read_text()
 
+            # The gateway itself gone: everything unavailable; back: available again.
+            def bridge_says(word):
+                return lambda: broker.retained(f"{state}/bridge").get(f"{state}/bridge", (0, ""))[1] == word
+            s.stop_lan()
+            s.until(bridge_says("offline"), "bridge offline while the gateway does not answer")
+            s.start_lan()
+            s.until(bridge_says("online"), "bridge online once the gateway answers again")
+
             # Stopped cleanly, the bridge says it is gone (and the broker's last will would, if it died).
             bridge.terminate()
             assert bridge.wait(timeout=15) == 0
