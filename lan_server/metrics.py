@@ -94,6 +94,10 @@ def render(snap: Snapshot, channel: Mapping, history: HistoryHealth | None, lan_
     family("energy_imported_joules_total", COUNTER,
            "Energy delivered to the home, the meter's register (CurrentSummationDelivered), in joules "
            "(1 Wh = 3600 J).").add(_scaled(summ, "summation", JOULES_PER_WH))
+    family("energy_exported_joules_total", COUNTER,
+           "Energy the home fed to the grid, the meter's register (CurrentSummationReceived), in joules "
+           "(1 Wh = 3600 J); absent while the meter does not report it.").add(
+               _scaled(snap.latest_received, "received", JOULES_PER_WH))
     family("power_watts", GAUGE, "Instantaneous demand the meter reports, in watts (negative: "
            "exporting).").add(_scaled(dem, "demand"))
     family("energy_reading_timestamp_seconds", GAUGE, "Time tag of the latest energy reading, "

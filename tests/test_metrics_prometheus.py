@@ -49,7 +49,7 @@ def test_the_exposition_passes_promtool_and_says_what_it_holds():
     assert b'openseg_data_status{status="no-data"} 1' in empty.body
 
     r.apply(status(0, clock(), queries_total=10, queries_lost=1))
-    r.apply(reading(1, 11, clock(), demand=-7, summation=(1 << 48) - 1, scaling=SCALING_3_10000))
+    r.apply(reading(1, 11, clock(), demand=-7, summation=(1 << 48) - 1, scaling=SCALING_3_10000, received=5))
     r.apply(gap(2, 12, clock.advance(7), cause="zcl-status"))
     text = web_resources.metrics_text(r, counters, 1.0).body.decode()
     check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
@@ -57,6 +57,7 @@ def test_the_exposition_passes_promtool_and_says_what_it_holds():
     samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
     # A 48-bit register at 0.3 Wh a count, times 3600 J/Wh, every digit written out.
     assert samples["openseg_energy_imported_joules_total"] == "303992974847507400"
+    assert samples["openseg_energy_exported_joules_total"] == "5400"       # 5 counts = 1.5 Wh
     assert samples["openseg_power_watts"] == "-2.1"
     assert samples["openseg_queries_total"] == "12"                 # 10 reported + a reading + a loss
     assert samples['openseg_queries_lost_total{cause="timeout"}'] == "1"
@@ -140,8 +141,12 @@ def test_a_real_prometheus_scrapes_the_gateway_and_its_numbers_are_the_meters():
             s.until(lambda: prom.value("openseg_energy_imported_joules_total") == joules,
                     f"Prometheus to hold {joules} J (the meter's last summation, {float(wh)} Wh)")
             assert prom.value("openseg_power_watts") == float(watts)
+            # The meter's export register (CurrentSummationReceived), which this emulated meter serves.
+            exported_wh = Fraction(last["0x0001"] * MULTIPLIER, DIVISOR) * 1000
+            assert prom.value("openseg_energy_exported_joules_total") == float(exported_wh * 3600)
             # Never backwards over the whole run (a counter Prometheus would otherwise call a reset).
             assert prom.value("resets(openseg_energy_imported_joules_total[5m])") == 0
+            assert prom.value("resets(openseg_energy_exported_joules_total[5m])") == 0
 
             # Every query the emulator received, each dropped one a timeout; the last one may have
             # been in flight when the HAN stopped (then it has no outcome and is not counted).
