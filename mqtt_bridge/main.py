@@ -81,6 +81,7 @@ class Bridge:
         self.broker_password = _read_secret(m["password_file"], "password_file") if m["password_file"] else None
         self.version = _version()
         self.topics: Topics | None = None
+        self.birth_topic = ""                  # Home Assistant's status topic, once the node is known
         self.client: mqtt.Client | None = None
         self.connected = False
         self.backoff = Backoff()
@@ -98,6 +99,7 @@ class Bridge:
             self._gateway_state(str(exc))
             return False
         self.topics = Topics(self.m["discovery_prefix"], self.m["topic_prefix"], node_id(str(who["subscription"])))
+        self.birth_topic = f"{self.m['discovery_prefix']}/status"
         log.info("gateway %s: subscription %s, publishing under %s/%s", self.gateway.url,
                  who["subscription"], self.m["topic_prefix"], self.topics.node)
         return True
@@ -132,6 +134,7 @@ class Bridge:
         client.will_set(self.topics.bridge, "offline", qos=QOS, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
         return client
 
     def connect(self, now: float) -> None:
@@ -153,6 +156,15 @@ class Bridge:
         self.backoff.reset()
         self.announced.clear()
         self.publish(self.values)      # the configs and the last states again: the broker may be new
+        # Home Assistant's birth message: when it (re)starts it says `online` here; answer with the
+        # configs and states again, in case its broker lost what was retained.
+        client.subscribe(self.birth_topic, qos=QOS)
+
+    def _on_message(self, client, userdata, message) -> None:
+        if message.topic == self.birth_topic and message.payload == b"online" and self.connected:
+            log.info("Home Assistant announced itself; publishing the configs and states again")
+            self.announced.clear()
+            self.publish(self.values)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected:

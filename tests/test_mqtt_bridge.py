@@ -25,6 +25,7 @@ from test_faults_witness import FaultStack, poll_reads
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
 MOSQUITTO_SUB = shutil.which("mosquitto_sub")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
+MOSQUITTO_PUB = shutil.which("mosquitto_pub")
 TOPICS = discovery.Topics("homeassistant", "openseg", "openseg_sub1")
 
 
@@ -232,6 +233,15 @@ def test_openseg_mqtt_publishes_the_meter_to_a_real_broker_and_survives_its_rest
             assert got[f"{state}/bridge"] == (1, "online") and got[f"{state}/data"] == (1, "offline")
             assert Fraction(Decimal(got[f"{state}/energy_imported"][1])) == kwh
             assert "connection lost" in (s.tmp / "mqtt.log").read_text()
+
+            # Home Assistant's birth message brings back a config its broker lost.
+            lost = f"homeassistant/sensor/{node}/power/config"
+            pub = [MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(broker.port), "--cafile", broker.cafile,
+                   "-u", broker.user, "-P", broker.password, "-q", "1"]
+            subprocess.run(pub + ["-r", "-n", "-t", lost], check=True, timeout=20)       # retained: deleted
+            assert lost not in broker.retained(lost)
+            subprocess.run(pub + ["-t", "homeassistant/status", "-m", "online"], check=True, timeout=20)
+            s.until(lambda: lost in broker.retained(lost), "the config again after Home Assistant's birth message")
 
             # The gateway itself gone: everything unavailable; back: available again.
             def bridge_says(word):
