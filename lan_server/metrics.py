@@ -125,8 +125,8 @@ def render(snap: Snapshot, channel: Mapping, history: HistoryHealth | None, lan_
         for cause, n in q.lost_by_cause:
             lost.add(n, {"cause": cause})
     if rep is not None:
-        plain(("han_frames_bad_total", COUNTER, "Frames from the radio that failed their checksum or framing.",
-               rep.frames_bad),
+        plain(("han_frames_bad_total", COUNTER, "Frames from the radio that failed their checksum or "
+               "framing.", rep.frames_bad),
               ("han_guard_refused_total", COUNTER, "Frames the HAN's egress guard refused to send (anything "
                "but a read).", rep.guard_refused),
               ("han_channel_dropped_total", COUNTER, "Messages the HAN process dropped because the channel "
@@ -148,8 +148,10 @@ def render(snap: Snapshot, channel: Mapping, history: HistoryHealth | None, lan_
            channel.get("seq_missing")),
           ("han_restarts_total", COUNTER, "HAN process restarts seen by the LAN process.",
            channel.get("han_restarts")),
-          ("lan_start_time_seconds", GAUGE, "When the LAN process started, seconds since the epoch.", lan_started),
-          ("history_enabled", GAUGE, "1 when readings are kept in the persistent history.", history is not None))
+          ("lan_start_time_seconds", GAUGE, "When the LAN process started, seconds since the epoch.",
+           lan_started),
+          ("history_enabled", GAUGE, "1 when readings are kept in the persistent history.",
+           history is not None))
     if history is not None:
         st = history.stats
         plain(("history_rows", GAUGE, "Readings and gaps the history holds.", st.rows),
@@ -161,8 +163,9 @@ def render(snap: Snapshot, channel: Mapping, history: HistoryHealth | None, lan_
                "epoch.", history.oldest_s),
               ("history_newest_timestamp_seconds", GAUGE, "Time of the newest entry kept, seconds since the "
                "epoch.", history.newest_s),
-              ("history_not_stored_total", COUNTER, "Entries not stored because their time tag was beyond the "
-               "retention or in the future by this machine's clock.", st.skipped),
-              ("history_write_errors_total", COUNTER, "Failed writes to the history database.", st.write_errors),
+              ("history_not_stored_total", COUNTER, "Entries not stored because their time tag was beyond "
+               "the retention or in the future by this machine's clock.", st.skipped),
+              ("history_write_errors_total", COUNTER, "Failed writes to the history database.",
+               st.write_errors),
               ("history_lost_total", COUNTER, "Entries lost because a write failed.", st.dropped))
     return "\n".join(line for fam in f for line in fam.lines()) + "\n"

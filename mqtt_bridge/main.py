@@ -78,7 +78,8 @@ class Bridge:
         self.gateway = Gateway(url, m["gateway_username"],
                                _read_secret(m["gateway_password_file"], "gateway_password_file"),
                                m["gateway_ca_file"] or cfg.lan["certificate"])
-        self.broker_password = _read_secret(m["password_file"], "password_file") if m["password_file"] else None
+        self.broker_password = (_read_secret(m["password_file"], "password_file") if m["password_file"]
+                                else None)
         self.version = _version()
         self.topics: Topics | None = None
         self.birth_topic = ""                  # Home Assistant's status topic, once the node is known
@@ -98,7 +99,8 @@ class Bridge:
         except GatewayError as exc:
             self._gateway_state(str(exc))
             return False
-        self.topics = Topics(self.m["discovery_prefix"], self.m["topic_prefix"], node_id(str(who["subscription"])))
+        self.topics = Topics(self.m["discovery_prefix"], self.m["topic_prefix"],
+                             node_id(str(who["subscription"])))
         self.birth_topic = f"{self.m['discovery_prefix']}/status"
         log.info("gateway %s: subscription %s, publishing under %s/%s", self.gateway.url,
                  who["subscription"], self.m["topic_prefix"], self.topics.node)

@@ -345,8 +345,8 @@ def _run(folder: Path, args: argparse.Namespace) -> int:
     port = args.lan_port
     if port is None:
         try:
-            port = (parse_toml(read_text(str(config), "config file"), str(config)).get("lan", {}).get("port", 8443)
-                    if config.exists() else 8443)
+            cfg = parse_toml(read_text(str(config), "config file"), str(config)) if config.exists() else {}
+            port = cfg.get("lan", {}).get("port", 8443)
         except TextFileError as exc:
             print(f"devstack: {exc}", file=sys.stderr)
             return 2
@@ -394,8 +394,8 @@ def _run(folder: Path, args: argparse.Namespace) -> int:
             for name in ("emulator", "lan", "han"):
                 proc = getattr(stack, name)
                 if proc is not None and proc.poll() is not None:
-                    print(f"{name} exited with code {proc.returncode}; stopping (see {stack.log_dir}/{name}.log)",
-                          file=sys.stderr)
+                    print(f"{name} exited with code {proc.returncode}; stopping "
+                          f"(see {stack.log_dir}/{name}.log)", file=sys.stderr)
                     return 1
             time.sleep(0.5)
     except KeyboardInterrupt:
