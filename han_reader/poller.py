@@ -1,8 +1,9 @@
 """One slot's query: Read Attributes (CurrentSummationDelivered, CurrentSummationReceived,
 InstantaneousDemand) -> a value or a cause.
 
-The outcome is either raw values with their time tag (the wall clock right after the read() that
-completed the reply, with the round trip kept so the tag's uncertainty is known) or exactly one of the
+The outcome is either raw values with the monotonic time the reply arrived (right after the read()
+that completed it; the service turns it into a wall-clock tag on its one time base, time_base.py), with
+the round trip kept so the tag's uncertainty is known, or exactly one of the
 lost causes in `messages.LOST_CAUSES`. Values stay raw: the meter's multiplier/divisor travel with them,
 so the LAN side keeps the meter's full resolution.
 
@@ -32,7 +33,7 @@ class PollOutcome:
     summation: int | None = None
     demand: int | None = None
     received: int | None = None       # CurrentSummationReceived (energy exported), when the meter has it
-    time: float | None = None         # wall-clock time tag
+    mono: float | None = None         # monotonic time the reply arrived
     rtt_s: float | None = None
 
 
@@ -62,7 +63,7 @@ def poll_once(radio: Radio, meter: Meter, timeout: float) -> PollOutcome:
         return PollOutcome("zcl-status", ", ".join(problems))
     reply = read.reply
     return PollOutcome(None, ", ".join(problems), values.get("summation"), values.get("demand"),
-                       values.get("received"), time=reply.wall, rtt_s=max(0.0, reply.mono - read.sent_mono))
+                       values.get("received"), mono=reply.mono, rtt_s=max(0.0, reply.mono - read.sent_mono))
 
 
 @dataclass

@@ -10,8 +10,8 @@ exactly one reading or one gap; a slot is never skipped silently:
     suspended) becomes a gap with cause "late" (`claim`). Querying it anyway would put two queries
     closer together than the utility allows and tag a value far from its slot.
 
-The wall-clock due time of slot k is start_wall + k * interval: the LAN side sees regular slot times
-even if NTP steps the wall clock, and each reading also carries its own wall-clock time tag.
+Due times are monotonic; the service tags them on its one wall-clock base (time_base.py), the same base
+as the readings' tags, so a gap and a reading can never disagree about where a slot lies in time.
 """
 from __future__ import annotations
 
@@ -21,19 +21,15 @@ LATE_FRACTION = 0.5
 
 
 class Schedule:
-    def __init__(self, start_mono: float, start_wall: float, interval: float):
+    def __init__(self, start_mono: float, interval: float):
         if interval <= 0:
             raise ValueError("interval must be positive")
         self.start_mono = start_mono
-        self.start_wall = start_wall
         self.interval = interval
         self.next = 0               # the first slot not yet turned into a reading or a gap
 
     def due_mono(self, slot: int) -> float:
         return self.start_mono + slot * self.interval
-
-    def due_wall(self, slot: int) -> float:
-        return self.start_wall + slot * self.interval
 
     def last_due(self, now_mono: float) -> int:
         """The highest slot due at or before now (-1 before the start)."""

@@ -26,9 +26,11 @@ WATCHDOG=1 from this one loop's housekeeping in every state, so a loop that stop
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Callable
 
 from shared_schema import sd_notify
+from shared_schema.messages import MAX_GAP_RUN
 
 from . import discovery, poller, xbee_frames
 from .channel_sender import ChannelSender
@@ -38,6 +40,7 @@ from .egress_guard import EgressGuard, EgressRefused
 from .link import LinkLost, Stopping
 from .radio import Radio, RadioReset
 from .schedule import Schedule
+from .time_base import PLAUSIBLE_FLOOR, TimeBase
 
 log = logging.getLogger("openseg.han")
 
@@ -45,6 +48,7 @@ EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_RADIO_MISCONFIGURED = 3
 DETAIL_MAX = 200        # messages.FIELDS["status"]["detail"]
+MAX_HELD = 10_000       # readings/gaps held while the wall clock is implausible (19 h at the 7-s poll)
 
 
 BACKOFF_CAP_S = 300.0   # the longest wait between discovery attempts: a few minutes
@@ -90,7 +94,14 @@ class HanService:
         self.schedule: Schedule | None = None     # created when polling starts the first time
         self.polling = False
         self.counters = poller.Counters()
-        self.started = clock.wall()
+        self.started = clock.wall()          # identifies this run to the LAN side
+        self.started_mono = clock.monotonic()  # uptime is monotonic: a clock step cannot change it
+        self.time_base = TimeBase(self.started_mono, self.started)
+        # (kind, fields, {field: monotonic time}) waiting for a plausible wall clock to be tagged on.
+        self.held: deque[tuple[str, dict, dict[str, float]]] = deque()
+        self.held_dropped = 0
+        if not self.time_base.plausible:
+            self._log_implausible()
         self.next_status = clock.monotonic() + self.status_every   # every state change sends one too
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -189,7 +200,7 @@ class HanService:
         # meanwhile become "not-polling" gaps (housekeeping, while self.polling is still False).
         self._idle_until(self.guard.explicit_free_at())
         if self.schedule is None:
-            self.schedule = Schedule(self.clock.monotonic(), self.clock.wall(), self.interval)
+            self.schedule = Schedule(self.clock.monotonic(), self.interval)
             log.info("schedule: slot 0 due now, one slot every %g s", self.interval)
         else:
             self._housekeeping()    # slots that passed during join/discovery become "not-polling" gaps
@@ -198,9 +209,9 @@ class HanService:
         while True:
             self._idle_until(self.schedule.due_mono(self.schedule.next))
             missed, slot = self.schedule.claim(self.clock.monotonic())
-            for k in missed:
-                log.warning("slot %d: missed, the loop was late", k)
-                self._gap(k, "late")
+            if missed:
+                log.warning("slots %d-%d: missed, the loop was late", missed[0], missed[-1])
+                self._gaps(missed, "late")
             if slot is not None:
                 self._poll_slot(slot)
 
@@ -210,14 +221,13 @@ class HanService:
         except (RadioReset, LinkLost):
             # Polling stops mid-query; the slot still gets its gap so it is not silently skipped. It is
             # not counted as a lost query: the radio went away, the meter did not fail to answer.
-            self._gap(slot, "not-polling")
+            self._gaps([slot], "not-polling")
             raise
         self.counters.count(outcome)
         if outcome.cause is None:
             self.discoveries_unanswered = 0
             self.discovery_backoff.reset()
-            fields = {"slot": slot, "due": self.schedule.due_wall(slot), "time": outcome.time,
-                      "rtt_s": outcome.rtt_s, "scaling": self.scaling.as_message()}
+            fields = {"slot": slot, "rtt_s": outcome.rtt_s, "scaling": self.scaling.as_message()}
             if outcome.summation is not None:
                 fields["summation"] = outcome.summation
             if outcome.demand is not None:
@@ -226,13 +236,13 @@ class HanService:
                 fields["received"] = outcome.received
             if outcome.detail:
                 log.info("slot %d: partial reading (%s)", slot, outcome.detail)
-            self.sender.send("reading", fields)
+            self._emit("reading", fields, {"due": self.schedule.due_mono(slot), "time": outcome.mono})
             if self.state != "polling":
                 log.info("meter: answering again")
                 self._set_state("polling", f"reading meter {self.meter.describe()} every "
                                 f"{self.interval:g} s")
             return
-        self._gap(slot, outcome.cause)
+        self._gaps([slot], outcome.cause)
         if self.state == "polling":     # once unreachable, the state says it; no line per slot
             log.info("slot %d: lost (%s: %s)", slot, outcome.cause, outcome.detail)
         if self.counters.consecutive_lost >= poller.UNREACHABLE_AFTER:
@@ -257,10 +267,10 @@ class HanService:
                 self.link.sleep(until - now)
 
     def _housekeeping(self) -> None:
+        self._watch_clock()
         now = self.clock.monotonic()
         if self.schedule is not None and not self.polling:
-            for k in self.schedule.passed(now):
-                self._gap(k, "not-polling")
+            self._gaps(self.schedule.passed(now), "not-polling")
         if now >= self.next_status and self.state is not None:
             self._send_status()
         self.watchdog.beat("han-loop")
@@ -271,9 +281,54 @@ class HanService:
             when = min(when, self.schedule.due_mono(self.schedule.next))
         return when
 
+    # ---- time ----------------------------------------------------------------------------------
+    def _watch_clock(self) -> None:
+        """Notice a wall-clock step: tags follow the new clock, what was tagged on the old one is moved
+        (a `clock` message), held entries go out once the clock is plausible, and status says so."""
+        was_plausible = self.time_base.plausible
+        wall = self.clock.wall()
+        step, retag = self.time_base.observe(self.clock.monotonic(), wall)
+        if retag is not None:
+            self.sender.send("clock", {"shift_s": retag.shift_s, "from": retag.first, "to": retag.last})
+        if step is not None:
+            log.warning("clock: the wall clock stepped by %+.3f s; time tags follow it from now on%s", step,
+                        f" and the {retag.first:.3f}..{retag.last:.3f} ones are moved" if retag else "")
+        if self.time_base.plausible and not was_plausible:
+            log.info("clock: the wall clock is plausible again; tagging the %d held reading(s) and gap(s)",
+                     len(self.held))
+        elif was_plausible and not self.time_base.plausible:
+            self._log_implausible()
+        if self.time_base.plausible:
+            while self.held:
+                self._emit(*self.held.popleft())
+        if (step is not None or was_plausible != self.time_base.plausible) and self.state is not None:
+            self._send_status()
+
+    def _log_implausible(self) -> None:
+        log.warning("clock: the wall clock is before %s (not set yet?); holding readings and gaps until "
+                    "it is", PLAUSIBLE_FLOOR)
+
     # ---- messages ------------------------------------------------------------------------------
-    def _gap(self, slot: int, cause: str) -> None:
-        self.sender.send("gap", {"slot": slot, "due": self.schedule.due_wall(slot), "cause": cause})
+    def _emit(self, kind: str, fields: dict, monos: dict[str, float]) -> None:
+        """Send a reading or gap, its monotonic times tagged on the one time base; hold it instead
+        while the wall clock is implausible (the oldest go first if the hold is full, counted)."""
+        if not self.time_base.plausible:
+            if len(self.held) >= MAX_HELD:
+                self.held.popleft()
+                self.held_dropped += 1
+            self.held.append((kind, fields, monos))
+            return
+        self.sender.send(kind, {**fields, **{k: self.time_base.tag(m) for k, m in monos.items()}})
+
+    def _gaps(self, slots: list[int], cause: str) -> None:
+        """Consecutive slots without a reading, one message per run of up to MAX_GAP_RUN slots: a stall's
+        catch-up is one datagram, not one per slot, so it cannot overflow the channel's queue."""
+        for i in range(0, len(slots), MAX_GAP_RUN):
+            run = slots[i:i + MAX_GAP_RUN]
+            fields = {"slot": run[0], "cause": cause}
+            if len(run) > 1:
+                fields.update(count=len(run), every_s=self.interval)
+            self._emit("gap", fields, {"due": self.schedule.due_mono(run[0])})
 
     def _set_state(self, state: str, detail: str, level: int = logging.INFO) -> None:
         detail = detail[:DETAIL_MAX]
@@ -292,7 +347,12 @@ class HanService:
             "lost_by_cause": dict(c.lost_by_cause), "frames_bad": self.radio.frames_bad,
             "guard_refused": self.guard.refused, "channel_dropped": self.sender.dropped,
             "started": self.started, "poll_interval_s": self.interval,
+            "uptime_s": self.clock.monotonic() - self.started_mono,
+            "clock_steps": self.time_base.steps, "clock_plausible": self.time_base.plausible,
+            "clock_held": len(self.held), "clock_held_dropped": self.held_dropped,
         }
+        if self.time_base.last_step_s is not None:
+            fields["clock_last_step_s"] = self.time_base.last_step_s
         if self.meter is not None:
             fields["meter"] = {"ieee": xbee_frames.format_ieee(self.meter.ieee), "nwk": self.meter.nwk,
                                "endpoint": self.meter.endpoint}

@@ -11,6 +11,12 @@ number of messages missing); a step back means the HAN process restarted (it num
 messages before the first one seen after a restart are missing too); a `status` with a new `started`
 time is a restart as well, counted once however both signs arrive.
 
+Queue: Linux queues at most net.unix.max_dgram_qlen + 1 datagrams on an AF_UNIX datagram socket
+(default 10 + 1), whatever SO_RCVBUF says, and the sender's buffer bounds it too. `bind` measures the
+real number (`queue_length`) and reports it (counters()["queue_len"], a warning under MIN_QUEUE);
+deploy/openseg.sysctl.conf raises the sysctl. The HAN sends a stall's catch-up as one gap message per run
+of slots, so even the default queue holds a minute of the LAN side not reading.
+
 Threading: one daemon thread receives; `counters()` is read from request threads. The counters are
 not shared mutable state: after each datagram the thread publishes a fresh immutable tuple by a
 single reference assignment, and readers only ever read that reference.
@@ -31,11 +37,13 @@ import msgpack
 
 from shared_schema import messages
 
+from .channel_queue import queue_length
 from .readings import Readings
 
 REASONS = ("no-credentials", "foreign-uid", "oversized", "undecodable", "version", "invalid",
            "unexpected-ancillary")
-RCVBUF_BYTES = 256 * 1024          # a few hundred datagrams queued at most; the HAN drops, never blocks
+RCVBUF_BYTES = 256 * 1024          # bytes; the datagram count is bounded by the queue length (above)
+MIN_QUEUE = 64                     # below this, bind warns: the sysctl was not raised
 LOG_EVERY_S = 60.0                 # one line per drop reason per minute, so a flood cannot flood the log
 TURN_S = 1.0                       # the receiver loop turns at least this often, datagrams or not
 STALLED_AFTER_S = 10.0             # no turn for this long: alive() is False, the watchdog withholds
@@ -57,7 +65,9 @@ class ChannelReceiver:
         self._wake_r, self._wake_w = -1, -1
         self._stopping = False
         # Owned by the receiver thread only:
+        self.queue_len: int | None = None
         self._received = 0
+        self._internal_errors = 0
         self._rejected = dict.fromkeys(REASONS, 0)
         self._seq_gaps = 0
         self._seq_missing = 0
@@ -101,7 +111,12 @@ class ChannelReceiver:
         st = os.lstat(path)
         self._bound_inode = (st.st_dev, st.st_ino)
         self._sock = sock
-        self.log(f"channel: listening on {path} for uid {self.allowed_uid}")
+        self.queue_len = queue_length()
+        self.log(f"channel: listening on {path} for uid {self.allowed_uid}; the socket queues "
+                 f"{self.queue_len} datagrams")
+        if self.queue_len < MIN_QUEUE:
+            self.log(f"channel: warning: only {self.queue_len} datagrams can wait while this process is "
+                     "busy; set net.unix.max_dgram_qlen = 512 (deploy/openseg.sysctl.conf) and restart")
 
     def start(self) -> None:
         if self._sock is None:
@@ -146,7 +161,12 @@ class ChannelReceiver:
                 continue
             if any(fd == self._wake_r for fd, _ in events):
                 return
-            self._drain()
+            try:
+                self._drain()
+            except Exception as exc:    # the store's flush, say: count it, keep the only receiver alive
+                self._internal_errors += 1
+                self._published = self._freeze()
+                self.log(f"channel: internal error: {type(exc).__name__}: {exc}")
 
     def _drain(self) -> None:
         while not self._stopping:
@@ -160,6 +180,7 @@ class ChannelReceiver:
             try:
                 self.handle(data, anc, flags)
             except Exception as exc:   # a bug here must not end the only receiver thread
+                self._internal_errors += 1
                 self.log(f"channel: internal error handling a datagram: {type(exc).__name__}: {exc}")
             self._last_turn = time.monotonic()
 
@@ -251,14 +272,15 @@ class ChannelReceiver:
     # -- counters -------------------------------------------------------------------------------
     def _freeze(self) -> tuple:
         return (self._received, tuple(self._rejected.items()), self._seq_gaps, self._seq_missing,
-                self._restarts, self._last_seq)
+                self._restarts, self._last_seq, self._internal_errors)
 
     def counters(self) -> dict:
-        received, rejected, gaps, missing, restarts, last_seq = self._published
+        received, rejected, gaps, missing, restarts, last_seq, internal = self._published
         by_reason = dict(rejected)
         return {"received": received, "rejected": sum(by_reason.values()),
                 "rejected_by_reason": by_reason, "seq_gaps": gaps, "seq_missing": missing,
-                "han_restarts": restarts, "last_seq": last_seq}
+                "han_restarts": restarts, "last_seq": last_seq, "internal_errors": internal,
+                "queue_len": self.queue_len}
 
 
 def _foreign_version(data: bytes) -> bool:

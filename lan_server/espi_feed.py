@@ -329,7 +329,7 @@ def _intervals(source, lo: int, hi: int, register: str) -> Iterator[ie.Interval]
     register samples whatever the length of the history."""
     while lo < hi:
         end = min(hi, lo + INTERVAL_CHUNK_S)
-        for iv in ie.intervals(source.register(lo, end, register)):
+        for iv in ie.intervals(source.register(lo, end, register), source.snap.power_bound_w):
             if lo <= iv.start < end:
                 yield iv
         lo = end
@@ -344,7 +344,7 @@ def current_point(ctx: Context, mr: MeterReadingDef) -> Point | None:
         if newest is None:
             return None
         boundary = int(newest // 1) // ie.INTERVAL_S * ie.INTERVAL_S
-        iv = ie.in_progress(ctx.source.register(boundary, None, mr.register))
+        iv = ie.in_progress(ctx.source.register(boundary, None, mr.register), ctx.source.snap.power_bound_w)
         return None if iv is None else next(_interval_points([iv], p))
     latest = ctx.snap.latest_with(mr.register)
     return None if latest is None else _latest_point(mr, latest, p)

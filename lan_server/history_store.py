@@ -40,6 +40,10 @@ the rows already held, which is what they knew.
 Disk use is bounded by construction:
 - rows older than the retention are deleted (at start, then every PRUNE_EVERY_S; retention 0 means no
   history at all: the file is deleted at start and never created);
+- one time line: an entry tagged before the newest row is not stored (counted as `behind`): the HAN's
+  clock went back and the message that would have moved the older rows (`retag`) was lost, so
+  storing it would put two series over the same time. A `retag` (the HAN's clock stepped) moves the
+  rows tagged on the old clock by the step, replacing any rows already over their new times;
 - rows are at most retention_days x MAX_ROWS_PER_DAY (one per second on average, the fastest poll the
   LAN side supports); beyond that the oldest go first. Readings tagged more than FUTURE_SLACK_S ahead
   of this machine's clock, or already older than the retention, are not stored (and are counted);
@@ -114,11 +118,6 @@ def _files(path: str) -> list[str]:
     return [path, path + "-wal", path + "-shm"]
 
 
-def _sqlite_int(v: int) -> int:
-    """SQLite integers are signed 64-bit; a sequence number can use all 64 bits unsigned."""
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
 @dataclass(frozen=True)
 class StoreStats:
     rows: int
@@ -129,6 +128,9 @@ class StoreStats:
     skipped: int
     write_errors: int
     dropped: int
+    behind: int
+    moved: int          # rows moved by retag (a HAN clock step)
+    replaced: int       # rows a retag replaced (they were over the same time)
 
 
 class HistoryWriter:
@@ -152,6 +154,7 @@ class HistoryWriter:
         self._pending_since: float | None = None
         self._next_prune = 0.0
         self.skipped = self.write_errors = self.dropped = 0
+        self.behind = self.moved = self.replaced = 0
         self._last_log: dict[str, float] = {}
         # Published by reference for the request threads (never mutated once published).
         self.scalings: dict[int, Scaling] = {}
@@ -159,6 +162,7 @@ class HistoryWriter:
         self._scaling_ids: dict[Scaling, int] = {}
         self._load_scalings()
         self.rows = self.conn.execute("SELECT count(*) FROM sample").fetchone()[0]
+        self.newest_ms = self.conn.execute("SELECT max(t_ms) FROM sample").fetchone()[0]
 
     def _setup(self) -> None:
         c = self.conn
@@ -202,7 +206,7 @@ class HistoryWriter:
     def append(self, entry: Entry) -> None:
         try:
             self._append(entry)
-        except sqlite3.Error as exc:      # never let the store stop the receiver thread
+        except (sqlite3.Error, OverflowError) as exc:   # never let the store stop the receiver thread
             self.write_errors += 1
             self.dropped += 1
             self._rate_log("error", f"history: could not store a reading: {exc}")
@@ -215,14 +219,20 @@ class HistoryWriter:
             self._rate_log("skipped", f"history: not storing an entry tagged {t:.0f}, "
                                       f"{t - now:+.0f} s from this machine's clock")
             return
+        t_ms = t_ms_of(t)
+        if self.newest_ms is not None and t_ms < self.newest_ms:
+            self.behind += 1
+            self._rate_log("behind", f"history: not storing an entry tagged {t:.3f}, before the newest "
+                                     "stored one: the HAN's clock went back")
+            return
+        self.newest_ms = t_ms
         if isinstance(entry, Reading):
             sid = self._scaling_id(entry.scaling)
-            row = (t_ms_of(t), _sqlite_int(entry.seq), entry.slot, entry.summation, entry.demand, sid,
+            row = (t_ms, entry.seq, entry.slot, entry.summation, entry.demand, sid,
                    None if entry.interval_s is None else round(entry.interval_s * 1000), None, entry.received)
             self._note_maxima(entry)
         else:
-            row = (t_ms_of(entry.due), _sqlite_int(entry.seq), entry.slot, None, None, None, None,
-                   entry.cause, None)
+            row = (t_ms, entry.seq, entry.slot, None, None, None, None, entry.cause, None)
         if not self._pending:
             self._pending_since = self._mono()
         self._pending.append(row)
@@ -256,7 +266,7 @@ class HistoryWriter:
             rows, self._pending = self._pending, []
             try:
                 self._insert(rows)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OverflowError) as exc:
                 self.write_errors += 1
                 self.dropped += len(rows)
                 self._rate_log("error", f"history: could not store {len(rows)} reading(s): {exc}")
@@ -297,6 +307,34 @@ class HistoryWriter:
                 self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    def retag(self, first: float, last: float, shift_s: float) -> None:
+        """The HAN's clock stepped by shift_s: rows tagged first..last (on the old clock) move by it.
+        Rows already over the times they move to are replaced (counted): one time line, the newest
+        clock's. A copy through a temporary table, since shifting in place could collide mid-update."""
+        self.flush()
+        lo, hi, shift = t_ms_of(first), t_ms_of(last), round(shift_s * 1000)
+        try:
+            with self._transaction():
+                c = self.conn
+                c.execute("CREATE TEMP TABLE IF NOT EXISTS moving AS SELECT * FROM sample WHERE 0")
+                c.execute("DELETE FROM moving")
+                c.execute("INSERT INTO moving SELECT * FROM sample WHERE t_ms BETWEEN ? AND ?", (lo, hi))
+                moved = c.execute("DELETE FROM sample WHERE t_ms BETWEEN ? AND ?", (lo, hi)).rowcount
+                replaced = c.execute("DELETE FROM sample WHERE t_ms BETWEEN ? AND ?",
+                                     (lo + shift, hi + shift)).rowcount
+                c.execute(f"INSERT INTO sample ({_SAMPLE_COLUMNS}) SELECT t_ms + ?, "
+                          f"{_SAMPLE_COLUMNS.partition(', ')[2]} FROM moving", (shift,))
+                self.newest_ms = c.execute("SELECT max(t_ms) FROM sample").fetchone()[0]
+        except (sqlite3.Error, OverflowError) as exc:
+            self.write_errors += 1
+            self._rate_log("error", f"history: could not move the rows of a clock step: {exc}")
+            return
+        self.rows -= replaced
+        self.moved += moved
+        self.replaced += replaced
+        self._log(f"history: the HAN's clock stepped by {shift_s:+.3f} s; moved {moved} row(s)"
+                  + (f", replacing {replaced} already there" if replaced else ""))
 
     # -- pruning --------------------------------------------------------------------------------------
     def prune(self) -> bool:
@@ -516,6 +554,18 @@ class HistoryStore:
     def record(self, entry: Entry) -> None:
         self.writer.append(entry)
 
+    def retag(self, first: float, last: float, shift_s: float) -> None:
+        self.writer.retag(first, last, shift_s)
+
+    def last_slot(self) -> tuple[int, float, float | None] | None:
+        """The newest row's (slot, time, poll interval): where a restarted LAN process takes up the
+        count of slots (readings.Readings). Called before the receiver thread starts."""
+        row = self.writer.conn.execute("SELECT slot, t_ms, interval_ms FROM sample ORDER BY t_ms DESC, seq DESC "
+                                       "LIMIT 1").fetchone()
+        if row is None:
+            return None
+        return row[0], row[1] / 1000, None if row[2] is None else row[2] / 1000
+
     def flush(self) -> None:
         self.writer.flush()
 
@@ -557,7 +607,7 @@ class HistoryStore:
                 pass
         return StoreStats(rows=w.rows, bound_rows=w.bound_rows, bound_bytes=w.bound_bytes, file_bytes=size,
                           retention_days=self.retention_days, skipped=w.skipped, write_errors=w.write_errors,
-                          dropped=w.dropped)
+                          dropped=w.dropped, behind=w.behind, moved=w.moved, replaced=w.replaced)
 
     def close(self) -> None:
         """After the receiver thread has stopped: commit what is left, close every connection."""

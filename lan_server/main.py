@@ -187,7 +187,8 @@ def run(config_path: str) -> int:
                                log=logging.getLogger("openseg.lan.history").info)
     except HistoryError as exc:
         raise StartupError(f"[lan] state_dir: {exc}") from None
-    readings = Readings(stale_after_s=lan["stale_after_s"], history=history)
+    readings = Readings(stale_after_s=lan["stale_after_s"], history=history,
+                        service_max_w=lan["service_max_w"])
     han_uid = channel["han_uid"] if channel["han_uid"] is not None else os.getuid()
     channel_log = logging.getLogger("openseg.lan.channel").info
     receiver = (ChannelReceiver(channel["socket_path"], han_uid, readings, channel_log) if history is None

@@ -282,18 +282,46 @@ def status_json(readings: Readings, channel_counters: dict, lan_started: float) 
         "guard_refused": rep.guard_refused if rep else None,
         "channel_dropped": rep.channel_dropped if rep else None,
         "poll_interval_s": rep.poll_interval_s if rep else None,
-        "han_started": iso_ms(rep.started) if rep else None,
-        "han_uptime_s": _age(snap.now, rep.started) if rep else None,
+        # When it started on this machine's clock (its own `started` may be from before NTP set it).
+        "han_started": iso_ms(snap.now - _han_uptime(snap)) if rep else None,
+        "han_uptime_s": _han_uptime(snap),
         "report_time": iso_ms(rep.received) if rep else None,
         "report_age_s": _age(snap.now, rep.received) if rep else None,
         "last_message_age_s": last_age,
         "han_silent": last_age is None or last_age > snap.silent_after_s,
         "data_status": data_status(snap),
         "lan_started": iso_ms(lan_started),
-        "lan_uptime_s": _age(snap.now, lan_started),
-        "channel": channel_counters,
+        "lan_uptime_s": round(snap.uptime_s, 3),
+        "channel": {**channel_counters, "lost_slots": snap.observed.channel_lost},
         "history": _history_status(readings),
+        "clock": _clock_status(snap),
+        "meter_changes": snap.observed.meter_changes,
+        "register_breaks": snap.observed.register_breaks,
+        "meter_event": ({"time": iso_ms(snap.observed.meter_event.time), "detail": snap.observed.meter_event.detail}
+                        if snap.observed.meter_event else None),
+        "power_bound_w": snap.power_bound_w,
     })
+
+
+def _han_uptime(snap: Snapshot) -> float | None:
+    """From the HAN's monotonic uptime plus the LAN's monotonic time since the report: a wall-clock
+    step on either side changes neither (a HAN too old to report it: wall-clock difference)."""
+    rep = snap.report
+    if rep is None:
+        return None
+    if rep.uptime_s is None:
+        return _age(snap.now, rep.started)
+    return round(rep.uptime_s + max(0.0, snap.now_mono - rep.received_mono), 3)
+
+
+def _clock_status(snap: Snapshot) -> dict:
+    """The HAN's clock as it reported it, and what the LAN side did about it (README "Time")."""
+    rep, seen = snap.report, snap.observed
+    plausible = rep.clock_plausible if rep else None
+    return {"plausible": plausible, "steps": rep.clock_steps if rep else None,
+            "last_step_s": rep.clock_last_step_s if rep else None,
+            "held": rep.clock_held if rep else None, "held_dropped": rep.clock_held_dropped if rep else None,
+            "moves": seen.clock_moves, "was_wrong": seen.clock_wrong or plausible is False}
 
 
 def _history_health(readings: Readings) -> HistoryHealth | None:
@@ -317,7 +345,8 @@ def _history_status(readings: Readings) -> dict:
     return {"enabled": True, "retention_days": st.retention_days, "rows": st.rows,
             "oldest": iso_ms(health.oldest_s), "newest": iso_ms(health.newest_s),
             "file_bytes": st.file_bytes, "bound_bytes": st.bound_bytes, "bound_rows": st.bound_rows,
-            "not_stored": st.skipped, "write_errors": st.write_errors, "lost": st.dropped}
+            "not_stored": st.skipped, "write_errors": st.write_errors, "lost": st.dropped,
+            "behind": st.behind, "moved": st.moved, "replaced": st.replaced}
 
 
 def metrics_text(readings: Readings, channel_counters: dict, lan_started: float) -> Response:

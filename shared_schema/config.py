@@ -17,6 +17,7 @@ from typing import Any
 from .text_file import TextFileError, parse_toml, read_text, shown
 
 PRODUCTION_MIN_POLL_S = 7.0   # the utility's rule: never more than one query per 7 s on the HAN
+DEFAULT_SERVICE_W = 48_000.0  # [lan] service_max_w: 200 A at 240 V, a large household service
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
 
 
@@ -94,6 +95,9 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Any]]] = {
         "history_retention_days": (int, 35, _retention),
         # Data older than this is reported `stale` (default: three production poll intervals).
         "stale_after_s": (float, 30.0, _positive),
+        # The most power the household's service can draw: the plausibility bound on the energy
+        # register (a larger jump is a meter change or a bad value).
+        "service_max_w": (float, DEFAULT_SERVICE_W, _positive),
     },
     # openseg-mqtt (optional, off unless this section exists): a LAN client of the gateway's HTTPS
     # JSON that publishes to an MQTT broker with Home Assistant discovery.

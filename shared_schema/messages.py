@@ -23,7 +23,7 @@ import msgpack
 VERSION = 1
 MAX_DATAGRAM = 2048          # a status message is ~400 bytes; anything larger is not ours
 
-KINDS = ("reading", "gap", "status")
+KINDS = ("reading", "gap", "status", "clock")
 
 # HAN states as INTERFACE.md names them.
 HAN_STATES = ("joining", "discovering", "polling", "meter-unreachable",
@@ -37,7 +37,12 @@ GAP_CAUSES = LOST_CAUSES + ("not-polling", "late")
 UINT48_MAX = (1 << 48) - 1
 INT24_MIN, INT24_MAX = -(1 << 23), (1 << 23) - 1
 UINT24_MAX = (1 << 24) - 1
-UINT64_MAX = (1 << 64) - 1
+# What the LAN side stores must fit a SQLite integer (signed 64 bits), and a slot number must also
+# survive JSON in a browser (a double holds integers exactly up to 2**53).
+INT64_MAX = (1 << 63) - 1
+SLOT_MAX = (1 << 53) - 1
+MAX_GAP_RUN = 100_000        # slots one gap message may cover (8 days at the production poll)
+TIME_MAX = 1e11              # epoch seconds (year 5138); SQLite holds it in ms with room to spare
 
 
 class MessageError(ValueError):
@@ -49,9 +54,9 @@ class MessageError(ValueError):
 #   constraint: (lo, hi) for numbers, max length for str, allowed tuple for enum, sub-table for map
 COMMON = {
     "v": ("uint", (VERSION, VERSION), True),
-    "seq": ("uint", (0, UINT64_MAX), True),
+    "seq": ("uint", (0, INT64_MAX), True),
     "kind": ("enum", KINDS, True),
-    "sent": ("float", (0.0, 1e11), True),          # wall clock (epoch s) when the HAN sent it
+    "sent": ("float", (0.0, TIME_MAX), True),          # wall clock (epoch s) when the HAN sent it
 }
 
 METER = {
@@ -70,9 +75,9 @@ SCALING = {
 
 FIELDS: dict[str, dict[str, tuple]] = {
     "reading": {
-        "slot": ("uint", (0, UINT64_MAX), True),
-        "due": ("float", (0.0, 1e11), True),        # wall time the slot was due
-        "time": ("float", (0.0, 1e11), True),       # wall time the reply arrived: the value's time tag
+        "slot": ("uint", (0, SLOT_MAX), True),
+        "due": ("float", (0.0, TIME_MAX), True),    # wall time the slot was due
+        "time": ("float", (0.0, TIME_MAX), True),      # wall time the reply arrived: the value's time tag
         "rtt_s": ("float", (0.0, 3600.0), True),    # request -> reply, so the tag's uncertainty is known
         "summation": ("uint", (0, UINT48_MAX), False),   # raw CurrentSummationDelivered, absent if invalid
         # raw CurrentSummationReceived (energy exported); absent if invalid or the meter does not have it
@@ -81,23 +86,43 @@ FIELDS: dict[str, dict[str, tuple]] = {
         "scaling": ("map", SCALING, True),
     },
     "gap": {
-        "slot": ("uint", (0, UINT64_MAX), True),
-        "due": ("float", (0.0, 1e11), True),
+        "slot": ("uint", (0, SLOT_MAX), True),
+        "due": ("float", (0.0, TIME_MAX), True),
         "cause": ("enum", GAP_CAUSES, True),
+        # A run of slots with one cause (a stall's catch-up): slot, slot + 1, ... slot + count - 1,
+        # due every_s apart. One datagram for the run, so a burst cannot overflow the socket's queue.
+        "count": ("uint", (1, MAX_GAP_RUN), False),
+        "every_s": ("float", (0.001, 86400.0), False),
+    },
+    # The HAN's wall clock stepped: every reading and gap it tagged from..to (inclusive) on the clock
+    # it had before is shift_s off; the LAN side moves them, so the history keeps one time line.
+    "clock": {
+        "shift_s": ("float", (-TIME_MAX, TIME_MAX), True),
+        "from": ("float", (0.0, TIME_MAX), True),
+        "to": ("float", (0.0, TIME_MAX), True),
     },
     "status": {
         "state": ("enum", HAN_STATES, True),
         "detail": ("str", 200, True),               # plain words, e.g. the AI code explained
         "meter": ("map", METER, False),             # absent until discovery found it
         "radio_ieee": ("str", 23, False),
-        "queries_total": ("uint", (0, UINT64_MAX), True),
-        "queries_lost": ("uint", (0, UINT64_MAX), True),
-        "lost_by_cause": ("map", {c: ("uint", (0, UINT64_MAX), True) for c in LOST_CAUSES}, True),
-        "frames_bad": ("uint", (0, UINT64_MAX), True),       # corrupt frames read from the radio
-        "guard_refused": ("uint", (0, UINT64_MAX), True),    # frames the egress guard stopped
-        "channel_dropped": ("uint", (0, UINT64_MAX), True),  # messages the sender could not deliver
-        "started": ("float", (0.0, 1e11), True),             # wall time the HAN process started
+        "queries_total": ("uint", (0, INT64_MAX), True),
+        "queries_lost": ("uint", (0, INT64_MAX), True),
+        "lost_by_cause": ("map", {c: ("uint", (0, INT64_MAX), True) for c in LOST_CAUSES}, True),
+        "frames_bad": ("uint", (0, INT64_MAX), True),       # corrupt frames read from the radio
+        "guard_refused": ("uint", (0, INT64_MAX), True),    # frames the egress guard stopped
+        "channel_dropped": ("uint", (0, INT64_MAX), True),  # messages the sender could not deliver
+        "started": ("float", (0.0, TIME_MAX), True),         # wall time the HAN process started
         "poll_interval_s": ("float", (0.001, 86400.0), True),
+        # Its time model (README "Time"): seconds since start on the monotonic clock; wall-clock
+        # steps seen (a counter), the last one's size; whether the wall clock is plausible (while it
+        # is not, readings and gaps are held, clock_held of them now).
+        "uptime_s": ("float", (0.0, TIME_MAX), False),
+        "clock_steps": ("uint", (0, INT64_MAX), False),
+        "clock_last_step_s": ("float", (-TIME_MAX, TIME_MAX), False),
+        "clock_plausible": ("bool", None, False),
+        "clock_held": ("uint", (0, INT64_MAX), False),
+        "clock_held_dropped": ("uint", (0, INT64_MAX), False),   # the hold was full: oldest let go
     },
 }
 
@@ -125,6 +150,9 @@ def _check(table: dict[str, tuple], msg: Any, where: str) -> None:
             if (not isinstance(val, (int, float)) or isinstance(val, bool) or not math.isfinite(val)
                     or not con[0] <= val <= con[1]):
                 raise MessageError(f"{name}: expected number in [{con[0]}, {con[1]}]")
+        elif typ == "bool":
+            if not isinstance(val, bool):
+                raise MessageError(f"{name}: expected true or false")
         elif typ == "str":
             if not isinstance(val, str) or len(val) > con:
                 raise MessageError(f"{name}: expected text of at most {con} characters")
@@ -145,7 +173,20 @@ def validate(msg: Any) -> dict:
     _check({**COMMON, **FIELDS[kind]}, msg, "")
     if kind == "reading" and not any(k in msg for k in READING_VALUES):
         raise MessageError("reading: carries no value (summation, received or demand)")
+    if kind == "gap" and msg.get("count", 1) > 1 and "every_s" not in msg:
+        raise MessageError("every_s: missing (required when count > 1)")
+    if kind == "gap" and msg["slot"] + msg.get("count", 1) - 1 > SLOT_MAX:
+        raise MessageError(f"count: the run ends beyond slot {SLOT_MAX}")
+    if kind == "clock" and msg["from"] > msg["to"]:
+        raise MessageError("from: later than to")
     return msg
+
+
+def gap_slots(msg: dict) -> list[tuple[int, float]]:
+    """(slot, due) of every slot a valid gap message covers: one, or a run of `count`."""
+    count = msg.get("count", 1)
+    every = msg.get("every_s", 0.0)
+    return [(msg["slot"] + i, msg["due"] + i * every) for i in range(count)]
 
 
 def encode(msg: dict) -> bytes:

@@ -39,6 +39,14 @@ class FakeClock:
     def advance_to(self, t: float) -> None:
         self.now = max(self.now, t)
 
+    def step_wall(self, dt: float) -> None:
+        """The wall clock steps (NTP, a person setting the date); monotonic time does not."""
+        self._wall_offset += dt
+
+    def stall(self, dt: float) -> None:
+        """The process is frozen for dt (SIGSTOP, swap storm): both clocks move, the loop does not."""
+        self.now += dt
+
 
 @dataclass
 class Node:

@@ -27,12 +27,22 @@ class RecordingSender:
         self.messages.append(messages.decode(messages.encode(msg)))
         return True
 
+    def per_slot(self) -> list[dict]:
+        """Every message, a gap run listed as one gap per slot (as the LAN side stores it)."""
+        out = []
+        for m in self.messages:
+            if m["kind"] == "gap":
+                out += [{**m, "slot": slot, "due": due} for slot, due in messages.gap_slots(m)]
+            else:
+                out.append(m)
+        return out
+
     def of(self, kind: str) -> list[dict]:
-        return [m for m in self.messages if m["kind"] == kind]
+        return [m for m in self.per_slot() if m["kind"] == kind]
 
     def slots(self) -> list[dict]:
-        """Readings and gaps, in the order sent."""
-        return [m for m in self.messages if m["kind"] in ("reading", "gap")]
+        """Readings and gaps (one per slot), in the order sent."""
+        return [m for m in self.per_slot() if m["kind"] in ("reading", "gap")]
 
     def states(self) -> list[str]:
         """The sequence of distinct states the status messages went through."""

@@ -86,14 +86,42 @@ def test_readings_and_gaps_come_back_as_they_went_in(tmp_path, clock):
     again.close()
 
 
-def test_a_clock_stepped_back_is_stored_in_time_order(tmp_path, clock):
+def test_an_entry_behind_the_newest_row_is_not_stored_over_the_same_time(tmp_path, clock):
+    """A clock that went back without its `clock` message (the LAN was down when it came): storing
+    what follows would put two series over the same time, so it is counted, not stored."""
     store = make_store(tmp_path, clock)
     r = Readings(30.0, clock=clock, history=store)
-    for i, dt in enumerate((10.0, 20.0, 30.0, 15.0)):
+    for i, dt in enumerate((10.0, 20.0, 30.0, 15.0, 31.0)):
         r.apply(reading(i, i, T0 + dt))
     store.flush()
     with store.reading() as rd, rd.snapshot():
-        assert [x.slot for x in rd.rows()] == [0, 3, 1, 2]      # T0+10, +15, +20, +30
+        assert [x.slot for x in rd.rows()] == [0, 1, 2, 4]
+    assert store.stats().behind == 1
+
+
+def test_a_clock_message_moves_the_rows_of_the_old_clock_onto_the_new_one(tmp_path, clock):
+    store = make_store(tmp_path, clock)
+    r = Readings(30.0, clock=clock, history=store)
+    # An older run's rows, an hour ago on the right clock.
+    for i in range(3):
+        r.apply(reading(i, i, T0 - 3600 + 7 * i))
+    # This run: 4 slots tagged on a clock an hour fast, then the HAN sees NTP step it back.
+    for i in range(4):
+        r.apply(reading(10 + i, i, T0 + 7 * i))
+    r.apply({"v": 1, "seq": 14, "kind": "clock", "sent": T0, "shift_s": -3600.0 + 7, "from": T0, "to": T0 + 21})
+    r.apply(reading(15, 4, T0 - 3600 + 7 + 28 + 0.2))
+    store.flush()
+    with store.reading() as rd, rd.snapshot():
+        rows = list(rd.rows())
+    times = [x.t_ms for x in rows]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    # The older run's rows over the same time (T0-3593, T0-3586) were replaced by the moved ones.
+    assert [(x.seq, x.slot) for x in rows] == [(0, 0), (10, 0), (11, 1), (12, 2), (13, 3), (15, 4)]
+    st = store.stats()
+    assert (st.moved, st.replaced, st.behind) == (4, 2, 0)
+    snap = r.snapshot()
+    assert [e.time for e in snap.history] == sorted(e.time for e in snap.history)
+    assert snap.observed.clock_moves == 1 and snap.observed.clock_wrong
 
 
 def test_commit_when_drained_or_after_half_a_second_while_busy(tmp_path, clock, mono):

@@ -46,8 +46,8 @@ def test_the_interval_in_progress_never_appears():
 def test_a_sample_on_the_boundary_is_used_as_is():
     wh = linear(2000)
     samples = [RegisterSample((DAY0 + 900) * 1000, wh(DAY0 + 900), 0, 7000),
-               RegisterSample((DAY0 + 1800) * 1000, wh(DAY0 + 1800), 1, 7000)]
-    # Far apart (900 s > 2 x 7 s) but both on boundaries: nothing is interpolated.
+               RegisterSample((DAY0 + 1800) * 1000, wh(DAY0 + 1800), 128, 7000)]
+    # Far apart (900 s > 2 x 7 s, 127 slots missed) but both on boundaries: nothing is interpolated.
     (iv,) = ie.intervals(samples)
     assert (iv.start, iv.wh, iv.estimated) == (DAY0 + 900, 500, False)
 

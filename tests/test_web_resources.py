@@ -64,13 +64,14 @@ def test_current_carries_energy_exported_exactly_scaled(scaling, received, recei
 
 
 def test_status_reports_what_the_han_side_said_and_how_old_it_is():
-    clock = Clock()
-    r = Readings(30.0, clock=clock)
+    clock = Clock(T0 - 60)
+    r = Readings(30.0, clock=clock, monotonic=clock)         # the LAN process started at T0 - 60
+    clock.advance(60.0)
     counters = {"received": 5, "rejected": 1, "rejected_by_reason": {"foreign-uid": 1}, "seq_gaps": 0,
                 "seq_missing": 0, "han_restarts": 0, "last_seq": 4}
     js = body(web_resources.status_json(r, counters, lan_started=T0 - 60))
     assert js["state"] is None and js["han_silent"] is True and js["report_age_s"] is None
-    assert js["lan_uptime_s"] == 60 and js["channel"] == counters
+    assert js["lan_uptime_s"] == 60 and js["channel"] == {**counters, "lost_slots": 0}
 
     r.apply(status(0, clock(), state="polling", started=T0 - 300, queries_total=120, queries_lost=3))
     clock.advance(12.0)
@@ -111,6 +112,19 @@ def test_status_counts_the_queries_whose_outcomes_arrived_since_the_report():
     js = body(web_resources.status_json(r, {}, lan_started=T0))
     assert (js["queries_total"], js["queries_lost"]) == (3, 1)
     assert js["lost_by_cause"] == {"malformed": 0, "timeout": 1, "tx-failed": 0, "zcl-status": 0}
+
+
+def test_uptimes_are_monotonic_whatever_the_wall_clocks_did():
+    wall, mono = Clock(T0), Clock(1000.0)
+    r = Readings(30.0, clock=wall, monotonic=mono)
+    # A HAN that started at 1970 (no real-time clock) and has run 300 s by its monotonic clock.
+    r.apply({**status(0, wall(), started=12.0), "uptime_s": 300.0, "clock_steps": 1,
+             "clock_last_step_s": T0 - 312.0, "clock_plausible": True, "clock_held": 0})
+    mono.advance(10.0)
+    wall.advance(-3600.0)                                # the LAN's wall clock steps back an hour
+    js = body(web_resources.status_json(r, {}, lan_started=T0))
+    assert js["han_uptime_s"] == 310 and js["lan_uptime_s"] == 10
+    assert js["clock"]["steps"] == 1 and js["clock"]["was_wrong"] is True and js["clock"]["plausible"] is True
 
 
 def test_history_points_and_gaps_in_time_order():

@@ -619,6 +619,44 @@
     if (num(st.lan_uptime_s) !== null) { up.push("LAN server " + duration(st.lan_uptime_s)); }
     if (num(st.han_uptime_s) !== null && !hanSilent()) { up.push("HAN meter reader " + duration(st.han_uptime_s)); }
     if (up.length) { setText(ui.stUptimes, up.join(", ")); }
+    renderClock(st.clock);
+    renderMeterEvent(st);
+  }
+
+  // The HAN's wall clock (README "Time"): not set yet, or stepped since it started.
+  function renderClock(c) {
+    if (!c || typeof c !== "object" || c.plausible === null || c.plausible === undefined) { return; }
+    var text, level;
+    if (c.plausible === false) {
+      text = "Wrong: the gateway's clock is not set yet; " + fmt(num(c.held) || 0, 0) +
+             " reading(s) held until it is";
+      level = "bad";
+    } else if (num(c.steps) > 0) {
+      text = "The gateway's clock was wrong and was corrected " + fmt(c.steps, 0) + " time(s)" +
+             (num(c.last_step_s) !== null ? " (last by " + duration(Math.abs(c.last_step_s)) +
+              (c.last_step_s < 0 ? " back" : " forward") + ")" : "") + "; readings were moved to the right time";
+      level = "warn";
+    } else {
+      text = "Set";
+      level = "ok";
+    }
+    setText(ui.stClock, text);
+    setAttr(ui.stClock, "data-level", level);
+  }
+
+  function renderMeterEvent(st) {
+    var n = (num(st.meter_changes) || 0) + (num(st.register_breaks) || 0);
+    if (n === 0 || !st.meter_event) {
+      setText(ui.stMeterEvent, "None seen");
+      setAttr(ui.stMeterEvent, "data-level", "ok");
+      return;
+    }
+    var at = parseTime(st.meter_event.time);
+    // The detail starts with "meter changed" (or "... or a bad value"), as the status JSON says it.
+    var d = String(st.meter_event.detail);
+    setText(ui.stMeterEvent, d.charAt(0).toUpperCase() + d.slice(1) +
+            (at !== null ? " (" + new Date(at).toLocaleString() + ")" : ""));
+    setAttr(ui.stMeterEvent, "data-level", "warn");
   }
 
   function renderDownload() {
@@ -885,6 +923,8 @@
     ui.stUptime = $("st-uptime");
     ui.stUptimes = $("st-uptimes");
     ui.stQueries = $("st-queries");
+    ui.stClock = $("st-clock");
+    ui.stMeterEvent = $("st-meter-event");
     ui.download = $("download");
 
     [ui.range60, ui.range1440].forEach(function (b) {
