@@ -137,6 +137,22 @@ def render(snap: Snapshot, channel: Mapping, history: HistoryHealth | None, lan_
               ("han_report_timestamp_seconds", GAUGE, "When the HAN's latest status report arrived, seconds "
                "since the epoch.", rep.received))
 
+    # What the data went through (README "Time", "Energy that is physically possible"): events a
+    # dashboard alerts on, so they are counters, present from the start (0 is a true count here).
+    seen = snap.observed
+    if rep is not None:
+        plain(("clock_steps_total", COUNTER, "Wall-clock steps the HAN process detected (its clock was set "
+               "while it ran).", rep.clock_steps),
+              ("clock_plausible", GAUGE, "1 while the HAN's wall clock is plausible (set, not before "
+               "2025); 0 while it holds readings until it is.", rep.clock_plausible))
+    plain(("clock_moves_total", COUNTER, "Clock messages from the HAN applied: tags of earlier readings "
+           "and gaps moved to the corrected clock.", seen.clock_moves),
+          ("meter_changes_total", COUNTER, "Times the HAN reported another meter (a new IEEE address).",
+           seen.meter_changes),
+          ("register_breaks_total", COUNTER, "Register moves beyond what the service can draw (a meter "
+           "change or a bad value); their quarter hours are left out.", seen.register_breaks),
+          ("channel_lost_slots_total", COUNTER, "Poll slots whose messages the channel lost, recorded as "
+           "channel-lost gaps.", seen.channel_lost))
     plain(("channel_received_total", COUNTER, "Valid messages the LAN process received from the HAN process.",
            channel.get("received")))
     rejected = family("channel_rejected_total", COUNTER, "Datagrams the LAN process dropped, by reason.")
@@ -148,6 +164,10 @@ def render(snap: Snapshot, channel: Mapping, history: HistoryHealth | None, lan_
            channel.get("seq_missing")),
           ("han_restarts_total", COUNTER, "HAN process restarts seen by the LAN process.",
            channel.get("han_restarts")),
+          ("channel_internal_errors_total", COUNTER, "Messages whose handling in the LAN process failed "
+           "(counted; the receiver carries on).", channel.get("internal_errors")),
+          ("channel_queue_length", GAUGE, "Datagrams that can wait in the channel socket's queue, as "
+           "measured at start (net.unix.max_dgram_qlen + 1).", channel.get("queue_len")),
           ("lan_start_time_seconds", GAUGE, "When the LAN process started, seconds since the epoch.",
            lan_started),
           ("history_enabled", GAUGE, "1 when readings are kept in the persistent history.",

@@ -66,6 +66,17 @@ def test_the_exposition_passes_promtool_and_says_what_it_holds():
     assert samples['openseg_han_state{state="joining"}'] == "0"
     assert samples['openseg_channel_rejected_total{reason="oversized"}'] == "1"
     assert samples["openseg_history_enabled"] == "0"
+    # Events start as true zeros; a register jump no service could draw is counted as it happens.
+    assert samples["openseg_register_breaks_total"] == samples["openseg_meter_changes_total"] == "0"
+    assert samples["openseg_clock_moves_total"] == samples["openseg_channel_lost_slots_total"] == "0"
+    r.apply(reading(3, 13, clock.advance(7), summation=(1 << 48) - 1 + 10**9, scaling=SCALING_3_10000))
+    after = web_resources.metrics_text(r, {**counters, "internal_errors": 2, "queue_len": 513}, 1.0).body.decode()
+    check = subprocess.run([promtool, "check", "metrics"], input=after, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    samples = dict(line.rsplit(" ", 1) for line in after.splitlines() if not line.startswith("#"))
+    assert samples["openseg_register_breaks_total"] == "1"
+    assert samples["openseg_channel_internal_errors_total"] == "2"
+    assert samples["openseg_channel_queue_length"] == "513"
 
 
 class Prometheus:
