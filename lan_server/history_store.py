@@ -716,8 +716,11 @@ def _disk_note(directory: str) -> str:
 
 
 def _delete_all(state_dir: str, path: str, log: Callable[[str], None]) -> None:
-    aside = [os.path.join(state_dir, n) for n in (os.listdir(state_dir) if os.path.isdir(state_dir) else ())
-             if n.startswith(FILE_NAME + ".damaged-")]
+    try:
+        names = os.listdir(state_dir)
+    except OSError:             # no state directory: nothing to delete (or nothing this process may see)
+        names = []
+    aside = [os.path.join(state_dir, n) for n in names if n.startswith(FILE_NAME + ".damaged-")]
     removed = []
     for f in _files(path) + aside:
         try:

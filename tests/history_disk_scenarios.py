@@ -15,22 +15,10 @@ import sqlite3
 import subprocess
 import sys
 
-from channel_messages import T0, reading
+from channel_messages import T0, Clock, reading
 from lan_server import history_store as hs
 from lan_server.history_keeper import HistoryKeeper, HistoryState
 from lan_server.readings import Readings
-
-
-class Clock:
-    def __init__(self, t: float):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> float:
-        self.t += dt
-        return self.t
 
 
 class Rig:

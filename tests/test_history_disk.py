@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from channel_messages import T0, reading, status
-from history_disk_scenarios import Clock
+from channel_messages import T0, Clock, reading, status
 from lan_fixtures import LanServer, command, wait_until
 from lan_server import history_store as hs
 from lan_server.history_keeper import HistoryKeeper, HistoryState
