@@ -48,7 +48,7 @@ class Rig:
     def on_disk(self) -> int:
         """Rows in the file as SQLite reads it (a reader connection, not the writer's counter)."""
         store = self.keeper.store
-        with store.reader().snapshot() as rd:
+        with store.reading() as r, r.snapshot() as rd:
             return sum(1 for _ in rd.rows())
 
 

@@ -125,7 +125,7 @@ def test_rows_count_what_the_file_holds_after_a_failed_commit(tmp_path):
     other.close()
     mono.advance(hs.RETRY_EVERY_S + 1)
     store.flush()
-    with store.reader().snapshot() as rd:
+    with store.reading() as r, r.snapshot() as rd:
         on_disk = sum(1 for _ in rd.rows())
     assert store.stats().problem is None and store.stats().rows == on_disk == 8
     store.close()
