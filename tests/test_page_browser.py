@@ -603,16 +603,19 @@ def test_history_health_is_shown(open_page, stack):
     page.route("**/api/v1/status", history("unavailable", "/s/history.sqlite3: cannot open the history store: "
                                                           "unable to open database file (SQLITE_CANTOPEN); "
                                                           "/s is on a read-only file system"))
+    page.reload(wait_until="load")          # the page asks for the status every 30 s while readings flow
     expect(page.locator("#st-history")).to_have_text(re.compile(
         r"^Off \u2014 the gateway cannot open its history: .* read-only file system \(since \d\d:\d\d:\d\d\)\. "
         r"Charts and downloads show only recent readings; it keeps trying\.$"))
     expect(page.locator("#st-history")).to_have_attribute("data-level", "bad")
     page.unroute("**/api/v1/status")
     page.route("**/api/v1/status", history("failing", "the file system holding /s/history.sqlite3 is full"))
+    page.reload(wait_until="load")
     expect(page.locator("#st-history")).to_have_text(re.compile(
         r"^Not being saved: the file system holding /s/history.sqlite3 is full \(since \d\d:\d\d:\d\d\); "
         r"4 new reading\(s\) wait in memory and it keeps trying\.$"))
     expect(page.locator("#st-history")).to_have_attribute("data-level", "warn")
     page.unroute("**/api/v1/status")
+    page.reload(wait_until="load")
     expect(page.locator("#st-history")).to_have_text(re.compile(r"^Saved on the gateway"))
     assert not watch.page_errors, watch.page_errors
