@@ -7,7 +7,7 @@
     openseg-admin user passwd NAME [--password-stdin] --config F
     openseg-admin user remove NAME --config F
     openseg-admin user list --config F
-    openseg-admin cert renew --config F [--san NAME_OR_IP]...
+    openseg-admin cert renew --config F [--san NAME_OR_IP]... [--if-due] [--restart-unit UNIT]
 
 Exit codes: 0 done; 1 refused (bad name, user exists, DIR not empty...); 2 a config or users file that
 cannot be used (unreadable, not UTF-8, not TOML, a bad key: one line names the file), or bad usage.
@@ -21,6 +21,7 @@ import datetime as dt
 import ipaddress
 import os
 import socket
+import subprocess
 import sys
 import tomllib
 from typing import Iterator
@@ -34,6 +35,10 @@ from .users_file import (User, UsersFileError, check_name, check_subscription, g
                          generate_user_name, load, locked, render, write_atomic)
 
 CONFIG_NAME = "gateway.toml"
+# The installation's CA (lan_server.certs): its certificate beside the config, for devices to import;
+# its key in a folder of its own that only the admin (root on a gateway) may enter, never openseg-lan.
+CA_CERT = "ca.pem"
+CA_KEY = os.path.join("ca", "key.pem")
 DEFAULT_SERIAL = "/dev/ttyUSB0"
 SOCKET_REL = "run/readings.sock"
 
@@ -164,7 +169,10 @@ def cmd_init(args) -> None:
         os.chmod(run_dir, 0o710)
 
     extra = [args.bind] + list(args.san)
-    certs.write_identity(os.path.join(target, "tls", "key.pem"), os.path.join(target, "tls", "cert.pem"), extra)
+    ca_key, ca_cert = os.path.join(target, CA_KEY), os.path.join(target, CA_CERT)
+    certs.write_ca(ca_key, ca_cert, extra)
+    certs.write_identity(os.path.join(target, "tls", "key.pem"), os.path.join(target, "tls", "cert.pem"), extra,
+                         ca_key_path=ca_key, ca_cert_path=ca_cert)
 
     password = passwords.generate_password()
     user = User(args.user, generate_subscription_id(), passwords.hash_password(password))
@@ -177,6 +185,7 @@ def cmd_init(args) -> None:
     print(f"username: {user.name}")
     print(f"password: {password}")
     print(f"subscription: {user.subscription}")
+    print(f"ca certificate: {ca_cert}")          # what each phone, TV or computer imports, once
 
 
 # -- user ------------------------------------------------------------------------------------------
@@ -266,17 +275,60 @@ def keeping_owners(*paths: str) -> Iterator[None]:
             os.chown(path, *owner)
 
 
+def _names_in(cert_path: str) -> list[str]:
+    """The host names and addresses the current certificate is for (so a renewal keeps them)."""
+    try:
+        with open(cert_path, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return []
+    return [str(n.value) for n in sans if isinstance(n, (x509.DNSName, x509.IPAddress))]
+
+
 def cmd_cert_renew(args) -> None:
-    """A new key and certificate in place (the old ones expire after a year); users are untouched.
-    openseg-lan reads them at start, so it needs a restart afterwards."""
+    """A new server key and certificate, signed by the installation's CA, in place; users are
+    untouched. Devices that imported the CA certificate keep trusting the gateway. With --if-due only
+    when the certificate ends within certs.RENEW_BEFORE_DAYS (or is not the CA's): what the daily
+    timer runs. openseg-lan reads the certificate at start: --restart-unit restarts it after a renewal."""
     _check_sans(args.san)
-    lan = config_schema.load(args.config).lan
+    cfg = config_schema.load(args.config)
+    lan, base = cfg.lan, os.path.dirname(cfg.path)
+    ca_key, ca_cert = os.path.join(base, CA_KEY), os.path.join(base, CA_CERT)
+    names = [lan["bind"]] + _names_in(lan["certificate"]) + list(args.san)
+    if not os.path.exists(ca_key):
+        # An installation from before the CA: make it now; devices import it once, from then on never.
+        certs.write_ca(ca_key, ca_cert, names)
+        print(f"ca certificate: {ca_cert} (new: import it once on each phone, TV or computer)")
+    with open(ca_cert, "rb") as f:
+        ca_pem = f.read()
+    if args.if_due:
+        try:
+            with open(lan["certificate"], "rb") as f:
+                why = certs.renewal_due(f.read(), ca_pem)
+        except (OSError, ValueError) as exc:
+            why = f"it cannot be read ({exc})"
+        if why is None:
+            print(f"certificate: {lan['certificate']} not due for renewal")
+            return
+        print(f"renewing: {why}")
     with keeping_owners(lan["private_key"], lan["certificate"]):
-        certs.write_identity(lan["private_key"], lan["certificate"], [lan["bind"]] + list(args.san))
+        try:
+            certs.write_identity(lan["private_key"], lan["certificate"], names, ca_key_path=ca_key,
+                                 ca_cert_path=ca_cert)
+        except certs.CertError as exc:
+            raise AdminError(str(exc)) from None
     cert = x509.load_pem_x509_certificate(open(lan["certificate"], "rb").read())
     print(f"certificate: {lan['certificate']}")
     print(f"sha256: {cert.fingerprint(hashes.SHA256()).hex(':')}")
     print(f"valid until: {cert.not_valid_after_utc.isoformat()}")
+    print(f"ca certificate: {ca_cert}")
+    if args.restart_unit:
+        out = subprocess.run(["systemctl", "try-restart", args.restart_unit], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise AdminError(f"renewed, but `systemctl try-restart {args.restart_unit}` failed: "
+                             f"{' '.join(out.stderr.split()) or out.returncode}")
+        print(f"restarted: {args.restart_unit}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     renew.add_argument("--san", action="append", default=[], metavar="NAME_OR_IP",
                        help="another host name or address for the certificate (repeatable)")
     renew.add_argument("--config", required=True, help="the gateway's TOML config file")
+    renew.add_argument("--if-due", action="store_true",
+                       help=f"only when the certificate ends within {certs.RENEW_BEFORE_DAYS} days (the daily timer)")
+    renew.add_argument("--restart-unit", metavar="UNIT",
+                       help="after a renewal, `systemctl try-restart UNIT` (openseg-lan.service)")
     renew.set_defaults(func=cmd_cert_renew)
     return parser
 

@@ -52,5 +52,8 @@ def san_names(der: bytes) -> frozenset[str]:
 
 
 def from_pem_file(path: str) -> frozenset[str]:
+    """The names of the file's first certificate: the server's (a chain file has the CA's after it)."""
     with open(path, encoding="ascii") as f:
-        return san_names(ssl.PEM_cert_to_DER_cert(f.read()))
+        text = f.read()
+    end = text.find(ssl.PEM_FOOTER)
+    return san_names(ssl.PEM_cert_to_DER_cert(text if end < 0 else text[:end + len(ssl.PEM_FOOTER)]))

@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Callable
 
 from .channel_receiver import ChannelReceiver
-from .history_store import HistoryStore
+from .history_keeper import HistoryKeeper
 from .readings import Readings
 
 
 class HistoryChannelReceiver(ChannelReceiver):
     def __init__(self, socket_path: str, allowed_uid: int, readings: Readings,
-                 log: Callable[[str], None], history: HistoryStore):
+                 log: Callable[[str], None], history: HistoryKeeper):
         super().__init__(socket_path, allowed_uid, readings, log)
         self.history = history
 

@@ -23,7 +23,15 @@ Its cost is one fsync per commit: one per poll at the production rate, and group
 readings come faster (a slow fsync lets more datagrams queue, and the next batch takes them all). In
 neither mode can a crash or a power cut corrupt the file: SQLite's WAL is built for exactly that. A file
 damaged by something else (a failing SD card) fails `PRAGMA quick_check` at start; it is renamed aside,
-logged, and a fresh store is started, so the gateway keeps serving.
+logged, and a fresh store is started, so the gateway keeps serving. Only real damage (SQLITE_CORRUPT,
+SQLITE_NOTADB, or a quick_check that finds something) counts: a file that cannot be opened, a read-only
+or full file system says nothing about the file, which is then left where it is (`is_damage`).
+
+A disk that refuses writes (read-only, full, I/O errors) never stops the receiver thread or loses what
+it cannot write at once: the writer keeps up to BACKLOG_ROWS rows queued, reports the problem
+(`HistoryWriter.problem`, shown by /api/v1/status and the page) and tries again every RETRY_EVERY_S
+(history_keeper does the same for a store that cannot be opened at all). `rows` counts what the file
+holds: it changes only once a transaction has committed, and is recounted after a failure.
 
 Schema (version 2):
     scaling(id INTEGER PRIMARY KEY, multiplier, divisor, unit, summation_formatting, demand_formatting)
@@ -84,6 +92,9 @@ WAL_LIMIT_BYTES = 4 * 1024 * 1024
 READERS = 4                     # read connections at most: 2 CPUs gain nothing from more at once
 READER_CACHE_KIB = 512          # per read connection (READERS of them: 2 MiB at most)
 LOG_EVERY_S = 60.0
+RETRY_EVERY_S = 30.0            # a disk that refused a write is tried again this often
+BACKLOG_ROWS = 3 * 3600         # rows held in memory while the disk refuses them (3 h at 1-s polls)
+ROW_BYTES_AT_MOST = 128         # a batch's new pages, for telling the size bound from a full disk
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID",
@@ -105,6 +116,30 @@ class HistoryError(Exception):
     """The store cannot be opened or created; the message names the file."""
 
 
+def _primary(exc: sqlite3.Error) -> int | None:
+    code = exc.sqlite_errorcode if isinstance(exc, sqlite3.DatabaseError) else None
+    return None if code is None else code & 0xFF        # extended codes carry the primary in the low byte
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """The file itself is damaged (as opposed to unreadable, read-only, full, locked)."""
+    return _primary(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _file_system_full(path: str, exc: sqlite3.OperationalError) -> sqlite3.OperationalError:
+    """SQLite says "database or disk is full" for both; this one is the disk, not the size bound."""
+    out = sqlite3.OperationalError(f"the file system holding {path} is full")
+    out.sqlite_errorcode, out.sqlite_errorname = exc.sqlite_errorcode, exc.sqlite_errorname
+    return out
+
+
+def describe(exc: sqlite3.Error) -> str:
+    """One line for logs and /api/v1/status: SQLite's text and its error name."""
+    name = exc.sqlite_errorname if isinstance(exc, sqlite3.DatabaseError) else None
+    text = " ".join(str(exc).split())
+    return f"{text} ({name})" if name else text
+
+
 def t_ms_of(t: float) -> int:
     """Milliseconds since the epoch as iso_ms() would print them (microseconds rounded, then cut)."""
     return round(t * 1_000_000) // 1000
@@ -116,6 +151,17 @@ def store_path(state_dir: str) -> str:
 
 def _files(path: str) -> list[str]:
     return [path, path + "-wal", path + "-shm"]
+
+
+def file_bytes(path: str) -> int:
+    """What the store takes on disk: the database, its WAL and its shared-memory index."""
+    size = 0
+    for f in _files(path):
+        try:
+            size += os.path.getsize(f)
+        except OSError:
+            pass
+    return size
 
 
 @dataclass(frozen=True)
@@ -131,6 +177,8 @@ class StoreStats:
     behind: int
     moved: int          # rows moved by retag (a HAN clock step)
     replaced: int       # rows a retag replaced (they were over the same time)
+    problem: str | None             # why writing fails now (None: it does not)
+    queued: int                     # rows waiting in memory for the disk
 
 
 class HistoryWriter:
@@ -153,6 +201,10 @@ class HistoryWriter:
         self._pending: list[tuple] = []
         self._pending_since: float | None = None
         self._next_prune = 0.0
+        self._hold_until = float("-inf")    # after a failed write: no new attempt before this
+        self.problem: str | None = None
+        self.problem_since: float | None = None     # wall-clock time writing began to fail
+        self.damaged = False                # the last failure was damage: history_keeper reopens
         self.skipped = self.write_errors = self.dropped = 0
         self.behind = self.moved = self.replaced = 0
         self._last_log: dict[str, float] = {}
@@ -161,8 +213,11 @@ class HistoryWriter:
         self.maxima: dict[Scaling, tuple[int, int, int]] = {}
         self._scaling_ids: dict[Scaling, int] = {}
         self._load_scalings()
-        self.rows = self.conn.execute("SELECT count(*) FROM sample").fetchone()[0]
+        self.rows = self._count()
         self.newest_ms = self.conn.execute("SELECT max(t_ms) FROM sample").fetchone()[0]
+
+    def _count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM sample").fetchone()[0]
 
     def _setup(self) -> None:
         c = self.conn
@@ -185,6 +240,11 @@ class HistoryWriter:
         elif row[0] != SCHEMA_VERSION:
             c.execute("ROLLBACK")
             raise HistoryError(f"{self.path}: schema version {row[0]}, this version reads {SCHEMA_VERSION}")
+        else:
+            # A write, so that a file SQLite could open only read-only (a read-only disk) fails here and
+            # is not opened at all: a process that keeps any read-only connection to it has its WAL
+            # index mapped read-only, and no later connection of that process could write to it.
+            c.execute("UPDATE meta SET value = value WHERE key = 'schema'")
         c.execute("COMMIT")
 
     def _load_scalings(self) -> None:
@@ -206,10 +266,13 @@ class HistoryWriter:
     def append(self, entry: Entry) -> None:
         try:
             self._append(entry)
-        except (sqlite3.Error, OverflowError) as exc:   # never let the store stop the receiver thread
+        except OverflowError as exc:    # a value beyond SQLite's integers: this entry alone is lost
             self.write_errors += 1
             self.dropped += 1
             self._rate_log("error", f"history: could not store a reading: {exc}")
+        except sqlite3.Error as exc:      # a new scaling could not be stored: this reading is lost
+            self.dropped += 1
+            self._failed(exc)
 
     def _append(self, entry: Entry) -> None:
         now = self._clock()
@@ -235,6 +298,9 @@ class HistoryWriter:
             row = (t_ms, entry.seq, entry.slot, None, None, None, None, entry.cause, None)
         if not self._pending:
             self._pending_since = self._mono()
+        elif len(self._pending) >= BACKLOG_ROWS:      # the disk has refused them for hours
+            del self._pending[0]
+            self.dropped += 1
         self._pending.append(row)
         if len(self._pending) >= MAX_BATCH or self._mono() - self._pending_since >= COMMIT_EVERY_S:
             self.flush()
@@ -261,23 +327,49 @@ class HistoryWriter:
             self.maxima = {**self.maxima, r.scaling: new}
 
     def flush(self) -> None:
-        """Commit what is queued (the receiver calls this whenever the socket is drained)."""
-        if self._pending:
-            rows, self._pending = self._pending, []
-            try:
-                self._insert(rows)
-            except (sqlite3.Error, OverflowError) as exc:
-                self.write_errors += 1
-                self.dropped += len(rows)
-                self._rate_log("error", f"history: could not store {len(rows)} reading(s): {exc}")
-        if self._mono() >= self._next_prune:
-            try:
+        """Commit what is queued (the receiver calls this whenever the socket is drained). After a
+        failed write nothing is tried before RETRY_EVERY_S has passed; the rows stay queued."""
+        if self._mono() < self._hold_until:
+            return
+        wrote = False
+        try:
+            if self._pending:
+                try:
+                    self._insert(self._pending)
+                    wrote = True
+                except OverflowError as exc:    # a value SQLite cannot hold: counted, never retried
+                    self.write_errors += 1
+                    self.dropped += len(self._pending)
+                    self._rate_log("error", f"history: could not store {len(self._pending)} reading(s): {exc}")
+                self._pending = []          # (a disk error leaves them queued: it raises past this)
+            if self._mono() >= self._next_prune:
                 more = self.prune()
-            except sqlite3.Error as exc:
-                self.write_errors += 1
-                self._rate_log("prune", f"history: pruning failed: {exc}")
-                more = False
-            self._next_prune = self._mono() + (1.0 if more else PRUNE_EVERY_S)
+                wrote = True
+                self._next_prune = self._mono() + (1.0 if more else PRUNE_EVERY_S)
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return
+        if wrote and self.problem is not None:
+            self._log(f"history: writing {self.path} again ({len(self._pending)} queued reading(s) stored); "
+                      f"it had failed: {self.problem}")
+            self.problem = self.problem_since = None
+            self._last_log.pop("error", None)
+            self.rows = self._count()
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        self.write_errors += 1
+        if self.problem is None:
+            self.problem_since = self._clock()
+        self.problem = describe(exc)
+        self.damaged = is_damage(exc)
+
+        self._hold_until = self._mono() + RETRY_EVERY_S
+        self._rate_log("error", f"history: cannot write {self.path}: {self.problem}; keeping up to "
+                                f"{BACKLOG_ROWS} reading(s) in memory and trying again every {RETRY_EVERY_S:g} s")
 
     def _insert(self, rows: list[tuple]) -> None:
         for attempt in (1, 2, 3):
@@ -285,16 +377,28 @@ class HistoryWriter:
                 with self._transaction():
                     before = self.conn.total_changes
                     self.conn.executemany(_INSERT, rows)
-                    self.rows += self.conn.total_changes - before
+                    added = self.conn.total_changes - before
+                self.rows += added          # counted once committed, so `rows` is what the file holds
                 return
             except sqlite3.OperationalError as exc:
-                if attempt == 3 or "full" not in str(exc):
+                if attempt == 3 or _primary(exc) != sqlite3.SQLITE_FULL or not self._at_bound(len(rows)):
+                    if _primary(exc) == sqlite3.SQLITE_FULL:
+                        raise _file_system_full(self.path, exc) from exc
                     raise
                 # The hard size limit: make room by dropping the oldest twentieth (and at least twice
                 # what this batch needs, since freed pages are rarely full ones), then retry.
                 self._rate_log("full", f"history: {self.path} reached its size bound of "
                                        f"{self.bound_bytes} bytes; deleting the oldest 5 %")
                 self._delete_oldest(max(self.rows // 20, 2 * len(rows)))
+
+    def _at_bound(self, batch_rows: int) -> bool:
+        """Whether SQLITE_FULL came from max_page_count (the size bound) rather than from the file
+        system: SQLite says "database or disk is full" for both. The bound it is when the batch could
+        not have fitted below max_page_count."""
+        c = self.conn
+        page = c.execute("PRAGMA page_size").fetchone()[0]
+        room = c.execute("PRAGMA max_page_count").fetchone()[0] - c.execute("PRAGMA page_count").fetchone()[0]
+        return room <= batch_rows * ROW_BYTES_AT_MOST // page + 8
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -345,7 +449,7 @@ class HistoryWriter:
             edge = self.conn.execute("SELECT t_ms FROM sample WHERE t_ms < ? ORDER BY t_ms LIMIT 1 OFFSET ?",
                                      (cutoff, PRUNE_CHUNK)).fetchone()
             n = self.conn.execute("DELETE FROM sample WHERE t_ms < ?", (edge[0] if edge else cutoff,)).rowcount
-            self.rows -= n
+        self.rows -= n
         more = edge is not None
         over = self.rows - self.bound_rows
         if over > 0:
@@ -360,7 +464,7 @@ class HistoryWriter:
             n = self.conn.execute(
                 "DELETE FROM sample WHERE (t_ms, seq) IN (SELECT t_ms, seq FROM sample ORDER BY t_ms, seq "
                 "LIMIT ?)", (count,)).rowcount
-            self.rows -= n
+        self.rows -= n
 
     def _rate_log(self, kind: str, text: str) -> None:
         now = self._mono()
@@ -370,7 +474,12 @@ class HistoryWriter:
 
     def close(self) -> None:
         self._next_prune = float("inf")
+        self._hold_until = float("-inf")        # one last try, whatever the retry schedule says
         self.flush()
+        if self._pending:
+            self.dropped += len(self._pending)
+            self._log(f"history: {len(self._pending)} reading(s) could not be written before stopping: "
+                      f"{self.problem}")
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
@@ -599,15 +708,11 @@ class HistoryStore:
 
     def stats(self) -> StoreStats:
         w = self.writer
-        size = 0
-        for f in _files(self.path):
-            try:
-                size += os.path.getsize(f)
-            except OSError:
-                pass
-        return StoreStats(rows=w.rows, bound_rows=w.bound_rows, bound_bytes=w.bound_bytes, file_bytes=size,
+        return StoreStats(rows=w.rows, bound_rows=w.bound_rows, bound_bytes=w.bound_bytes,
+                          file_bytes=file_bytes(self.path),
                           retention_days=self.retention_days, skipped=w.skipped, write_errors=w.write_errors,
-                          dropped=w.dropped, behind=w.behind, moved=w.moved, replaced=w.replaced)
+                          dropped=w.dropped, behind=w.behind, moved=w.moved, replaced=w.replaced,
+                          problem=w.problem, queued=w.queued)
 
     def close(self) -> None:
         """After the receiver thread has stopped: commit what is left, close every connection."""
@@ -619,44 +724,89 @@ class HistoryStore:
 
 
 def open_history(state_dir: str, retention_days: int, *, log: Callable[[str], None] = print,
-                 clock: Callable[[], float] = time.time) -> HistoryStore | None:
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> HistoryStore | None:
     """The store for `[lan] state_dir` and `history_retention_days`, checked and pruned, or None when
-    the retention is 0: then any store left from before is deleted, since 0 means keep no record."""
+    the retention is 0: then any store left from before is deleted, since 0 means keep no record.
+    Raises HistoryError (one line naming the file) when the disk does not allow it."""
     path = store_path(state_dir)
     if retention_days == 0:
-        aside = [os.path.join(state_dir, n) for n in (os.listdir(state_dir) if os.path.isdir(state_dir) else ())
-                 if n.startswith(FILE_NAME + ".damaged-")]
-        removed = [f for f in _files(path) + aside if os.path.exists(f)]
-        for f in removed:
-            os.unlink(f)
-        if removed:
-            log(f"history: retention is 0 days; deleted {path}")
+        _delete_all(state_dir, path, log)
         return None
     try:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise HistoryError(f"{state_dir}: cannot create the state directory: {exc.strerror}") from None
-    if os.path.exists(path) and not _healthy(path):
+    if os.path.exists(path) and (damage := _damage(path)):
         aside = f"{path}.damaged-{int(clock())}"
-        for f in _files(path):
-            if os.path.exists(f):
-                os.replace(f, aside + f[len(path):])
-        log(f"history: {path} failed its integrity check; moved it to {aside} and started a new one")
+        try:
+            for f in _files(path):
+                if os.path.exists(f):
+                    os.replace(f, aside + f[len(path):])
+        except OSError as exc:
+            raise HistoryError(f"{path} is damaged ({damage}) and cannot be moved aside: {exc.strerror}"
+                               f"{_disk_note(state_dir)}") from None
+        log(f"history: {path} failed its integrity check ({damage}); moved it to {aside} and started a new one")
     try:
-        store = HistoryStore(path, retention_days, clock=clock, log=log)
+        store = HistoryStore(path, retention_days, clock=clock, monotonic=monotonic, log=log)
     except sqlite3.Error as exc:
-        raise HistoryError(f"{path}: cannot open the history store: {exc}") from None
-    while store.writer.prune():
-        pass
+        raise HistoryError(f"{path}: cannot open the history store: {describe(exc)}{_disk_note(state_dir)}") \
+            from None
+    try:
+        while store.writer.prune():
+            pass
+    except sqlite3.Error as exc:
+        # Readable but not writable (a read-only file system): serve what it holds; the writer
+        # reports the problem and tries again on its schedule.
+        store.writer._failed(exc)
     return store
 
 
-def _healthy(path: str) -> bool:
+def _disk_note(directory: str) -> str:
+    """What the file system says, since SQLite's "unable to open database file" does not."""
+    try:
+        fs = os.statvfs(directory)
+    except OSError as exc:
+        return f"; {directory}: {exc.strerror}"
+    if fs.f_flag & os.ST_RDONLY:
+        return f"; {directory} is on a read-only file system"
+    if fs.f_bavail == 0:
+        return f"; the file system holding {directory} is full"
+    return ""
+
+
+def _delete_all(state_dir: str, path: str, log: Callable[[str], None]) -> None:
+    try:
+        names = os.listdir(state_dir)
+    except OSError:             # no state directory: nothing to delete (or nothing this process may see)
+        names = []
+    aside = [os.path.join(state_dir, n) for n in names if n.startswith(FILE_NAME + ".damaged-")]
+    removed = []
+    for f in _files(path) + aside:
+        try:
+            os.unlink(f)
+            removed.append(f)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log(f"history: retention is 0 days but {f} cannot be deleted: {exc.strerror}")
+    if removed:
+        log(f"history: retention is 0 days; deleted {path}")
+
+
+def _damage(path: str) -> str | None:
+    """What is wrong with the file when it is damaged; None when it is sound. A file that cannot be
+    checked (not openable, read-only directory without its -shm, an I/O error) is not called damaged:
+    HistoryError, and it stays where it is."""
     try:
         conn = sqlite3.connect(path, isolation_level=None)
         try:
-            return conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
         finally:
             conn.close()
-    except sqlite3.DatabaseError:
-        return False
+    except sqlite3.DatabaseError as exc:
+        if is_damage(exc):
+            return describe(exc)
+        raise HistoryError(f"{path}: cannot check the history store: {describe(exc)}"
+                           f"{_disk_note(os.path.dirname(path))}") from None
+    return None if result == "ok" else " ".join(str(result).split())

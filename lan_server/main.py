@@ -6,7 +6,10 @@ stderr naming the config key or file at fault; nothing is listening yet at that 
   2. read the config                      6. serve HTTPS (the only TCP socket), start the receiver
   3. load the users file                  7. until SIGTERM/SIGINT: feed systemd's watchdog while a
   4. TLS context; the port is free           probe gets through and the receiver runs; then stop both
-Between 4 and 5 the history store in `[lan] state_dir` is checked and pruned (history_store).
+Between 4 and 5 the history store in `[lan] state_dir` is checked and pruned (history_store). A disk
+that does not allow it (read-only, full, missing directory, damaged file that cannot be moved aside)
+does not stop the process: it serves without history, says so in /api/v1/status and on the page, and
+the receiver thread tries again (history_keeper).
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ from .app import PROBE_HEADER, LanApp
 from .auth import Authenticator
 from .channel_receiver import ChannelReceiver
 from .history_receiver import HistoryChannelReceiver
-from .history_store import HistoryError, open_history
+from .history_keeper import HistoryKeeper
+from .history_store import open_history
 from .readings import Readings
 from .users_file import UsersFileError, UsersStore
 
@@ -182,11 +186,11 @@ def run(config_path: str) -> int:
     lan, channel = cfg.lan, cfg.channel
     _check_port_free(lan["bind"], lan["port"])
 
-    try:
-        history = open_history(lan["state_dir"], lan["history_retention_days"],
-                               log=logging.getLogger("openseg.lan.history").info)
-    except HistoryError as exc:
-        raise StartupError(f"[lan] state_dir: {exc}") from None
+    retention, history_log = lan["history_retention_days"], logging.getLogger("openseg.lan.history").info
+    if retention == 0:
+        history = open_history(lan["state_dir"], 0, log=history_log)   # None; deletes an earlier store
+    else:
+        history = HistoryKeeper(lan["state_dir"], retention, log=history_log)
     readings = Readings(stale_after_s=lan["stale_after_s"], history=history,
                         service_max_w=lan["service_max_w"])
     han_uid = channel["han_uid"] if channel["han_uid"] is not None else os.getuid()

@@ -16,8 +16,9 @@ from . import espi_feed as ef
 from . import espi_query
 from . import interval_energy as ie
 from . import metrics
-from .history_source import source_for, store_exponent
-from .history_store import HistoryStore, t_ms_of
+from .history_keeper import HistoryKeeper, HistoryState
+from .history_source import open_store, source_for, store_exponent
+from .history_store import file_bytes, t_ms_of
 from .metrics import HistoryHealth
 from .readings import Reading, Readings, Snapshot, data_status
 from .scaling import Scaling, decimal_text, resolution_exponent, scaled_int, value_text
@@ -183,8 +184,8 @@ def _current_value(readings: Readings, path: str, subscription: str, base_url: s
     builder), without its routing, snapshot, query parsing or Context. None: take the general path
     (another resource, history off, or no value yet: the 503 is the general path's)."""
     mr = _current_value_paths(subscription).get(path.strip("/"))
-    store = getattr(readings, "history", None)
-    if mr is None or not isinstance(store, HistoryStore):
+    store = open_store(readings)
+    if mr is None or store is None:
         return None
     latest = readings.latest_of(mr.quantity)
     if latest is None:
@@ -326,8 +327,8 @@ def _clock_status(snap: Snapshot) -> dict:
 
 def _history_health(readings: Readings) -> HistoryHealth | None:
     """The persistent history's counters and bounds; None when history is off."""
-    store = getattr(readings, "history", None)
-    if not isinstance(store, HistoryStore):
+    store = open_store(readings)
+    if store is None:
         return None
     st = store.stats()
     with store.reading() as reader, reader.snapshot():
@@ -337,16 +338,32 @@ def _history_health(readings: Readings) -> HistoryHealth | None:
 
 
 def _history_status(readings: Readings) -> dict:
-    """The persistent history: how much it holds, its bounds, and whether writing it fails."""
-    health = _history_health(readings)
-    if health is None:
+    """The persistent history: its health (`ok`, `failing`: open, writes refused and queued;
+    `unavailable`: not open, answers come from memory) with the reason and since when, how much the
+    file holds, its bounds, and what could not be stored."""
+    history = getattr(readings, "history", None)
+    store = open_store(readings)
+    if history is None:
         return {"enabled": False}
-    st = health.stats
-    return {"enabled": True, "retention_days": st.retention_days, "rows": st.rows,
-            "oldest": iso_ms(health.oldest_s), "newest": iso_ms(health.newest_s),
+    keeper = history if isinstance(history, HistoryKeeper) else None
+    state, problem, since = keeper.health() if keeper else (HistoryState.OK, None, None)
+    out = {"enabled": True, "health": state.value, "problem": problem,
+           "problem_since": iso_ms(since) if since is not None else None}
+    lost = keeper.lost if keeper else 0
+    errors = keeper.write_errors if keeper else 0
+    if store is None:
+        return {**out, "retention_days": keeper.retention_days, "rows": None, "oldest": None, "newest": None,
+                "file_bytes": file_bytes(keeper.path), "queued": keeper.queued, "write_errors": errors,
+                "lost": lost}
+    st = store.stats()
+    with store.reading() as reader, reader.snapshot():
+        oldest, newest = reader.oldest_ms(), reader.newest_ms()
+    return {**out, "retention_days": st.retention_days, "rows": st.rows,
+            "oldest": iso_ms(oldest / 1000) if oldest is not None else None,
+            "newest": iso_ms(newest / 1000) if newest is not None else None,
             "file_bytes": st.file_bytes, "bound_bytes": st.bound_bytes, "bound_rows": st.bound_rows,
-            "not_stored": st.skipped, "write_errors": st.write_errors, "lost": st.dropped,
-            "behind": st.behind, "moved": st.moved, "replaced": st.replaced}
+            "queued": st.queued, "not_stored": st.skipped, "write_errors": st.write_errors + errors,
+            "lost": st.dropped + lost, "behind": st.behind, "moved": st.moved, "replaced": st.replaced}
 
 
 def metrics_text(readings: Readings, channel_counters: dict, lan_started: float) -> Response:

@@ -272,7 +272,13 @@ class Stack:
 
     @property
     def cafile(self) -> str:
+        """The served chain (the server certificate and the CA's): a trust anchor for the tests."""
         return str(self.gateway_dir / "tls" / "cert.pem")
+
+    @property
+    def ca_certificate(self) -> str:
+        """What a device imports once to trust this gateway, across certificate renewals."""
+        return str(self.gateway_dir / "ca.pem")
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=self.cafile)
@@ -384,8 +390,8 @@ def _run(folder: Path, args: argparse.Namespace) -> int:
         print(f"  username:     {stack.username}")
         print(f"  password:     {stack.password}")
         print(f"  subscription: {stack.subscription}")
-        print(f"  certificate:  {stack.cafile}")
-        print(f"\n  curl --cacert {stack.cafile} -u {stack.username}:{stack.password} \\\n"
+        print(f"  certificate:  {stack.ca_certificate} (the gateway's CA: import it once to trust the page)")
+        print(f"\n  curl --cacert {stack.ca_certificate} -u {stack.username}:{stack.password} \\\n"
               f"       {stack.url}/espi/1_1/resource/Batch/Subscription/{stack.subscription}")
         print(f"\nThe login is kept in {folder}/login.json; the logs are in {stack.log_dir}/ "
               "(emulator.log, han.log, lan.log).")

@@ -34,7 +34,8 @@ def mode(path) -> int:
 def test_init_prints_exactly_the_login_and_writes_a_valid_installation(tmp_path):
     target, out = init(tmp_path, "--lan-port", "9443", "--serial", "/dev/ttyACM3")
     lines = out.stdout.splitlines()
-    assert [line.split(": ")[0] for line in lines] == ["url", "username", "password", "subscription"]
+    assert [line.split(": ")[0] for line in lines] == ["url", "username", "password", "subscription",
+                                                         "ca certificate"]
     login = parse_fields(out.stdout)
     assert login["url"] == "https://127.0.0.1:9443/"
     assert users_file.check_name(login["username"]) is None
@@ -75,9 +76,10 @@ def test_certificate(tmp_path):
     key = serialization.load_pem_private_key(open(f"{target}/tls/key.pem", "rb").read(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
     assert cert.public_key().public_numbers() == key.public_key().public_numbers()
-    assert cert.issuer == cert.subject                          # self-signed
+    ca = x509.load_pem_x509_certificate(open(f"{target}/ca.pem", "rb").read())
+    cert.verify_directly_issued_by(ca)                          # signed by the installation's CA
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    assert dt.timedelta(days=365) <= lifetime <= dt.timedelta(days=366)
+    assert dt.timedelta(days=365) <= lifetime <= dt.timedelta(days=365, minutes=5)
     now = dt.datetime.now(dt.timezone.utc)
     assert cert.not_valid_before_utc <= now <= cert.not_valid_before_utc + dt.timedelta(hours=1)
 
@@ -92,7 +94,7 @@ def test_certificate(tmp_path):
     ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     assert ski.digest == x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest
-    assert aki.key_identifier == ski.digest
+    assert aki.key_identifier == ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
 
 
@@ -320,7 +322,7 @@ def test_cert_renew_replaces_key_and_certificate_but_not_users(installation):
     lan = config_schema.load(cfg).lan
     key_before, cert_before = open(lan["private_key"]).read(), open(lan["certificate"]).read()
     users_before = open(lan["users_file"]).read()
-    out = run_admin("cert", "renew", "--san", "gw.example", "--config", cfg)
+    out = run_admin("cert", "renew", "--san", "gw.home.arpa", "--config", cfg)
     assert out.returncode == 0, out.stderr
     fields = parse_fields(out.stdout)
     assert fields["certificate"] == lan["certificate"] and fields["sha256"].count(":") == 31
@@ -330,7 +332,7 @@ def test_cert_renew_replaces_key_and_certificate_but_not_users(installation):
     assert mode(lan["private_key"]) == 0o600
     cert = x509.load_pem_x509_certificate(open(lan["certificate"], "rb").read())
     dns = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-    assert "gw.example" in dns and "localhost" in dns
+    assert "gw.home.arpa" in dns and "localhost" in dns
     assert run_admin("cert", "renew", "--san", "bad name", "--config", cfg).returncode == 1
 
 

@@ -314,3 +314,22 @@ def test_han_is_favoured_for_the_cpu():
     service = read_unit("openseg-han.service")["Service"]
     assert int(service["CPUWeight"][0]) > 100 and int(service["Nice"][0]) < 0, service
     assert "CPUWeight" not in read_unit("openseg-lan.service")["Service"]
+
+
+def test_the_certificate_renewal_timer_verifies_clean(fake_root):
+    """deploy/openseg-cert-renew.{service,timer}: daily, as root (the CA key's owner), only when due,
+    restarting openseg-lan after a renewal (tests/test_certs_ca.py runs the command itself)."""
+    unit_dir = fake_root / "etc/systemd/system"
+    units = ("openseg-cert-renew.service", "openseg-cert-renew.timer")
+    for unit in units:
+        shutil.copy(DEPLOY / unit, unit_dir / unit)
+    argv = exec_start(units[0])
+    target = fake_root / Path(argv[0]).relative_to("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(Path(sys.executable).parent / Path(argv[0]).name, target)
+    result = verify(fake_root, *units)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+    assert argv[1:4] == ["cert", "renew", "--if-due"] and "openseg-lan.service" in argv
+    service = read_unit(units[0])["Service"]
+    assert "User" not in service and service["Type"] == ["oneshot"]
+    assert read_unit(units[1])["Timer"]["Persistent"] == ["yes"]

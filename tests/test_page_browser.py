@@ -583,3 +583,39 @@ def test_fetches_only_what_is_new_in_both_ranges(open_page, stack):
     assert count("/api/v1/history?minutes=1440&limit=1&after=") == 1, seen()
     page.unroute("**/api/v1/current")
     watch.check()
+def test_history_health_is_shown(open_page, stack):
+    """The status section says whether history is kept; a disk that refuses it (here the real status
+    answer with the history part a read-only disk gives, tests/test_history_disk.py) is said plainly."""
+    from playwright.sync_api import expect
+    page, watch = open_page()
+    expect(page.locator("#st-history")).to_have_text(re.compile(r"^Saved on the gateway \(35 days\), [\d,]+ readings$"))
+    expect(page.locator("#st-history")).to_have_attribute("data-level", "ok")
+
+    def history(health: str, problem: str):
+        body = stack.get_json("/api/v1/status")[1]
+        body["history"] = {**body["history"], "health": health, "problem": problem,
+                           "problem_since": body["time"], "queued": 4}
+
+        def handler(route, request):
+            route.fulfill(status=200, json=body, headers={"Cache-Control": "no-store"})
+        return handler
+
+    page.route("**/api/v1/status", history("unavailable", "/s/history.sqlite3: cannot open the history store: "
+                                                          "unable to open database file (SQLITE_CANTOPEN); "
+                                                          "/s is on a read-only file system"))
+    page.reload(wait_until="load")          # the page asks for the status every 30 s while readings flow
+    expect(page.locator("#st-history")).to_have_text(re.compile(
+        r"^Off \u2014 the gateway cannot open its history: .* read-only file system \(since \d\d:\d\d:\d\d\)\. "
+        r"Charts and downloads show only recent readings; it keeps trying\.$"))
+    expect(page.locator("#st-history")).to_have_attribute("data-level", "bad")
+    page.unroute("**/api/v1/status")
+    page.route("**/api/v1/status", history("failing", "the file system holding /s/history.sqlite3 is full"))
+    page.reload(wait_until="load")
+    expect(page.locator("#st-history")).to_have_text(re.compile(
+        r"^Not being saved: the file system holding /s/history.sqlite3 is full \(since \d\d:\d\d:\d\d\); "
+        r"4 new reading\(s\) wait in memory and it keeps trying\.$"))
+    expect(page.locator("#st-history")).to_have_attribute("data-level", "warn")
+    page.unroute("**/api/v1/status")
+    page.reload(wait_until="load")
+    expect(page.locator("#st-history")).to_have_text(re.compile(r"^Saved on the gateway"))
+    assert not watch.page_errors, watch.page_errors

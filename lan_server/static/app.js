@@ -614,6 +614,8 @@
       setText(ui.stChannel, cparts.join(", ") || "\u2013");
     }
 
+    renderHistoryHealth(st.history);
+
     if (num(st.lan_uptime_s) !== null) { setText(ui.stUptime, duration(st.lan_uptime_s)); }
     var up = [];
     if (num(st.lan_uptime_s) !== null) { up.push("LAN server " + duration(st.lan_uptime_s)); }
@@ -657,6 +659,32 @@
     setText(ui.stMeterEvent, d.charAt(0).toUpperCase() + d.slice(1) +
             (at !== null ? " (" + new Date(at).toLocaleString() + ")" : ""));
     setAttr(ui.stMeterEvent, "data-level", "warn");
+  }
+
+  /* Whether the gateway keeps history on its disk (/api/v1/status "history"): a disk that refuses it
+     (read-only, full, damaged) leaves the page working on what the gateway holds in memory. */
+  function renderHistoryHealth(h) {
+    if (!h || typeof h !== "object") { return; }
+    var why = typeof h.problem === "string" && h.problem ? ": " + h.problem : "";
+    var since = parseTime(h.problem_since);
+    var when = since !== null ? " (since " + clock(since, true) + ")" : "";
+    if (h.enabled === false) {
+      setText(ui.stHistory, "Off (not kept on this gateway)");
+      setAttr(ui.stHistory, "data-level", "ok");
+    } else if (h.health === "unavailable") {
+      setText(ui.stHistory, "Off — the gateway cannot open its history" + why + when +
+              ". Charts and downloads show only recent readings; it keeps trying.");
+      setAttr(ui.stHistory, "data-level", "bad");
+    } else if (h.health === "failing") {
+      setText(ui.stHistory, "Not being saved" + why + when + "; " + fmt(num(h.queued) || 0, 0) +
+              " new reading(s) wait in memory and it keeps trying.");
+      setAttr(ui.stHistory, "data-level", "warn");
+    } else {
+      var days = num(h.retention_days);
+      setText(ui.stHistory, "Saved on the gateway" + (days !== null ? " (" + fmt(days, 0) + " days)" : "") +
+              (num(h.rows) !== null ? ", " + fmt(h.rows, 0) + " readings" : ""));
+      setAttr(ui.stHistory, "data-level", "ok");
+    }
   }
 
   function renderDownload() {
@@ -920,6 +948,7 @@
     ui.stHan = $("st-han");
     ui.stIdentity = $("st-identity");
     ui.stChannel = $("st-channel");
+    ui.stHistory = $("st-history");
     ui.stUptime = $("st-uptime");
     ui.stUptimes = $("st-uptimes");
     ui.stQueries = $("st-queries");
