@@ -45,7 +45,8 @@ ROWS = [
         (("han_reader/link.py", "os.O_RDONLY | os.O_NOCTTY", "os.O_RDWR | os.O_NOCTTY"),)),
     Row("No object the HAN loop holds (link, Radio, service) reaches the write-capable port, and no module "
         "but the guard and the link can",
-        (("han_reader/egress_guard.py", "port: Port | None = None"), ("han_reader/link.py", "self._hand_over(port)")),
+        (("han_reader/egress_guard.py", "port: Port | None = None"), ("han_reader/egress_guard.py", "self.send = send"),
+         ("han_reader/link.py", "self._hand_over(port)")),
         "tests/test_egress_capability.py",
         "the link keeps the port it hands over (as `_serial`, where the issue found it)",
         (("han_reader/link.py", "        self._hand_over(port)\n", "        self._hand_over(port)\n"

@@ -224,8 +224,21 @@ class EgressGuard:
                 attach(None)
                 raise LinkLost(f"write failed: {exc}") from None
 
+        def send(frame: bytes) -> Kind:
+            """Check the frame and the pace, then write it: the one use of the port's write. A closure
+            too, so the unchecked `write` is no attribute of the guard either."""
+            now = self._clock.monotonic()
+            kind = self._admit(frame, now)
+            if kind is not Kind.AT_QUERY:
+                # Before the write: a write that fails (a timeout, an unplugged adapter) may still have
+                # put the frame on the wire, and the next frame to the meter must keep the pace from it.
+                self._last_explicit = now
+            write(xbee_frames.encode(frame))
+            self.sent += 1
+            return kind
+
         self.attach = attach
-        self._write = write
+        self.send = send
 
     def aim_at(self, meter: Meter | None) -> None:
         """Discovery found the meter (or lost it): ZCL reads may go to it, and only to it."""
@@ -239,8 +252,8 @@ class EgressGuard:
         """The earliest monotonic time the guard lets the next frame to the meter leave (the pace law)."""
         return self._last_explicit + PACE_FLOOR * self.interval_s
 
-    def send(self, frame: bytes) -> Kind:
-        now = self._clock.monotonic()
+    def _admit(self, frame: bytes, now: float) -> Kind:
+        """The frame's kind if it is allowed and keeps the pace; else it is logged, counted and refused."""
         try:
             kind = check(frame, self._meter)
             if kind is not Kind.AT_QUERY and now < self.explicit_floor_at():
@@ -251,8 +264,4 @@ class EgressGuard:
             self.refused += 1
             self._log(f"egress-guard: REFUSED frame {frame[:32].hex()}: {exc}")
             raise
-        self._write(xbee_frames.encode(frame))
-        if kind is not Kind.AT_QUERY:
-            self._last_explicit = now
-        self.sent += 1
         return kind

@@ -275,6 +275,9 @@ def guard_with_port(meter=METER):
     (tx(0x0702, 0x0109, b"\x08\x01\x00\x00\x00"), "frame control"),        # direction bit
     (tx(0x0702, 0x0109, b"\x01\x01\x00\x00\x00"), "frame control"),        # cluster-specific
     (tx(0x0702, 0x0109, b"\x10\x01\x00\x00\x00"), "frame control"),        # no default response
+    # manufacturer-specific command 0x00 of maker 0x005F: a guard that skipped the frame control would
+    # read the code's high byte as "Read Attributes" and seq 0, command 0 as attribute 0x0000
+    (tx(0x0702, 0x0109, b"\x04\x5f\x00\x00\x00\x00\x04"), "frame control"),
     (tx(0x0702, 0x0109, POLL, options=0x00), "transmit options"),          # unencrypted read
     (tx(0x0702, 0x0109, POLL, 0xFFFF, 0xFFFD, dst=0xFF), "not to the meter"),   # broadcast read
     (tx(0x0703, 0x0109, POLL), "not allowed"),                             # Messaging
@@ -325,6 +328,22 @@ def test_the_pace_law():
     with pytest.raises(EgressRefused):
         guard.send(bytes((0x08, 1)) + b"WR")               # a refused AT frame is still refused
     assert len(port.written) == 3
+
+
+def test_a_failed_write_still_sets_the_pace():
+    """A write that fails part-way (a write timeout, a USB adapter pulled) may have put the frame on the
+    wire; after the port is reopened the next frame to the meter still waits for the floor from it."""
+    guard, clock, _, logged = guard_with_port()
+    guard.attach(Port(fail=True))
+    with pytest.raises(LinkLost, match="write failed"):
+        guard.send(READ_REQ)
+    assert guard.explicit_free_at() == 100.0 + INTERVAL and guard.sent == 0
+    guard.attach(Port())                                   # the port reopened a second later
+    clock.now += 1.0
+    with pytest.raises(EgressRefused, match="pace"):
+        guard.send(IEEE_REQ)
+    clock.now = 100.0 + 0.9 * INTERVAL
+    assert guard.send(IEEE_REQ) == Kind.ZDO_DISCOVERY
 
 
 def test_the_write_capability_is_attached_detached_and_lost():
