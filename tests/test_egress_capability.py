@@ -33,7 +33,7 @@ HAN_DIR = ROOT / "han_reader"
 INTROSPECTION = {"__closure__", "cell_contents", "__self__", "__func__", "__dict__", "__globals__", "__code__",
                  "f_locals", "f_globals", "f_back", "gi_frame", "__wrapped__", "__reduce__", "__reduce_ex__",
                  "getattr", "setattr", "vars", "globals", "locals", "eval", "exec", "compile", "__import__",
-                 "__getattribute__", "__builtins__", "attrgetter", "methodcaller"}
+                 "__getattribute__", "__builtins__", "attrgetter", "methodcaller", "modules"}
 # Attribute names that write, or open a file to write (a re-opened device path or /proc/self/fd/N).
 WRITING = {"write", "writelines", "write_bytes", "write_text", "attach", "_write", "FileHandler"}
 FORBIDDEN_MODULES = {"gc", "inspect", "ctypes", "serial", "termios", "fcntl", "pty", "tty", "io", "mmap",
@@ -50,10 +50,12 @@ def violations(source: str) -> list[str]:
         if isinstance(node, ast.Name) and node.id in INTROSPECTION:
             found.append(node.id)
         elif isinstance(node, ast.Attribute):
-            if node.attr in INTROSPECTION or node.attr in WRITING:
+            if node.attr in INTROSPECTION or node.attr in WRITING or node.attr == "os":   # logging.os
                 found.append(f".{node.attr}")
-            if isinstance(node.value, ast.Name) and node.value.id == "os" and (
-                    node.attr in FORBIDDEN_OS or node.attr.startswith(FORBIDDEN_OS_PREFIXES)):
+            # os's writers by any name (`o.write` after `import os as o`, `logging.os.pwrite`), except
+            # `open`, which the link view has too (os.open by name only)
+            if (node.attr in FORBIDDEN_OS - {"open"} or node.attr.startswith(FORBIDDEN_OS_PREFIXES)) or (
+                    isinstance(node.value, ast.Name) and node.value.id == "os" and node.attr == "open"):
                 found.append(f"os.{node.attr}")
         elif isinstance(node, ast.Import):
             found += [a.name for a in node.names if a.name.split(".")[0] in FORBIDDEN_MODULES]
@@ -61,6 +63,9 @@ def violations(source: str) -> list[str]:
             found.append(node.module)       # `from os import write` would hide os.write from the check above
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "open":
             found.append("open()")
+        elif isinstance(node, ast.keyword) and node.arg in ("file", "filename") \
+                and ast.unparse(node.value) not in ("sys.stderr", "sys.stdout"):
+            found.append(f"{node.arg}=")     # print(..., file=f) writes; basicConfig(filename=) opens
     return found
 
 
@@ -87,7 +92,9 @@ def test_the_scan_catches_the_plants_it_is_for():
               "object.__getattribute__(self.guard, 'send')", "__builtins__['open'](port, 'wb')",
               "import codecs", "import shutil", "os.spawnlp(os.P_WAIT, 'sh', 'sh', '-c', cmd)",
               "os.posix_spawnp('sh', argv, {})", "logging.FileHandler(self.link.port)",
-              "os.listdir('/proc/self/fd')"]
+              "os.listdir('/proc/self/fd')", "sys.modules['io'].open(port, 'w', encoding='latin-1')",
+              "print(frame, file=f, end='')", "logging.basicConfig(filename=port)", "logging.os.pwrite(3, b'x', 0)",
+              "o.write(3, b'x')"]
     for plant in plants:
         assert violations(plant), plant
 
