@@ -55,6 +55,7 @@ def test_contract_breaks_on_a_planted_violation(tmp_path):
         "shared_schema/__init__.py": "",
         "shared_schema/wire.py": "import ssl\n",
         "openseg_emulator/__init__.py": "",
+        "mqtt_bridge/__init__.py": "",
         "han_reader/radio.py": "import serial\n",
         **{f"han_reader/{m}.py": "" for m in ("channel_sender", "check", "clock", "discovery", "egress_guard",
                                              "poller", "schedule", "service", "wire_requests", "xbee_frames",
