@@ -214,6 +214,35 @@ def test_history_step_gives_lowest_and_highest_demand_per_bucket():
     assert again["points"] == js["points"][-1:]
 
 
+def test_history_step_carries_each_registers_last_value_per_bucket():
+    """Energy exported in the per-minute buckets as energy imported is: the bucket's last value of
+    each register, so the page can read either at any time; a reading without the export (the meter
+    did not report it) does not blank a value earlier in the bucket, and a bucket with none has null."""
+    clock = Clock()
+    r = Readings(30.0, clock=clock)
+    for slot in range(60):
+        t = clock.advance(7.0)
+        # no export for the first 20 slots, then every third reading without it
+        received = None if slot < 20 or slot % 3 == 0 else 40 + slot
+        r.apply(reading(slot, slot, t, summation=5000 + 10 * slot, received=received))
+    clock.advance(1.0)
+    singles = body(web_resources.history_json(r, {}))
+    js = body(web_resources.history_json(r, {"step": "60"}))
+    by_minute: dict[int, list] = {}
+    for p in singles["points"]:
+        by_minute.setdefault(int(web_resources._iso_time(p["time"]) // 60), []).append(p)
+    assert len(js["points"]) == len(by_minute) == 8
+    for bucket, ps in zip(js["points"], (ps for _, ps in sorted(by_minute.items()))):
+        carried = [p["received_wh"] for p in ps if p["received_wh"] is not None]
+        assert bucket["received_wh"] == (carried[-1] if carried else None)
+        assert bucket["summation_wh"] == ps[-1]["summation_wh"]
+    # both kinds of bucket are there: one with no export at all, one whose last reading lacked it
+    assert js["points"][0]["received_wh"] is None
+    assert any(ps[-1]["received_wh"] is None and b["received_wh"] is not None
+               for b, ps in zip(js["points"], (ps for _, ps in sorted(by_minute.items()))))
+    assert js["points"][-1]["received_wh"] == Decimal(3 * (40 + 59)) / 10
+
+
 def test_history_limit_gives_the_earliest_points():
     clock = Clock()
     r = Readings(30.0, clock=clock)

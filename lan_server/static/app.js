@@ -9,7 +9,8 @@
  *                                /api/v1/history?after=...         -> only what is new for the chart
  *                                  (every tick for the hour, every minute for the 24 hours, which
  *                                  are fetched as per-minute lowest/highest demand)
- *                                the first reading after midnight  -> "energy used today", once a day
+ *                                the first reading after midnight  -> "energy used today" (with
+ *                                  export: imported and exported today), once a day
  *   a 1-second clock             -> "updated N s ago"
  *
  * Failures (network, 401, 503, a bad body) never reach the console: the page keeps the last values,
@@ -59,8 +60,9 @@
     statusAt: 0,
     skewMs: 0,              // gateway clock minus this device's clock
     history: {},            // minutes -> {points, gaps, at, newest, stepS}: what the chart holds
-    baseline: null,         // {day, time, wh}: the first summation at/after local midnight
-    baselineTried: 0,       // performance.now() of the last search for it
+    baseline: null,         // {day, time, wh, exact}: the first summation at/after local midnight
+    baselineOut: null,      // the same for the received register (energy exported)
+    baselineTried: 0,       // performance.now() of the last search for them
     stalled: false,         // the last tick brought no new reading (or not an ok one)
     failures: 0,            // consecutive failed rounds
     error: null,            // what the last failed round ran into
@@ -320,11 +322,17 @@
              newest: newest ? newest.iso : null, newestMs: newest ? newest.t : null };
   }
 
-  /* "Energy used today": the first summation at or after local midnight that history holds, asked
-   * for once a day (`after=` midnight, `limit=1`); while there is none yet, again every minute. */
+  /* "Energy used today" (or "imported today") and "exported today": each register's value in the
+   * first reading at or after local midnight that history holds, asked for once a day (`after=`
+   * midnight, `limit=1`; one reading carries both registers); while there is none yet, again every
+   * minute. A register that reading lacks (flagged, or not read by the gateway then) gets a baseline
+   * without a value: renderToday then counts from the next reading that has it, without searching
+   * again, as it does when a register goes back. */
   function findBaseline() {
     var midnight = localMidnight(gatewayNow());
-    if (S.baseline && S.baseline.day === midnight) { return null; }
+    if (S.baseline && S.baseline.day === midnight && S.baselineOut && S.baselineOut.day === midnight) {
+      return null;
+    }
     var now = performance.now();
     if (S.baselineTried && now - S.baselineTried < 60000) { return null; }
     S.baselineTried = now;
@@ -332,11 +340,20 @@
     return settle(getJSON(API_HISTORY + "1440&limit=1&after=" + encodeURIComponent(after))).then(function (res) {
       if (!res.ok || !Array.isArray(res.value.points) || !res.value.points.length) { return; }
       var p = res.value.points[0];
-      var t = parseTime(p.time), wh = num(p.summation_wh);
-      if (t === null || wh === null || t < midnight) { return; }
-      var slack = Math.max(60, 2 * (S.pollS || 7)) * 1000;
-      S.baseline = { day: midnight, time: t, wh: wh, exact: t - midnight <= slack };
+      var t = parseTime(p.time);
+      if (t === null || t < midnight) { return; }
+      var exact = t - midnight <= Math.max(60, 2 * (S.pollS || 7)) * 1000;
+      var baselineOf = function (wh) {
+        return { day: midnight, time: wh === null ? null : t, wh: wh, exact: wh !== null && exact };
+      };
+      S.baseline = baselineOf(num(p.summation_wh));
+      S.baselineOut = baselineOf(num(p.received_wh));
     });
+  }
+
+  /* The meter reports energy exported (CurrentSummationReceived): show import and export apart. */
+  function exporting() {
+    return !!S.current && num(S.current.received_wh) !== null;
   }
 
   // ---- time and number helpers ---------------------------------------------------------------
@@ -443,25 +460,45 @@
                           : dir === "import" ? "Drawing from the grid" : "No power flowing");
       setAttr(ui.demandCard, "data-direction", dir);
     }
-    setText(ui.total, wh === null ? "\u2013" : fmt(wh / 1000, 2));
-
-    var b = S.baseline;
-    var midnight = localMidnight(gatewayNow());
-    if (wh !== null && b && b.day === midnight && wh >= b.wh) {
-      var kwh = (wh - b.wh) / 1000;
-      setText(ui.today, fmt(kwh, kwh < 10 ? 3 : 2));
-      setText(ui.todayLabel, b.exact ? "Energy used today" : "Energy used since " + clock(b.time));
-    } else {
-      if (wh !== null && b && b.day === midnight && wh < b.wh) {
-        // The register went back (meter replaced or reset): count from this reading on, and do not
-        // search history for a baseline again today.
-        var t = parseTime(c.time);
-        S.baseline = { day: midnight, time: t === null ? gatewayNow() : t, wh: wh, exact: false };
-      }
-      setText(ui.today, "\u2013");
-      setText(ui.todayLabel, "Energy used today");
+    // With export measured, "used" would mislabel what the grid delivered (solar used at home never
+    // passes the meter): the two registers are then named for their direction.
+    var out = exporting();
+    setText(ui.totalLabel, out ? "Imported, meter total" : "Meter register (total)");
+    setText(ui.total, wh === null ? "\u2013" : kwhText(wh));
+    S.baseline = renderToday(ui.today, ui.todayLabel, wh, S.baseline, out ? "Imported" : "Energy used");
+    ui.exportToday.hidden = ui.exportTotal.hidden = !out;
+    if (out) {
+      var rwh = num(c.received_wh);
+      setText(ui.totalOut, kwhText(rwh));
+      S.baselineOut = renderToday(ui.todayOut, ui.todayOutLabel, rwh, S.baselineOut, "Exported");
     }
     renderUpdated();
+  }
+
+  /* A register total in kWh: to the Wh while small (a new export register), else to 10 Wh. */
+  function kwhText(wh) {
+    var kwh = wh / 1000;
+    return fmt(kwh, Math.abs(kwh) < 10 ? 3 : 2);
+  }
+
+  /* One "today" figure: the register now minus its baseline for today. Returns the baseline to keep.
+   * When the register went back (meter replaced or reset), or today's reading in history lacked it,
+   * it counts from this reading on, and history is not searched again today. */
+  function renderToday(valueEl, labelEl, wh, b, verb) {
+    var midnight = localMidnight(gatewayNow());
+    if (wh !== null && b && b.day === midnight) {
+      if (b.wh === null || wh < b.wh) {
+        var t = parseTime(S.current.time);
+        b = { day: midnight, time: t === null ? gatewayNow() : t, wh: wh, exact: false };
+      }
+      var kwh = (wh - b.wh) / 1000;
+      setText(valueEl, fmt(kwh, kwh < 10 ? 3 : 2));
+      setText(labelEl, b.exact ? verb + " today" : verb + " since " + clock(b.time));
+      return b;
+    }
+    setText(valueEl, "\u2013");
+    setText(labelEl, verb + " today");
+    return b;
   }
 
   function renderUpdated() {
@@ -936,6 +973,12 @@
     ui.today = $("today-value");
     ui.todayLabel = $("today-label");
     ui.total = $("total-value");
+    ui.totalLabel = $("total-label");
+    ui.todayOut = $("today-export-value");
+    ui.todayOutLabel = $("today-export-label");
+    ui.totalOut = $("total-export-value");
+    ui.exportToday = ui.todayOut.closest(".card");
+    ui.exportTotal = ui.totalOut.closest(".card");
     ui.updated = $("updated");
     ui.chart = $("chart");
     ui.chartTitle = $("chart-title");
