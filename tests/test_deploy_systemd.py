@@ -235,7 +235,8 @@ def test_tmpfiles_makes_the_channel_directory_and_guards_the_secrets(tmp_path):
     sysusers(tmp_path)
     etc = tmp_path / "etc/openseg"
     (etc / "tls").mkdir(parents=True)
-    for name in ("gateway.toml", "users.toml", "tls/cert.pem", "tls/key.pem"):
+    (etc / "ca").mkdir(mode=0o777)
+    for name in ("gateway.toml", "users.toml", "tls/cert.pem", "tls/key.pem", "ca.pem", "ca/key.pem"):
         (etc / name).write_text("x")
         (etc / name).chmod(0o666)
     run(tool("systemd-tmpfiles"), "--create", f"--root={tmp_path}", str(DEPLOY / "openseg.tmpfiles.conf"),
@@ -250,9 +251,13 @@ def test_tmpfiles_makes_the_channel_directory_and_guards_the_secrets(tmp_path):
     for name, mode in secrets.items():
         st = (etc / name).stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid) == (mode, uid["openseg-lan"]), name
-    for name in ("gateway.toml", "tls/cert.pem"):
+    for name in ("gateway.toml", "tls/cert.pem", "ca.pem"):
         st = (etc / name).stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o644, 0), name
+    # the CA key is root's alone (openseg-cert-renew.service runs as root), in a folder no service enters
+    for name, mode in (("ca", 0o700), ("ca/key.pem", 0o600)):
+        st = (etc / name).stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, 0, 0), name
     st = (etc / "tls").stat()
     assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o750, gid["openseg-lan"])
     # the socket directory is the one the LAN unit may write to

@@ -24,13 +24,15 @@ import json
 import os
 import re
 import shutil
-import ssl
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
+from lan_server import certs
 from lan_server.main import THREAD_POOL
 from test_deploy_systemd import LAN_THREADS_BESIDE_THE_POOL
 from test_faults_witness import poll_reads, read_frames
@@ -48,6 +50,9 @@ PYTHON = "/opt/openseg/venv/bin/python"
 ADMIN = "/opt/openseg/venv/bin/openseg-admin"
 CONFIG = "/etc/openseg/gateway.toml"
 CAFILE = "/etc/openseg/tls/cert.pem"
+CA_PEM = "/etc/openseg/ca.pem"                 # what a phone or TV imports, once
+INSTALL_CA = f"{PROBE_DIR}/ca-at-install.pem"  # a copy of it taken right after the first install
+RENEW_UNIT, RENEW_TIMER = "openseg-cert-renew.service", "openseg-cert-renew.timer"
 FRAME_LOG = "/run/openseg-emulator/frames.jsonl"
 POLL_S = 0.2
 SYSTEM_PYTHON = "/usr/bin/python3"             # deploy/install-gateway's interpreter
@@ -295,6 +300,7 @@ def gateway(tmp_path_factory, proof):
         fields = dict(re.findall(r"^(url|username|password|subscription): (\S+)$", first.stdout, re.M))
         assert set(fields) == {"url", "username", "password", "subscription"}, first.stdout
         gw.login, gw.first_install = fields, first
+        gw.write(INSTALL_CA, gw.path(CA_PEM).read_text())
         # Lab settings: a fast poll (needs allow_fast_poll), so timing has samples within seconds.
         config = gw.path(CONFIG)
         config.write_text(config.read_text().replace(
@@ -325,8 +331,9 @@ def test_install_prints_the_login_and_installs_what_it_says(gateway, proof):
     assert without_udev(gateway.path("/usr/local/lib/systemd/system/openseg-han.service")) == \
         gateway.path("/etc/systemd/system/openseg-han.service").read_text()
     assert installed == (ROOT / "deploy/openseg-han.service").read_text()
-    assert gateway.path("/usr/local/lib/systemd/system/openseg-lan.service").read_text() == \
-        (ROOT / "deploy/openseg-lan.service").read_text()
+    for shipped in ("openseg-lan.service", RENEW_UNIT, RENEW_TIMER):
+        assert gateway.path(f"/usr/local/lib/systemd/system/{shipped}").read_text() == \
+            (ROOT / "deploy" / shipped).read_text(), shipped
     assert gateway.show("openseg-lan.service", "FragmentPath")["FragmentPath"] == \
         "/usr/local/lib/systemd/system/openseg-lan.service", "the LAN runs the installed unit as shipped"
     for unit in UNITS:
@@ -340,6 +347,19 @@ def test_install_prints_the_login_and_installs_what_it_says(gateway, proof):
     current = gateway.wait_serving()
     proof(f"install-gateway printed the login once; both units enabled and active; HTTPS (verified against "
           f"{CAFILE}) serves a reading: {current['demand_w']} W at {current['time']}")
+    proof(f"after install: {renewal_timer_state(gateway)}")
+
+
+def renewal_timer_state(gateway) -> str:
+    """Asserts the certificate renewal timer is enabled and waiting; what systemctl says about it."""
+    enabled = gateway.run("systemctl", "is-enabled", RENEW_TIMER, check=False).stdout.strip()
+    active = gateway.run("systemctl", "is-active", RENEW_TIMER, check=False).stdout.strip()
+    assert (enabled, active) == ("enabled", "active"), (enabled, active)
+    listed = gateway.run("systemctl", "list-timers", "--all", "--no-legend", RENEW_TIMER).stdout.strip()
+    assert RENEW_TIMER in listed and RENEW_UNIT in listed, listed
+    assert gateway.show(RENEW_TIMER, "NextElapseUSecMonotonic")["NextElapseUSecMonotonic"] not in ("", "0"), \
+        "the timer has a next run"
+    return f"{RENEW_TIMER} is-enabled {enabled}, is-active {active}; list-timers: {' '.join(listed.split())}"
 
 
 def test_lan_uid_cannot_open_the_radio(gateway, proof):
@@ -524,10 +544,85 @@ def test_cert_renew_and_user_add_as_root_leave_a_lan_that_starts(gateway, proof)
     restarted = gateway.run("systemctl", "restart", "openseg-lan.service", check=False)
     assert restarted.returncode == 0, gateway.run("journalctl", "-u", "openseg-lan", "-n", "20", "--no-pager").stdout
     answer = gateway.get("/api/v1/current", "alice", "a long enough household passphrase 42")
-    cert = ssl.PEM_cert_to_DER_cert(gateway.path(CAFILE).read_text())
-    assert answer["status"] == 200 and answer["cert_sha256"] == hashlib.sha256(cert).hexdigest(), answer
+    # the chain's first certificate (ssl.PEM_cert_to_DER_cert would decode the whole chain as one)
+    served, _ = server_certificate(gateway)
+    assert answer["status"] == 200 and answer["cert_sha256"] == served, answer
     proof(f"as root: cert renew and user add kept key.pem and users.toml openseg-lan's (0600); the LAN "
           f"restarted, serves the new certificate and the new user (HTTP {answer['status']})")
+
+
+MAKE_DUE = """
+import sys
+from lan_server import admin, certs
+ca_key, ca_cert, key, cert = sys.argv[1:]
+# What the installation's CA would have issued 335 days ago: a server certificate ending in 30 days.
+with open(ca_key, "rb") as k, open(ca_cert, "rb") as c:
+    key_pem, chain_pem = certs.issue_server(k.read(), c.read(), ["0.0.0.0"], days=30)
+with admin.keeping_owners(key, cert):
+    certs.write_private(key, key_pem, 0o600)
+    certs.write_private(cert, chain_pem, 0o644)
+"""
+
+
+def served_certificate(gateway, cafile: str) -> dict:
+    answer = gateway.probe("get", "/api/v1/current", gateway.login["username"], gateway.login["password"], cafile)
+    assert answer.get("status") == 200, answer
+    return answer
+
+
+def server_certificate(gateway) -> tuple[str, dt.datetime]:
+    """The server certificate in tls/cert.pem (the chain's first): its SHA-256 and its end."""
+    cert = x509.load_pem_x509_certificate(gateway.path(CAFILE).read_bytes())
+    return cert.fingerprint(hashes.SHA256()).hex(), cert.not_valid_after_utc
+
+
+def test_renewal_service_renews_a_due_certificate_and_the_install_time_ca_still_verifies(gateway, proof):
+    """The timer's service, run once as systemd would, on a certificate that is due: a server
+    certificate the installation's CA issued for 30 days (under the 60 days before the end at which
+    `--if-due` renews), written by the admin code itself. Every HTTPS check trusts only the copy of
+    /etc/openseg/ca.pem taken right after the first install."""
+    key, cert = "/etc/openseg/tls/key.pem", CAFILE
+    gateway.run(PYTHON, "-c", MAKE_DUE, "/etc/openseg/ca/key.pem", CA_PEM, key, cert)
+    gateway.run("systemctl", "restart", "openseg-lan.service")
+    gateway.wait_serving()
+    short, short_end = server_certificate(gateway)
+    assert short_end - dt.datetime.now(dt.timezone.utc) < dt.timedelta(days=certs.RENEW_BEFORE_DAYS)
+    assert served_certificate(gateway, INSTALL_CA)["cert_sha256"] == short, "the LAN serves the due certificate"
+    lan_before = gateway.main_pid("openseg-lan.service")
+    since = int(time.time()) - 1
+    gateway.run("systemctl", "start", RENEW_UNIT, timeout=120)          # a oneshot: returns when it is done
+    result = gateway.show(RENEW_UNIT, "Result", "ExecMainStatus")
+    journal = gateway.run("journalctl", "-u", RENEW_UNIT, "--no-pager", "-o", "cat", f"--since=@{since}").stdout
+    assert result == {"Result": "success", "ExecMainStatus": "0"}, (result, journal[-1500:])
+    assert "renewing: it ends on" in journal and "restarted: openseg-lan.service" in journal, journal[-1500:]
+    renewed, renewed_end = server_certificate(gateway)
+    assert renewed != short and renewed_end - short_end > dt.timedelta(days=300), (short_end, renewed_end)
+    assert gateway.main_pid("openseg-lan.service") not in (0, lan_before), "the renewal restarted the LAN"
+    gateway.wait_serving(after=time.time())
+    served = served_certificate(gateway, INSTALL_CA)
+    assert served["cert_sha256"] == renewed, "the LAN serves the renewed certificate"
+    assert gateway.path(CA_PEM).read_bytes() == gateway.path(INSTALL_CA).read_bytes(), "the CA did not change"
+    # control: a CA the gateway was not issued by is refused, so the check above is a real verification
+    _, other_ca = certs.make_ca()
+    gateway.write(f"{PROBE_DIR}/other-ca.pem", other_ca.decode())
+    refused = gateway.probe("get", "/api/v1/current", gateway.login["username"], gateway.login["password"],
+                            f"{PROBE_DIR}/other-ca.pem")
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.get("error", ""), refused
+    # the CA key: root's alone, in a folder neither service's uid nor the LAN's sandbox may enter
+    owners = gateway.run("stat", "-c", "%n %U:%G %a", "/etc/openseg/ca", "/etc/openseg/ca/key.pem", key).stdout
+    assert owners.split("\n")[:3] == ["/etc/openseg/ca root:root 700", "/etc/openseg/ca/key.pem root:root 600",
+                                      f"{key} openseg-lan:openseg-lan 600"], owners
+    ca_paths = ["/etc/openseg/ca", "/etc/openseg/ca/key.pem"]
+    as_lan = gateway.probe("read", *ca_paths, user="openseg-lan")
+    as_han = gateway.probe("read", *ca_paths, user="openseg-han")
+    in_lan = gateway.sandboxed("openseg-lan.service", "read", *ca_paths)
+    assert set(as_lan.values()) == set(as_han.values()) == set(in_lan.values()) == {"EACCES"}, (as_lan, as_han, in_lan)
+    proof(f"{RENEW_UNIT} started once on a due certificate (ends {short_end.date()}): it logged "
+          f"{[l for l in journal.splitlines() if l.startswith(('renewing:', 'restarted:'))]}; the new one ends "
+          f"{renewed_end.date()}; openseg-lan restarted and serves it over HTTPS verified with only the CA file "
+          f"copied at install time (unchanged; a foreign CA: {refused['error'][:60]})")
+    proof(f"CA key: {owners.split(chr(10))[0]}, {owners.split(chr(10))[1]}; openseg-lan's uid {as_lan}, "
+          f"openseg-han's {as_han}, in the LAN sandbox {in_lan}")
 
 
 def test_second_install_upgrades_the_code_and_keeps_everything(gateway, proof):
@@ -588,9 +683,11 @@ def test_both_back_after_a_reboot_within_10_s_with_history_kept(gateway, proof):
     active = {u: int(gateway.show(u, "ActiveEnterTimestampMonotonic")["ActiveEnterTimestampMonotonic"]) / 1e6 - booted
               for u in UNITS}
     current = gateway.wait_serving(after=time.time() - 5)
+    timer = renewal_timer_state(gateway)
     after = gateway.history()
     assert after[0]["time"] == before[0]["time"] and len(after) >= len(before), "history kept across the reboot"
     proof(f"rebooted: openseg-lan active {active['openseg-lan.service']:.2f} s and openseg-han (radio answered) "
           f"{active['openseg-han.service']:.2f} s after systemd started; serving {current['time']}; history "
           f"kept ({len(before)} points before, {len(after)} after, the oldest unchanged)")
+    proof(f"after the reboot: {timer}")
     assert max(active.values()) <= 10.0, active

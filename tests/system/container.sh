@@ -15,7 +15,9 @@
 set -eu
 S=${OPENSEG_CONTAINER:?set OPENSEG_CONTAINER to a fresh directory}
 R=$S/root
-CG=openseg-ci-$(basename "$S")
+# Named for the whole state path: two runs' pytest tmp dirs share a basename (container0), and two
+# machines in one cgroup would fight over it (and `clean` would remove the other's).
+CG=openseg-ci-$(printf %s "$S" | sha256sum | cut -c1-16)
 pid1() { cat "$S/unshare.pid" 2>/dev/null | xargs -r pgrep -P | head -1; }
 case $1 in
 prepare)

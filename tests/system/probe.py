@@ -113,6 +113,8 @@ def get(path: str, user: str, password: str, cafile: str) -> dict:
         answer = conn.getresponse()
         body = answer.read()
         peer = conn.sock.getpeercert(binary_form=True)
+    except ssl.SSLError as exc:          # its errno is OpenSSL's error class, not an errno: give the reason
+        return {"error": f"{type(exc).__name__}: {exc.reason}"}
     except OSError as exc:
         return {"error": outcome(exc) if exc.errno else f"{type(exc).__name__}: {exc}"}
     finally:
