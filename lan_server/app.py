@@ -69,6 +69,7 @@ STATIC_TYPES = {
 _STATIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
 MAX_QUERY_FIELDS = 32
+BASE_URL_CACHE = 64
 PROBE_HEADER = "X-OpenSEG-Probe"
 # gzip where it pays: the page's JSON and its own files, from 1 KiB up (a day of chart data, 170 KB,
 # is ~25 KB gzipped; a current value, ~150 bytes, would grow). Not the ESPI Atom: Download My Data is
@@ -148,6 +149,10 @@ class LanApp:
         self.resources = resources or importlib.import_module("lan_server.web_resources")
         # main.Probe's header: its requests are answered like any other, just not access-logged.
         self.probe_token = secrets.token_urlsafe(24)
+        # Host header -> links' base URL: the same few hosts on every request; parsing an address each
+        # time was a twentieth of a request's cost. Bounded: emptied when full (any client can send
+        # any Host).
+        self._base_urls: dict[str, str] = {}
 
     # -- WSGI entry ------------------------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
@@ -240,10 +245,18 @@ class LanApp:
         return reply
 
     def _base_url(self, environ: dict) -> str:
+        host = environ.get("HTTP_HOST", "")
+        url = self._base_urls.get(host)
+        if url is None:
+            if len(self._base_urls) >= BASE_URL_CACHE:
+                self._base_urls.clear()
+            url = self._base_urls[host] = self._base_url_for(host)
+        return url
+
+    def _base_url_for(self, host: str) -> str:
         """Links in ESPI documents point back at the host name the client used when the gateway's
         certificate names it (so a client that reached it as gw.local keeps gw.local), otherwise at the
         configured base URL: an unchecked Host header would let anyone choose where the links go."""
-        host = environ.get("HTTP_HOST", "")
         if _HOST.fullmatch(host):
             name = host[1:host.index("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
             try:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -160,8 +159,7 @@ class VerifiedCache:
         self._entries: collections.OrderedDict[str, tuple[bytes, str, float]] = collections.OrderedDict()
 
     def digest(self, name: str, password: str) -> bytes:
-        return hmac.new(self._key, f"{name}\0{password}".encode("utf-8", "surrogatepass"),
-                        hashlib.sha256).digest()
+        return hmac.digest(self._key, f"{name}\0{password}".encode("utf-8", "surrogatepass"), "sha256")
 
     def hit(self, user: User, password: str) -> bool:
         entry = self._entries.get(user.name)

@@ -388,3 +388,23 @@ def test_watchdog_is_withheld_while_requests_cannot_get_through(tmp_path):
             s.close()
         server.stop()
         notify.close()
+
+
+def test_access_lines_are_the_lines_every_other_logger_writes():
+    """AccessLineHandler (the per-request fast path) writes exactly what OneLineFormatter on a
+    StreamHandler writes for the same record: one format for grep and journald, whichever wrote it."""
+    import io
+    import logging
+
+    from lan_server.main import AccessLineHandler, OneLineFormatter
+    fast, plain = io.StringIO(), io.StringIO()
+    reference = logging.StreamHandler(plain)
+    reference.setFormatter(OneLineFormatter())
+    for created in (1764642000.0, 1764642000.999, 1764642001.5, 1764645600.25):
+        record = logging.makeLogRecord({"name": "openseg.lan.access", "levelno": logging.INFO,
+                                        "levelname": "INFO", "msg": '%s %s "%s %s" %d %d %.1fms',
+                                        "args": ("10.0.0.2", "alice", "GET", "/api/v1/current", 200, 151, 0.4),
+                                        "created": created, "msecs": int((created - int(created)) * 1000) + 0.0})
+        AccessLineHandler(fast).handle(record)
+        reference.handle(record)
+    assert fast.getvalue() == plain.getvalue() and fast.getvalue().count("\n") == 4
