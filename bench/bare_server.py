@@ -1,14 +1,18 @@
-"""The throughput benchmark's reference: a bare CherryPy HTTPS "hello" with exactly the LAN server's TLS
+"""The throughput benchmark's reference: a bare CherryPy HTTPS server with exactly the LAN server's TLS
 and HTTP settings (lan_server.tls.server_context, the worker-handshake SSL adapter, and the same
 CherryPy configuration: thread pool, timeouts, limits), and no application work at all.
 
-    python bench/bare_server.py --port N --certificate cert.pem --private-key key.pem
+    python bench/bare_server.py --port N --certificate cert.pem --private-key key.pem [--reply reply.json]
 
+With --reply it answers every request with the status, headers and body in that file (common.capture_reply:
+one answer of the LAN server, recorded in the same run), so the server sends, and the clients parse, exactly
+what they do against the LAN: the difference is the LAN's own work per request. Without it, "hello".
 Stops on SIGTERM/SIGINT.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -28,16 +32,28 @@ def hello(environ, start_response):
     return [BODY]
 
 
+def replay(reply: dict):
+    """A WSGI callable that answers every request with `reply` (status, headers, hex body)."""
+    status, headers, body = reply["status"], [tuple(h) for h in reply["headers"]], bytes.fromhex(reply["body"])
+
+    def app(environ, start_response):
+        start_response(status, headers)
+        return [body]
+    return app
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--certificate", required=True)
     ap.add_argument("--private-key", required=True)
+    ap.add_argument("--reply", help="JSON file: the answer to replay (status, headers, hex body)")
     args = ap.parse_args()
+    app = replay(json.loads(open(args.reply).read())) if args.reply else hello
     context = tls.server_context(args.certificate, args.private_key)
     lan = {"bind": "127.0.0.1", "port": args.port, "certificate": args.certificate,
            "private_key": args.private_key}
-    lan_main.configure_http(hello, lan, context)
+    lan_main.configure_http(app, lan, context)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

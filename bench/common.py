@@ -165,15 +165,39 @@ class BenchStack(Stack):
         return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
 
 
-class BareServer:
-    """bench/bare_server.py: a CherryPy HTTPS "hello" with the LAN server's TLS and HTTP settings."""
+def capture_reply(port: int, cafile: str, path: str, headers: dict) -> dict:
+    """One answer of the server on `port` as the bare server replays it: status line, headers (without
+    the ones cheroot writes itself: Date, Connection, Transfer-Encoding) and body (hex)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=client_context(cafile), timeout=30)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"capture_reply: {path} answered {resp.status}")
+    own = {"date", "connection", "transfer-encoding"}
+    return {"status": f"{resp.status} {resp.reason}", "body": body.hex(),
+            "headers": [(k, v) for k, v in resp.getheaders() if k.lower() not in own]}
 
-    def __init__(self, stack: BenchStack):
+
+class BareServer:
+    """bench/bare_server.py: a CherryPy HTTPS server with the LAN server's TLS and HTTP settings,
+    replaying `reply` (capture_reply) to every request, or "hello" without one."""
+
+    def __init__(self, stack: BenchStack, reply: dict | None = None):
         from openseg_emulator.devstack import free_port
         self.port = free_port()
         tls = stack.gateway_dir / "tls"
+        args = []
+        if reply is not None:
+            reply_file = stack.log_dir / "bare-reply.json"
+            reply_file.write_text(json.dumps(reply))
+            args = ["--reply", str(reply_file)]
         self.proc = subprocess.Popen([PYTHON, str(BENCH / "bare_server.py"), "--port", str(self.port),
-                                      "--certificate", str(tls / "cert.pem"), "--private-key", str(tls / "key.pem")],
+                                      "--certificate", str(tls / "cert.pem"), "--private-key", str(tls / "key.pem"),
+                                      *args],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(stack.log_dir / "bare.log", "ab"), start_new_session=True)
         wait_until(lambda: _port_open(self.port) or self.proc.poll() is not None, 30, "the bare server")
