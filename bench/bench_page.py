@@ -211,8 +211,10 @@ def bench_request(n: int) -> dict:
     users = d / "users.toml"
     users.write_text(users_file.render({"alice": User("alice", "sub1", passwords.hash_password("alice-pw-123"))}))
     lan_main.setup_logging()
-    for h in logging.getLogger("openseg").handlers:
-        h.setStream(open(os.devnull, "w"))
+    devnull = open(os.devnull, "w")
+    for name in ("openseg", "openseg.lan.access"):          # the access log has its own handler
+        for h in logging.getLogger(name).handlers:
+            h.setStream(devnull)
     store = hs.HistoryStore(str(d / hs.FILE_NAME), 35, log=lambda _: None)
     r = Readings(30.0, history=store)
     now = time.time()
