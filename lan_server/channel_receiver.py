@@ -33,8 +33,6 @@ import threading
 import time
 from typing import Callable
 
-import msgpack
-
 from shared_schema import messages
 
 from .channel_queue import queue_length
@@ -219,12 +217,7 @@ class ChannelReceiver:
         try:
             msg = messages.decode(data)
         except messages.MessageError as exc:
-            text = str(exc)
-            if text.startswith("datagram:"):
-                return self._reject("undecodable", text)
-            if _foreign_version(data):
-                return self._reject("version", text)
-            return self._reject("invalid", text)
+            return self._reject(exc.fault, str(exc))      # undecodable, version or invalid
         self._sequence(msg)
         self._received += 1
         self.readings.apply(msg)
@@ -282,13 +275,3 @@ class ChannelReceiver:
                 "han_restarts": restarts, "last_seq": last_seq, "internal_errors": internal,
                 "queue_len": self.queue_len}
 
-
-def _foreign_version(data: bytes) -> bool:
-    """After decode() refused a datagram: is it a well-formed map of another schema version? Only
-    classifies the drop; the same bounds as decode() apply, and any failure means 'no'."""
-    try:
-        msg = msgpack.unpackb(data, raw=False, strict_map_key=True, max_str_len=256, max_bin_len=0,
-                              max_array_len=0, max_map_len=32, max_ext_len=0)
-    except Exception:
-        return False
-    return isinstance(msg, dict) and "v" in msg and msg["v"] != messages.VERSION

@@ -4,7 +4,8 @@ This module is the single definition both processes import. The HAN side calls `
 validates before packing, so a bug on the HAN side cannot put a malformed message on the wire); the
 LAN side calls `decode` on every datagram, which bounds the unpacker before it allocates anything and
 then checks every field against the tables below. Anything that fails raises `MessageError`, whose
-text names the field, so the receiver can count and log the drop.
+text names the field and whose `fault` says which kind of failure it was, so the receiver can count
+and log the drop.
 
 The schema is data (FIELDS), not code, so a reviewer can read the whole contract in one screen.
 Raw meter values travel unscaled together with the meter's own multiplier/divisor/unit, so the LAN
@@ -12,6 +13,7 @@ side can keep the meter's full resolution (ESPI powerOfTenMultiplier) instead of
 """
 from __future__ import annotations
 
+import enum
 import math
 from typing import Any
 
@@ -23,16 +25,47 @@ import msgpack
 VERSION = 1
 MAX_DATAGRAM = 2048          # a status message is ~400 bytes; anything larger is not ours
 
-KINDS = ("reading", "gap", "status", "clock")
 
-# HAN states as INTERFACE.md names them.
-HAN_STATES = ("joining", "discovering", "polling", "meter-unreachable",
-              "meter-address-mismatch", "radio-down")
+class Kind(enum.StrEnum):
+    """What a message carries; its value is the `kind` field on the wire."""
+    READING = "reading"
+    GAP = "gap"
+    STATUS = "status"
+    CLOCK = "clock"
 
-# Why a slot produced no reading. The first four are lost queries (a query was sent and failed);
-# the last two are slots that passed while no query could be sent at all.
-LOST_CAUSES = ("timeout", "tx-failed", "zcl-status", "malformed")
-GAP_CAUSES = LOST_CAUSES + ("not-polling", "late")
+
+class HanState(enum.StrEnum):
+    """The HAN states as INTERFACE.md names them; the value is the status message's `state`."""
+    JOINING = "joining"
+    DISCOVERING = "discovering"
+    POLLING = "polling"
+    METER_UNREACHABLE = "meter-unreachable"
+    METER_ADDRESS_MISMATCH = "meter-address-mismatch"
+    RADIO_DOWN = "radio-down"
+
+
+class LostCause(enum.StrEnum):
+    """Why a query that was sent produced no reading (a lost query)."""
+    TIMEOUT = "timeout"
+    TX_FAILED = "tx-failed"
+    ZCL_STATUS = "zcl-status"
+    MALFORMED = "malformed"
+
+
+class SkipCause(enum.StrEnum):
+    """Why a slot passed with no query sent at all."""
+    NOT_POLLING = "not-polling"
+    LATE = "late"
+
+
+GapCause = LostCause | SkipCause    # a gap message's `cause`: either kind of slot without a reading
+
+# The allowed values as the schema tables below check them (a str received from the wire compares
+# equal to its member), made from the enums so there is one list of each.
+KINDS = tuple(Kind)
+HAN_STATES = tuple(HanState)
+LOST_CAUSES = tuple(LostCause)
+GAP_CAUSES = LOST_CAUSES + tuple(SkipCause)
 
 UINT48_MAX = (1 << 48) - 1
 INT24_MIN, INT24_MAX = -(1 << 23), (1 << 23) - 1
@@ -45,8 +78,19 @@ MAX_GAP_RUN = 100_000        # slots one gap message may cover (8 days at the pr
 TIME_MAX = 1e11              # epoch seconds (year 5138); SQLite holds it in ms with room to spare
 
 
+class Fault(enum.StrEnum):
+    """What is wrong with a refused datagram, so the receiver counts it without parsing the text."""
+    UNDECODABLE = "undecodable"     # larger than MAX_DATAGRAM, or not msgpack within the bounds
+    VERSION = "version"             # a map of another schema version (v), whatever else it carries
+    INVALID = "invalid"             # of our version, or without one, and breaks the tables below
+
+
 class MessageError(ValueError):
     """A datagram or message that does not match the schema; the text names the field."""
+
+    def __init__(self, text: str, fault: Fault = Fault.INVALID):
+        super().__init__(text)
+        self.fault = fault
 
 
 # Field tables. Each entry: name -> (type, constraint, required).
@@ -73,8 +117,8 @@ SCALING = {
     "demand_formatting": ("uint", (0, 0xFF), True),
 }
 
-FIELDS: dict[str, dict[str, tuple]] = {
-    "reading": {
+FIELDS: dict[Kind, dict[str, tuple]] = {
+    Kind.READING: {
         "slot": ("uint", (0, SLOT_MAX), True),
         "due": ("float", (0.0, TIME_MAX), True),    # wall time the slot was due
         "time": ("float", (0.0, TIME_MAX), True),      # wall time the reply arrived: the value's time tag
@@ -85,7 +129,7 @@ FIELDS: dict[str, dict[str, tuple]] = {
         "demand": ("int", (INT24_MIN + 1, INT24_MAX), False),  # raw InstantaneousDemand, absent if invalid
         "scaling": ("map", SCALING, True),
     },
-    "gap": {
+    Kind.GAP: {
         "slot": ("uint", (0, SLOT_MAX), True),
         "due": ("float", (0.0, TIME_MAX), True),
         "cause": ("enum", GAP_CAUSES, True),
@@ -96,12 +140,12 @@ FIELDS: dict[str, dict[str, tuple]] = {
     },
     # The HAN's wall clock stepped: every reading and gap it tagged from..to (inclusive) on the clock
     # it had before is shift_s off; the LAN side moves them, so the history keeps one time line.
-    "clock": {
+    Kind.CLOCK: {
         "shift_s": ("float", (-TIME_MAX, TIME_MAX), True),
         "from": ("float", (0.0, TIME_MAX), True),
         "to": ("float", (0.0, TIME_MAX), True),
     },
-    "status": {
+    Kind.STATUS: {
         "state": ("enum", HAN_STATES, True),
         "detail": ("str", 200, True),               # plain words, e.g. the AI code explained
         "meter": ("map", METER, False),             # absent until discovery found it
@@ -168,16 +212,16 @@ def validate(msg: Any) -> dict:
     if not isinstance(msg, dict):
         raise MessageError("message: not a map")
     kind = msg.get("kind")
-    if kind not in FIELDS:
+    if not isinstance(kind, str) or kind not in FIELDS:     # a list or map is not hashable
         raise MessageError(f"kind: expected one of {', '.join(KINDS)}")
     _check({**COMMON, **FIELDS[kind]}, msg, "")
-    if kind == "reading" and not any(k in msg for k in READING_VALUES):
+    if kind == Kind.READING and not any(k in msg for k in READING_VALUES):
         raise MessageError("reading: carries no value (summation, received or demand)")
-    if kind == "gap" and msg.get("count", 1) > 1 and "every_s" not in msg:
+    if kind == Kind.GAP and msg.get("count", 1) > 1 and "every_s" not in msg:
         raise MessageError("every_s: missing (required when count > 1)")
-    if kind == "gap" and msg["slot"] + msg.get("count", 1) - 1 > SLOT_MAX:
+    if kind == Kind.GAP and msg["slot"] + msg.get("count", 1) - 1 > SLOT_MAX:
         raise MessageError(f"count: the run ends beyond slot {SLOT_MAX}")
-    if kind == "clock" and msg["from"] > msg["to"]:
+    if kind == Kind.CLOCK and msg["from"] > msg["to"]:
         raise MessageError("from: later than to")
     return msg
 
@@ -198,14 +242,20 @@ def encode(msg: dict) -> bytes:
 
 
 def decode(data: bytes) -> dict:
-    """Unpack one datagram with every msgpack size bounded, then validate it."""
+    """Unpack one datagram with every msgpack size bounded, then validate it. A refusal's `fault`
+    says whether it was undecodable, of another version, or invalid."""
     if len(data) > MAX_DATAGRAM:
-        raise MessageError(f"datagram: {len(data)} bytes exceeds {MAX_DATAGRAM}")
+        raise MessageError(f"datagram: {len(data)} bytes exceeds {MAX_DATAGRAM}", Fault.UNDECODABLE)
     try:
         msg = msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True,
             max_str_len=256, max_bin_len=0,
             max_array_len=0, max_map_len=32, max_ext_len=0)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise MessageError(f"datagram: not a msgpack map ({type(exc).__name__})") from None
-    return validate(msg)
+        raise MessageError(f"datagram: not a msgpack map ({type(exc).__name__})", Fault.UNDECODABLE) from None
+    try:
+        return validate(msg)
+    except MessageError as exc:
+        if isinstance(msg, dict) and "v" in msg and msg["v"] != VERSION:
+            raise MessageError(str(exc), Fault.VERSION) from None
+        raise

@@ -60,6 +60,31 @@ def test_decode_bounds_sizes():
         messages.decode(msgpack.packb([1, 2, 3]))
 
 
+@pytest.mark.parametrize("data, fault", [
+    (b"\xc1", messages.Fault.UNDECODABLE), (msgpack.packb([1, 2, 3]), messages.Fault.UNDECODABLE),
+    (b"\x80" * (messages.MAX_DATAGRAM + 1), messages.Fault.UNDECODABLE),
+    (msgpack.packb({**READING, "v": 2}), messages.Fault.VERSION),
+    (msgpack.packb({**READING, "v": 2, "new_field": 1}), messages.Fault.VERSION),
+    (msgpack.packb({**READING, "v": True}), messages.Fault.INVALID),      # not another version: no number
+    (msgpack.packb({**READING, "seq": -1}), messages.Fault.INVALID), (msgpack.packb(7), messages.Fault.INVALID),
+    (msgpack.packb({**READING, "kind": []}), messages.Fault.INVALID),     # unhashable kinds are refused too
+    (msgpack.packb({**READING, "kind": {}}), messages.Fault.INVALID),
+])
+def test_a_refusal_says_which_fault_it_was(data, fault):
+    with pytest.raises(messages.MessageError) as refused:
+        messages.decode(data)
+    assert refused.value.fault is fault
+
+
+def test_the_enums_are_the_wire_strings():
+    assert messages.HAN_STATES == ("joining", "discovering", "polling", "meter-unreachable",
+                                   "meter-address-mismatch", "radio-down")
+    assert messages.KINDS == ("reading", "gap", "status", "clock")
+    assert messages.GAP_CAUSES == ("timeout", "tx-failed", "zcl-status", "malformed", "not-polling", "late")
+    status = {"v": 1, "seq": 0, "kind": messages.Kind.STATUS, "sent": 1.0, "state": messages.HanState.POLLING}
+    assert msgpack.unpackb(msgpack.packb(status)) == {**status, "kind": "status", "state": "polling"}
+
+
 @given(st.binary(max_size=300))
 def test_decode_arbitrary_bytes_raises_only_message_error(data):
     try:
