@@ -32,7 +32,7 @@ class ChannelSender:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
 
-    def send(self, kind: str, fields: dict) -> bool:
+    def send(self, kind: messages.Kind, fields: dict) -> bool:
         msg = {"v": messages.VERSION, "seq": self.seq, "kind": kind, "sent": self.clock.wall(), **fields}
         self.seq += 1
         try:

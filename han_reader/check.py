@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from . import discovery, xbee_frames
+from .clock import Clock
 from .link import LinkLost
 from .radio import Radio, RadioReset
 
@@ -18,13 +19,7 @@ EXIT_READY = 0
 EXIT_NOT_READY = 1
 
 
-def _int(rsp) -> int | None:
-    if rsp is None or rsp.status != 0 or not rsp.value:
-        return None
-    return int.from_bytes(rsp.value, "big")
-
-
-def run_check(link, radio: Radio, han: dict, out: Callable[[str], None] = print,
+def run_check(link, radio: Radio, han: dict, clock: Clock, out: Callable[[str], None] = print,
               join_wait_s: float = 10.0) -> int:
     out(f"serial port: {link.port} at {link.baudrate} baud")
     try:
@@ -34,7 +29,7 @@ def run_check(link, radio: Radio, han: dict, out: Callable[[str], None] = print,
         out("result: NOT READY: the serial port cannot be opened")
         return EXIT_NOT_READY
     try:
-        return _diagnose(radio, han["response_timeout_s"], out, join_wait_s)
+        return _diagnose(radio, clock, han["response_timeout_s"], out, join_wait_s)
     except RadioReset as exc:
         out(f"result: NOT READY: the radio reset during the check ({exc}); run the check again")
     except LinkLost as exc:
@@ -44,7 +39,22 @@ def run_check(link, radio: Radio, han: dict, out: Callable[[str], None] = print,
     return EXIT_NOT_READY
 
 
-def _diagnose(radio: Radio, timeout: float, out: Callable[[str], None], join_wait_s: float) -> int:
+def describe_firmware(vr: int | None) -> tuple[str, bool]:
+    """Words for a VR value, and whether it is Smart Energy router firmware (what a gateway should run)."""
+    if vr is None:
+        return "unknown (the radio did not answer VR)", False
+    family = vr >> 8
+    kinds = {0x31: "Smart Energy coordinator", 0x33: "Smart Energy router", 0x34: "Smart Energy wall router",
+             0x39: "Smart Energy end device"}
+    if family in (0x33, 0x34):
+        return f"0x{vr:04X} ({kinds[family]} firmware)", True
+    if family in kinds:
+        return f"0x{vr:04X} ({kinds[family]} firmware): NOT Smart Energy router firmware", False
+    return f"0x{vr:04X}: NOT Smart Energy firmware (load an XBee SE router firmware with XCTU)", False
+
+
+def _diagnose(radio: Radio, clock: Clock, timeout: float, out: Callable[[str], None],
+              join_wait_s: float) -> int:
     problems: list[str] = []
     vr = radio.at_query("VR", timeout)
     if vr is None:
@@ -52,14 +62,14 @@ def _diagnose(radio: Radio, timeout: float, out: Callable[[str], None], join_wai
             f"is in API mode 2)")
         out("result: NOT READY: the radio does not answer")
         return EXIT_NOT_READY
-    firmware, is_router = discovery.describe_firmware(_int(vr))
+    firmware, is_router = describe_firmware(vr.number)
     out(f"firmware: {firmware}")
     if not is_router:
         out("firmware: WARNING: a gateway radio should run XBee Smart Energy router firmware")
-    hv = _int(radio.at_query("HV", timeout))
+    hv = radio.at_number("HV", timeout)
     out(f"hardware: {'unknown' if hv is None else f'0x{hv:04X}'}")
 
-    ap, ao = _int(radio.at_query("AP", timeout)), _int(radio.at_query("AO", timeout))
+    ap, ao = radio.at_number("AP", timeout), radio.at_number("AO", timeout)
     if ap == discovery.API_MODE_ESCAPED:
         out("api mode: AP=2 (API with escaping): OK")
     else:
@@ -71,20 +81,20 @@ def _diagnose(radio: Radio, timeout: float, out: Callable[[str], None], join_wai
         out(f"explicit receive: AO={ao if ao is not None else 'unreadable'}: WRONG, the gateway needs "
             f"bit 0 set (AO=1)")
         problems.append("explicit receive")
-    ee = _int(radio.at_query("EE", timeout))
+    ee = radio.at_number("EE", timeout)
     out(f"security: {'EE=1 (encryption enabled)' if ee == 1 else f'EE={ee}: encryption NOT enabled'}")
 
     ieee = discovery.radio_ieee(radio, timeout)
     out(f"radio IEEE address: {xbee_frames.format_ieee(ieee) if ieee is not None else 'unreadable'} "
         f"(give it, with the radio's install code, to the utility to admit the gateway)")
 
-    code = _wait_for_join(radio, timeout, out, join_wait_s)
+    code = _wait_for_join(radio, clock, timeout, out, join_wait_s)
     joined = code == 0x00
     out(f"join: {discovery.describe_ai(code)}" + ("" if joined else ": NOT JOINED"))
     if not joined:
         problems.append("not joined")
     else:
-        my = _int(radio.at_query("MY", timeout))
+        my = radio.at_number("MY", timeout)
         out(f"radio network address: {'unknown' if my is None else f'0x{my:04X}'}")
 
     if problems:
@@ -93,30 +103,33 @@ def _diagnose(radio: Radio, timeout: float, out: Callable[[str], None], join_wai
         return EXIT_NOT_READY
 
     found = discovery.find_meter(radio, timeout)
-    if found.outcome != "found":
-        out(f"meter: {found.outcome.upper()}: {found.detail}")
-        out(f"result: NOT READY: {found.outcome}")
+    if found.outcome is not discovery.Found.METER:
+        state = discovery.STATE_WHEN[found.outcome]
+        out(f"meter: {state.upper()}: {found.detail}")
+        out(f"result: NOT READY: {state}")
         return EXIT_NOT_READY
     meter = found.meter
     out(f"meter: answered from 0x{meter.nwk:04X} endpoint {meter.endpoint}, IEEE "
         f"{xbee_frames.format_ieee(meter.ieee)}")
     read = discovery.read_scaling(radio, meter, timeout)
-    if read.outcome != "ok":
+    if read.outcome is not discovery.Scaled.OK:
         out(f"scaling: {read.detail}")
-        out(f"result: NOT READY: {'meter refused' if read.outcome == 'refused' else 'scaling read failed'}")
+        out(f"result: NOT READY: "
+            f"{'meter refused' if read.outcome is discovery.Scaled.REFUSED else 'scaling read failed'}")
         return EXIT_NOT_READY
     out(f"scaling: {read.detail}")
     out("result: READY: polling can start")
     return EXIT_READY
 
 
-def _wait_for_join(radio: Radio, timeout: float, out: Callable[[str], None], join_wait_s: float) -> int | None:
+def _wait_for_join(radio: Radio, clock: Clock, timeout: float, out: Callable[[str], None],
+                   join_wait_s: float) -> int | None:
     """The AI code, asking again for up to join_wait_s while the radio is still scanning or joining."""
-    deadline = radio.clock.monotonic() + join_wait_s
+    deadline = clock.monotonic() + join_wait_s
     code = discovery.association(radio, timeout)
     if code != 0x00:
         out(f"join: {discovery.describe_ai(code)}; waiting up to {join_wait_s:g} s for the radio to join")
-    while code != 0x00 and radio.clock.monotonic() < deadline:
-        radio.drain(min(deadline, radio.clock.monotonic() + 0.5))
+    while code != 0x00 and clock.monotonic() < deadline:
+        radio.drain(min(deadline, clock.monotonic() + 0.5))
         code = discovery.association(radio, timeout)
     return code

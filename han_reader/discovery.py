@@ -6,16 +6,19 @@ the Simple Metering server the coordinator (0x0000) offers — in Smart Energy t
 network's coordinator and trust centre — at whatever endpoint its Match_Desc response names.
 
 A radio in the wrong API mode is a configuration error the process cannot fix by retrying, so it is
-raised as `RadioMisconfigured` (exit code 3). A meter that measures something other than electricity is
+raised as `radio.RadioMisconfigured` (exit code 3). A meter that measures something other than electricity is
 never polled: discovery keeps reporting the refusal in the status detail and retries slowly, since the
 installer may yet pair the gateway with the right meter and should see why nothing is read.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
+from shared_schema.messages import HanState
+
 from . import xbee_frames, zcl
-from .radio import Radio
+from .radio import Radio, RadioMisconfigured, RadioSilent
 
 METER_NWK = 0x0000
 API_MODE_ESCAPED = 2
@@ -25,21 +28,7 @@ DEVICE_TYPE_ELECTRIC = 0x00
 DEVICE_TYPES = {0: "electric", 1: "gas", 2: "water", 3: "thermal", 4: "pressure", 5: "heat", 6: "cooling"}
 
 
-class RadioMisconfigured(Exception):
-    """The radio answers but not in the mode this gateway speaks; a person must change its settings."""
-
-
-class RadioSilent(Exception):
-    """The radio does not answer AT queries at all (wrong baud rate, transparent mode, or no radio)."""
-
-
 # ---- the radio itself ---------------------------------------------------------------------------
-
-def _value(rsp) -> int | None:
-    if rsp is None or rsp.status != 0 or not rsp.value:
-        return None
-    return int.from_bytes(rsp.value, "big")
-
 
 def check_api_modes(radio: Radio, timeout: float) -> tuple[int, int]:
     """AP must be 2 (escaped API) and AO bit 0 set (explicit RX frames). Returns (AP, AO)."""
@@ -50,7 +39,7 @@ def check_api_modes(radio: Radio, timeout: float) -> tuple[int, int]:
     ao_rsp = radio.at_query("AO", timeout)
     if ao_rsp is None:
         raise RadioSilent(f"the radio did not answer the AO query within {timeout:g} s")
-    ap, ao = _value(ap_rsp), _value(ao_rsp)
+    ap, ao = ap_rsp.number, ao_rsp.number
     if ap != API_MODE_ESCAPED:
         raise RadioMisconfigured(
             f"radio API mode is AP={_show(ap)}, this gateway needs AP=2 (API with escaping); set it with "
@@ -68,7 +57,7 @@ def _show(value: int | None) -> str:
 
 def radio_ieee(radio: Radio, timeout: float) -> int | None:
     """The radio's own IEEE address (SH:SL): what the utility needs, with the install code, to admit it."""
-    high, low = _value(radio.at_query("SH", timeout)), _value(radio.at_query("SL", timeout))
+    high, low = radio.at_number("SH", timeout), radio.at_number("SL", timeout)
     if high is None or low is None:
         return None
     return (high << 32) | low
@@ -76,7 +65,7 @@ def radio_ieee(radio: Radio, timeout: float) -> int | None:
 
 def association(radio: Radio, timeout: float) -> int | None:
     """The AI code (0x00 = joined and authenticated), or None if the radio did not answer."""
-    return _value(radio.at_query("AI", timeout))
+    return radio.at_number("AI", timeout)
 
 
 def describe_ai(code: int | None) -> str:
@@ -84,20 +73,6 @@ def describe_ai(code: int | None) -> str:
         return "the radio did not answer the AI query"
     words = xbee_frames.AI_CODES.get(code, "an association state the XBee manual does not list")
     return f"AI=0x{code:02X}: {words}"
-
-
-def describe_firmware(vr: int | None) -> tuple[str, bool]:
-    """Words for a VR value, and whether it is Smart Energy router firmware (what a gateway should run)."""
-    if vr is None:
-        return "unknown (the radio did not answer VR)", False
-    family = vr >> 8
-    kinds = {0x31: "Smart Energy coordinator", 0x33: "Smart Energy router", 0x34: "Smart Energy wall router",
-             0x39: "Smart Energy end device"}
-    if family in (0x33, 0x34):
-        return f"0x{vr:04X} ({kinds[family]} firmware)", True
-    if family in kinds:
-        return f"0x{vr:04X} ({kinds[family]} firmware): NOT Smart Energy router firmware", False
-    return f"0x{vr:04X}: NOT Smart Energy firmware (load an XBee SE router firmware with XCTU)", False
 
 
 # ---- finding the meter --------------------------------------------------------------------------
@@ -112,9 +87,20 @@ class Meter:
         return f"{xbee_frames.format_ieee(self.ieee)} at 0x{self.nwk:04X} endpoint {self.endpoint}"
 
 
+class Found(enum.Enum):
+    """What one discovery found."""
+    METER = enum.auto()         # a Simple Metering server at the coordinator 0x0000: the meter
+    ELSEWHERE = enum.auto()     # Simple Metering servers, but only at other nodes: not polled
+    NOTHING = enum.auto()       # the coordinator did not answer, or no node offers Simple Metering
+
+
+# The state the HAN reports while discovery keeps finding something other than the meter.
+STATE_WHEN = {Found.ELSEWHERE: HanState.METER_ADDRESS_MISMATCH, Found.NOTHING: HanState.METER_UNREACHABLE}
+
+
 @dataclass(frozen=True)
 class Discovery:
-    outcome: str                      # "found", "meter-address-mismatch" or "meter-unreachable"
+    outcome: Found
     detail: str
     meter: Meter | None = None
     others: tuple[tuple[int, tuple[int, ...]], ...] = field(default=())   # (nwk, endpoints) not 0x0000
@@ -134,15 +120,15 @@ def find_meter(radio: Radio, timeout: float) -> Discovery:
     if ieee is not None and at_coordinator:
         meter = Meter(ieee, METER_NWK, at_coordinator[0][0])
         radio.aim_at(meter)
-        return Discovery("found", f"meter {meter.describe()}", meter, others)
+        return Discovery(Found.METER, f"meter {meter.describe()}", meter, others)
     if others and not at_coordinator:
         where = ", ".join(f"0x{nwk:04X} endpoint {'/'.join(map(str, eps))}" for nwk, eps in others)
-        return Discovery("meter-address-mismatch",
+        return Discovery(Found.ELSEWHERE,
                          f"a Simple Metering server answered from {where}, not from the coordinator 0x0000; "
                          f"not polling it", None, others)
     if ieee is None:
-        return Discovery("meter-unreachable", f"the coordinator 0x0000 {ieee_problem}", None, others)
-    return Discovery("meter-unreachable", "the coordinator 0x0000 answered IEEE_addr_req but no node offers "
+        return Discovery(Found.NOTHING, f"the coordinator 0x0000 {ieee_problem}", None, others)
+    return Discovery(Found.NOTHING, "the coordinator 0x0000 answered IEEE_addr_req but no node offers "
                      "Simple Metering (0x0702) on the Smart Energy profile", None, others)
 
 
@@ -168,10 +154,17 @@ class Scaling:
                 f"0x{self.demand_formatting:02X}")
 
 
+class Scaled(enum.Enum):
+    """How the scaling read went."""
+    OK = enum.auto()
+    UNUSABLE = enum.auto()      # no answer, or one without an attribute the values need
+    REFUSED = enum.auto()       # the meter answered: it is not an electricity meter in kW/kWh
+
+
 @dataclass(frozen=True)
 class ScalingRead:
     scaling: Scaling | None
-    outcome: str            # "ok", "meter-unreachable" (no usable answer) or "refused" (not electric)
+    outcome: Scaled
     detail: str
 
 
@@ -183,7 +176,7 @@ _REQUIRED = (zcl.UNIT_OF_MEASURE, zcl.MULTIPLIER, zcl.DIVISOR, zcl.SUMMATION_FOR
 def read_scaling(radio: Radio, meter: Meter, timeout: float) -> ScalingRead:
     read = radio.zcl_read(meter, zcl.SCALING_READ, timeout)
     if read.cause is not None:
-        return ScalingRead(None, "meter-unreachable", f"meter found but the scaling read failed "
+        return ScalingRead(None, Scaled.UNUSABLE, f"meter found but the scaling read failed "
                            f"({read.cause}: {read.detail})")
     values: dict[int, int] = {}
     for attr in zcl.SCALING_READ:
@@ -192,15 +185,15 @@ def read_scaling(radio: Radio, meter: Meter, timeout: float) -> ScalingRead:
             values[attr.id] = result.value
         elif attr in _REQUIRED:
             status = "missing" if result is None else f"status 0x{result.status:02x}"
-            return ScalingRead(None, "meter-unreachable",
+            return ScalingRead(None, Scaled.UNUSABLE,
                                f"meter did not report {attr.name} ({status}); cannot scale its values")
     unit, device_type = values[zcl.UNIT_OF_MEASURE.id], values[zcl.METERING_DEVICE_TYPE.id]
     if device_type != DEVICE_TYPE_ELECTRIC:
-        return ScalingRead(None, "refused", f"refused: the meter reports MeteringDeviceType {device_type} "
+        return ScalingRead(None, Scaled.REFUSED, f"refused: the meter reports MeteringDeviceType {device_type} "
                            f"({DEVICE_TYPES.get(device_type, 'not electric')}), not an electricity meter; "
                            f"not polling it")
     if unit != zcl.UNIT_KW_KWH:
-        return ScalingRead(None, "refused", f"refused: the meter reports UnitOfMeasure 0x{unit:02X} "
+        return ScalingRead(None, Scaled.REFUSED, f"refused: the meter reports UnitOfMeasure 0x{unit:02X} "
                            f"({zcl.UNITS.get(unit, 'unknown unit')}), not kW/kWh; not polling it")
     scaling = Scaling(
         unit=unit,
@@ -211,24 +204,5 @@ def read_scaling(radio: Radio, meter: Meter, timeout: float) -> ScalingRead:
         summation_formatting=values[zcl.SUMMATION_FORMATTING.id],
         demand_formatting=values.get(zcl.DEMAND_FORMATTING.id, 0),
         device_type=device_type)
-    return ScalingRead(scaling, "ok", scaling.describe())
+    return ScalingRead(scaling, Scaled.OK, scaling.describe())
 
-
-class Backoff:
-    """Retry delays: base, doubling, capped. Pure, so tests can read the sequence."""
-
-    def __init__(self, base: float, cap: float):
-        self.base, self.cap = base, cap
-        self._next = base
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.cap, self._next * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.base
-
-    def saturate(self) -> None:
-        """Go straight to the cap (what cannot change quickly should not be retried quickly)."""
-        self._next = self.cap

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     radio = Radio(link, guard, clock, han["require_aps_encryption"])
     if args.check:
         try:
-            return run_check(link, radio, han, out=lambda line: print(line, flush=True))
+            return run_check(link, radio, han, clock, out=lambda line: print(line, flush=True))
         except KeyboardInterrupt:
             link.close()
             return 130

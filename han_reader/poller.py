@@ -4,7 +4,7 @@ InstantaneousDemand) -> a value or a cause.
 The outcome is either raw values with the monotonic time the reply arrived (right after the read()
 that completed it; the service turns it into a wall-clock tag on its one time base, time_base.py), with
 the round trip kept so the tag's uncertainty is known, or exactly one of the
-lost causes in `messages.LOST_CAUSES`. Values stay raw: the meter's multiplier/divisor travel with them,
+lost causes (`messages.LostCause`). Values stay raw: the meter's multiplier/divisor travel with them,
 so the LAN side keeps the meter's full resolution.
 
 A reply whose values are all unusable (each attribute refused, or each the type's "invalid" value,
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared_schema.messages import LOST_CAUSES
+from shared_schema.messages import LostCause
 
 from . import zcl
 from .discovery import Meter
@@ -28,7 +28,7 @@ UNREACHABLE_AFTER = 3   # consecutive lost queries before the state says meter-u
 
 @dataclass(frozen=True)
 class PollOutcome:
-    cause: str | None                 # None: a reading
+    cause: LostCause | None           # None: a reading
     detail: str = ""
     summation: int | None = None
     demand: int | None = None
@@ -45,7 +45,7 @@ def poll_once(radio: Radio, meter: Meter, timeout: float) -> PollOutcome:
              ("demand", zcl.INSTANTANEOUS_DEMAND))
     results = {name: read.results.get(attr.id) for name, attr in asked}
     if all(r is None for r in results.values()):
-        return PollOutcome("malformed", "the response carries no attribute that was asked for")
+        return PollOutcome(LostCause.MALFORMED, "the response carries no attribute that was asked for")
     values = {}
     problems = []
     for name, result in results.items():
@@ -60,7 +60,7 @@ def poll_once(radio: Radio, meter: Meter, timeout: float) -> PollOutcome:
         else:
             values[name] = result.value
     if not values:
-        return PollOutcome("zcl-status", ", ".join(problems))
+        return PollOutcome(LostCause.ZCL_STATUS, ", ".join(problems))
     reply = read.reply
     return PollOutcome(None, ", ".join(problems), values.get("summation"), values.get("demand"),
                        values.get("received"), mono=reply.mono, rtt_s=max(0.0, reply.mono - read.sent_mono))
@@ -70,7 +70,7 @@ def poll_once(radio: Radio, meter: Meter, timeout: float) -> PollOutcome:
 class Counters:
     queries_total: int = 0
     queries_lost: int = 0
-    lost_by_cause: dict[str, int] = field(default_factory=lambda: {c: 0 for c in LOST_CAUSES})
+    lost_by_cause: dict[LostCause, int] = field(default_factory=lambda: dict.fromkeys(LostCause, 0))
     consecutive_lost: int = 0
 
     def count(self, outcome: PollOutcome) -> None:

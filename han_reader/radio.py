@@ -26,6 +26,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+from shared_schema.messages import LostCause
+
 from . import wire_requests, xbee_frames, zcl, zdo
 from .clock import Clock
 from .egress_guard import EgressGuard, Meter
@@ -38,6 +40,14 @@ RESET_STATUSES = {
     xbee_frames.MODEM_WATCHDOG_RESET: "watchdog reset",
     xbee_frames.MODEM_DISASSOCIATED: "disassociated from the network",
 }
+
+
+class RadioMisconfigured(Exception):
+    """The radio answers but not in the mode this gateway speaks; a person must change its settings."""
+
+
+class RadioSilent(Exception):
+    """The radio does not answer AT queries at all (wrong baud rate, transparent mode, or no radio)."""
 
 
 class RadioReset(Exception):
@@ -58,7 +68,7 @@ class Received:
 @dataclass(frozen=True)
 class ZclRead:
     """The outcome of one Read Attributes exchange with the meter."""
-    cause: str | None                 # None = answered; else one of messages.LOST_CAUSES
+    cause: LostCause | None           # None = answered
     detail: str
     sent_mono: float
     results: dict[int, zcl.AttributeResult]
@@ -146,6 +156,11 @@ class Radio:
         finally:
             self._forget(keys)
 
+    def at_number(self, command: str, timeout: float) -> int | None:
+        """One setting as a number; None if the radio did not answer, refused, or sent no value."""
+        rsp = self.at_query(command, timeout)
+        return None if rsp is None else rsp.number
+
     def coordinator_ieee(self, timeout: float) -> tuple[int | None, str]:
         """IEEE_addr_req to the coordinator: (its IEEE address, "") or (None, what went wrong)."""
         frame_id, seq = self._next_frame_id(), self._next_zdo_seq()
@@ -216,20 +231,20 @@ class Radio:
         while True:
             got = self.wait(keys, sent + timeout)
             if got is None:
-                return ZclRead("timeout", f"no reply within {timeout:g} s", sent, {})
+                return ZclRead(LostCause.TIMEOUT, f"no reply within {timeout:g} s", sent, {})
             frame = got.frame
             if isinstance(frame, TxStatus):
                 if frame.ok:
                     continue
-                return ZclRead("tx-failed", _delivery(frame), sent, {}, got)
+                return ZclRead(LostCause.TX_FAILED, _delivery(frame), sent, {}, got)
             try:
                 rsp = zcl.parse_response(frame.payload)
             except zcl.ZclError as exc:
-                return ZclRead("malformed", str(exc), sent, {}, got)
+                return ZclRead(LostCause.MALFORMED, str(exc), sent, {}, got)
             if rsp.seq != seq:
                 continue        # a late reply that only looked like ours while damaged
             if rsp.command == zcl.CMD_DEFAULT_RESPONSE:
-                return ZclRead("zcl-status", f"Default Response status 0x{rsp.default_status:02x}", sent, {},
+                return ZclRead(LostCause.ZCL_STATUS, f"Default Response status 0x{rsp.default_status:02x}", sent, {},
                                got)
             return ZclRead(None, "", sent, rsp.results, got)
 

@@ -1,8 +1,9 @@
-"""The poll schedule: slot k is due at start + k * interval. Pure arithmetic, no clock of its own.
+"""The schedules: the poll's slots (`Schedule`) and retry delays (`Backoff`). Pure arithmetic, no clock.
 
-Due times are computed from the start every time, never by adding the interval to the previous due
-time, so ten thousand slots later the schedule has not drifted by a rounding error. Every slot ends as
-exactly one reading or one gap; a slot is never skipped silently:
+Slot k is due at start + k * interval. Due times are computed from the start every time, never by
+adding the interval to the previous due time, so ten thousand slots later the schedule has not drifted
+by a rounding error. Every slot ends as exactly one reading or one gap; a slot is never skipped
+silently:
 
   * a slot the loop reaches while it is not polling (joining, discovering, radio down) becomes a gap
     with cause "not-polling" (`passed`);
@@ -12,6 +13,8 @@ exactly one reading or one gap; a slot is never skipped silently:
 
 Due times are monotonic; the service tags them on its one wall-clock base (time_base.py), the same base
 as the readings' tags, so a gap and a reading can never disagree about where a slot lies in time.
+
+A retry (the port reopened, discovery tried again) waits a delay from `Backoff`: base, doubling, capped.
 """
 from __future__ import annotations
 
@@ -61,3 +64,23 @@ class Schedule:
         if now_mono - self.due_mono(newest) < LATE_FRACTION * self.interval:
             return slots[:-1], newest
         return slots, None
+
+
+class Backoff:
+    """Retry delays: base, doubling, capped. Pure, so tests can read the sequence."""
+
+    def __init__(self, base: float, cap: float):
+        self.base, self.cap = base, cap
+        self._next = base
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.cap, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.base
+
+    def saturate(self) -> None:
+        """Go straight to the cap (what cannot change quickly should not be retried quickly)."""
+        self._next = self.cap

@@ -30,16 +30,16 @@ from collections import deque
 from typing import Callable
 
 from shared_schema import sd_notify
-from shared_schema.messages import MAX_GAP_RUN
+from shared_schema.messages import FIELDS, MAX_GAP_RUN, GapCause, HanState, Kind, SkipCause
 
 from . import discovery, poller, xbee_frames
 from .channel_sender import ChannelSender
 from .clock import Clock
-from .discovery import Backoff, Meter, RadioMisconfigured, RadioSilent, Scaling
+from .discovery import Found, Meter, Scaled, Scaling
 from .egress_guard import EgressGuard, EgressRefused
 from .link import LinkLost, Stopping
-from .radio import Radio, RadioReset
-from .schedule import Schedule
+from .radio import Radio, RadioMisconfigured, RadioReset, RadioSilent
+from .schedule import Backoff, Schedule
 from .time_base import PLAUSIBLE_FLOOR, TimeBase
 
 log = logging.getLogger("openseg.han")
@@ -47,7 +47,7 @@ log = logging.getLogger("openseg.han")
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_RADIO_MISCONFIGURED = 3
-DETAIL_MAX = 200        # messages.FIELDS["status"]["detail"]
+DETAIL_MAX = FIELDS[Kind.STATUS]["detail"][1]      # the schema's longest detail text
 MAX_HELD = 10_000       # readings/gaps held while the wall clock is implausible (19 h at the 7-s poll)
 
 
@@ -86,7 +86,7 @@ class HanService:
         self.discovery_backoff = Backoff(*meter_backoff(self.interval))
         self.discoveries_unanswered = 0     # discovery attempts since the meter last answered a poll
         radio.pace_with(self._idle_until)
-        self.state: str | None = None
+        self.state: HanState | None = None
         self.detail = ""
         self.meter: Meter | None = None
         self.scaling: Scaling | None = None
@@ -98,7 +98,7 @@ class HanService:
         self.started_mono = clock.monotonic()  # uptime is monotonic: a clock step cannot change it
         self.time_base = TimeBase(self.started_mono, self.started)
         # (kind, fields, {field: monotonic time}) waiting for a plausible wall clock to be tagged on.
-        self.held: deque[tuple[str, dict, dict[str, float]]] = deque()
+        self.held: deque[tuple[Kind, dict, dict[str, float]]] = deque()
         self.held_dropped = 0
         if not self.time_base.plausible:
             self._log_implausible()
@@ -120,17 +120,17 @@ class HanService:
             except (LinkLost, RadioSilent) as exc:
                 self.link.close()
                 self._forget_meter()
-                self._set_state("radio-down", f"{exc}; retrying", logging.WARNING)
+                self._set_state(HanState.RADIO_DOWN, f"{exc}; retrying", logging.WARNING)
             except EgressRefused as exc:
                 # The guard stopped a frame this program built: a bug, already logged and counted by
                 # the guard. Start over from the radio check rather than stop reading the meter.
                 log.error("BUG: the egress guard refused one of our own frames (%s); starting over", exc)
                 self._forget_meter()
                 self.link.close()
-                self._set_state("radio-down", "internal error (egress guard refusal); retrying",
+                self._set_state(HanState.RADIO_DOWN, "internal error (egress guard refusal); retrying",
                                 logging.ERROR)
             except RadioMisconfigured as exc:
-                self._set_state("radio-down", str(exc), logging.ERROR)
+                self._set_state(HanState.RADIO_DOWN, str(exc), logging.ERROR)
                 log.error("refusing to run: %s", exc)
                 return EXIT_RADIO_MISCONFIGURED
             except Stopping:
@@ -140,12 +140,12 @@ class HanService:
 
     def _open_port(self) -> None:
         while not self.link.is_open:
-            if self.state == "radio-down":
+            if self.state == HanState.RADIO_DOWN:
                 self._idle(self.port_backoff.next())
             try:
                 self.link.open()
             except LinkLost as exc:
-                self._set_state("radio-down", f"{exc}; retrying", logging.WARNING)
+                self._set_state(HanState.RADIO_DOWN, f"{exc}; retrying", logging.WARNING)
                 continue
             self.radio.restart()
             log.info("port: opened %s at %d baud", self.link.port, self.link.baudrate)
@@ -154,7 +154,7 @@ class HanService:
         # The state changes only once the radio has answered, so a silent radio stays radio-down
         # through its retries instead of flapping between two states.
         discovery.check_api_modes(self.radio, self.timeout)
-        self._set_state("joining", "radio in API mode 2 with explicit receive; asking whether it has joined")
+        self._set_state(HanState.JOINING, "radio in API mode 2 with explicit receive; asking whether it has joined")
         if not self.ready_sent:
             self.notify("READY=1")
             self.ready_sent = True
@@ -170,30 +170,31 @@ class HanService:
                 log.info("radio: joined (%s)", discovery.describe_ai(code))
                 self.port_backoff.reset()
                 return
-            self._set_state("joining", discovery.describe_ai(code))
+            self._set_state(HanState.JOINING, discovery.describe_ai(code))
             self._idle(self.join_poll_s)
 
     def _find_meter(self) -> None:
-        self._set_state("discovering", "looking for the meter: IEEE_addr_req to 0x0000, Match_Desc for "
+        self._set_state(HanState.DISCOVERING, "looking for the meter: IEEE_addr_req to 0x0000, Match_Desc for "
                         "Simple Metering")
         while True:
             if self.discoveries_unanswered:
                 self._idle(self.discovery_backoff.next())
             self.discoveries_unanswered += 1
             found = discovery.find_meter(self.radio, self.timeout)
-            if found.outcome != "found":
-                self._set_state(found.outcome, found.detail + "; retrying", logging.WARNING)
+            if found.outcome is not Found.METER:
+                self._set_state(discovery.STATE_WHEN[found.outcome], found.detail + "; retrying",
+                                logging.WARNING)
                 continue
             read = discovery.read_scaling(self.radio, found.meter, self.timeout)
-            if read.outcome == "ok":
+            if read.outcome is Scaled.OK:
                 self.meter, self.scaling = found.meter, read.scaling
                 log.info("meter: %s; %s", found.meter.describe(), read.detail)
                 return
-            if read.outcome == "refused":
-                self._set_state("discovering", read.detail, logging.ERROR)
+            if read.outcome is Scaled.REFUSED:
+                self._set_state(HanState.DISCOVERING, read.detail, logging.ERROR)
                 self.discovery_backoff.saturate()       # a wrong meter will not change quickly
             else:
-                self._set_state("meter-unreachable", read.detail + "; retrying", logging.WARNING)
+                self._set_state(HanState.METER_UNREACHABLE, read.detail + "; retrying", logging.WARNING)
 
     def _poll_forever(self) -> None:
         # The pace law: the first poll waits a whole interval after the scaling read. Slots due
@@ -205,13 +206,13 @@ class HanService:
         else:
             self._housekeeping()    # slots that passed during join/discovery become "not-polling" gaps
         self.polling = True
-        self._set_state("polling", f"reading meter {self.meter.describe()} every {self.interval:g} s")
+        self._set_state(HanState.POLLING, f"reading meter {self.meter.describe()} every {self.interval:g} s")
         while True:
             self._idle_until(self.schedule.due_mono(self.schedule.next))
             missed, slot = self.schedule.claim(self.clock.monotonic())
             if missed:
                 log.warning("slots %d-%d: missed, the loop was late", missed[0], missed[-1])
-                self._gaps(missed, "late")
+                self._gaps(missed, SkipCause.LATE)
             if slot is not None:
                 self._poll_slot(slot)
 
@@ -221,7 +222,7 @@ class HanService:
         except (RadioReset, LinkLost):
             # Polling stops mid-query; the slot still gets its gap so it is not silently skipped. It is
             # not counted as a lost query: the radio went away, the meter did not fail to answer.
-            self._gaps([slot], "not-polling")
+            self._gaps([slot], SkipCause.NOT_POLLING)
             raise
         self.counters.count(outcome)
         if outcome.cause is None:
@@ -236,17 +237,17 @@ class HanService:
                 fields["received"] = outcome.received
             if outcome.detail:
                 log.info("slot %d: partial reading (%s)", slot, outcome.detail)
-            self._emit("reading", fields, {"due": self.schedule.due_mono(slot), "time": outcome.mono})
-            if self.state != "polling":
+            self._emit(Kind.READING, fields, {"due": self.schedule.due_mono(slot), "time": outcome.mono})
+            if self.state != HanState.POLLING:
                 log.info("meter: answering again")
-                self._set_state("polling", f"reading meter {self.meter.describe()} every "
+                self._set_state(HanState.POLLING, f"reading meter {self.meter.describe()} every "
                                 f"{self.interval:g} s")
             return
         self._gaps([slot], outcome.cause)
-        if self.state == "polling":     # once unreachable, the state says it; no line per slot
+        if self.state == HanState.POLLING:     # once unreachable, the state says it; no line per slot
             log.info("slot %d: lost (%s: %s)", slot, outcome.cause, outcome.detail)
         if self.counters.consecutive_lost >= poller.UNREACHABLE_AFTER:
-            self._set_state("meter-unreachable", f"the last {poller.UNREACHABLE_AFTER} or more queries "
+            self._set_state(HanState.METER_UNREACHABLE, f"the last {poller.UNREACHABLE_AFTER} or more queries "
                             f"were lost (latest: {outcome.cause}); still polling every slot",
                             logging.WARNING)
 
@@ -270,7 +271,7 @@ class HanService:
         self._watch_clock()
         now = self.clock.monotonic()
         if self.schedule is not None and not self.polling:
-            self._gaps(self.schedule.passed(now), "not-polling")
+            self._gaps(self.schedule.passed(now), SkipCause.NOT_POLLING)
         if now >= self.next_status and self.state is not None:
             self._send_status()
         self.watchdog.beat("han-loop")
@@ -289,7 +290,7 @@ class HanService:
         wall = self.clock.wall()
         step, retag = self.time_base.observe(self.clock.monotonic(), wall)
         if retag is not None:
-            self.sender.send("clock", {"shift_s": retag.shift_s, "from": retag.first, "to": retag.last})
+            self.sender.send(Kind.CLOCK, {"shift_s": retag.shift_s, "from": retag.first, "to": retag.last})
         if step is not None:
             log.warning("clock: the wall clock stepped by %+.3f s; time tags follow it from now on%s", step,
                         f" and the {retag.first:.3f}..{retag.last:.3f} ones are moved" if retag else "")
@@ -309,7 +310,7 @@ class HanService:
                     "it is", PLAUSIBLE_FLOOR)
 
     # ---- messages ------------------------------------------------------------------------------
-    def _emit(self, kind: str, fields: dict, monos: dict[str, float]) -> None:
+    def _emit(self, kind: Kind, fields: dict, monos: dict[str, float]) -> None:
         """Send a reading or gap, its monotonic times tagged on the one time base; hold it instead
         while the wall clock is implausible (the oldest go first if the hold is full, counted)."""
         if not self.time_base.plausible:
@@ -320,7 +321,7 @@ class HanService:
             return
         self.sender.send(kind, {**fields, **{k: self.time_base.tag(m) for k, m in monos.items()}})
 
-    def _gaps(self, slots: list[int], cause: str) -> None:
+    def _gaps(self, slots: list[int], cause: GapCause) -> None:
         """Consecutive slots without a reading, one message per run of up to MAX_GAP_RUN slots: a stall's
         catch-up is one datagram, not one per slot, so it cannot overflow the channel's queue."""
         for i in range(0, len(slots), MAX_GAP_RUN):
@@ -328,9 +329,9 @@ class HanService:
             fields = {"slot": run[0], "cause": cause}
             if len(run) > 1:
                 fields.update(count=len(run), every_s=self.interval)
-            self._emit("gap", fields, {"due": self.schedule.due_mono(run[0])})
+            self._emit(Kind.GAP, fields, {"due": self.schedule.due_mono(run[0])})
 
-    def _set_state(self, state: str, detail: str, level: int = logging.INFO) -> None:
+    def _set_state(self, state: HanState, detail: str, level: int = logging.INFO) -> None:
         detail = detail[:DETAIL_MAX]
         if (state, detail) == (self.state, self.detail):
             return
@@ -358,7 +359,7 @@ class HanService:
                                "endpoint": self.meter.endpoint}
         if self.radio_ieee is not None:
             fields["radio_ieee"] = self.radio_ieee
-        self.sender.send("status", fields)
+        self.sender.send(Kind.STATUS, fields)
         self.next_status = self.clock.monotonic() + self.status_every
 
     def _forget_meter(self) -> None:

@@ -212,6 +212,13 @@ class ATResponse:
     status: int
     value: bytes
 
+    @property
+    def number(self) -> int | None:
+        """The value as the unsigned big-endian number AT settings are; None if refused or empty."""
+        if self.status != 0 or not self.value:
+            return None
+        return int.from_bytes(self.value, "big")
+
 
 @dataclass(frozen=True)
 class ExplicitTx:

@@ -9,7 +9,7 @@ from han_fixtures import HAN
 def diagnose(hw):
     lines = []
     radio = wire_radio(hw, HAN["poll_interval_s"])
-    code = run_check(hw, radio, HAN, out=lines.append)
+    code = run_check(hw, radio, HAN, hw.clock, out=lines.append)
     assert {f["class"] for f in hw.frame_log} <= {"at-query", "zdo-discovery", "zcl-read"}
     assert not hw.is_open, "the check closes the port"
     return code, "\n".join(lines)

@@ -1,8 +1,10 @@
 """Power-up discovery against the fake radio: API modes, join words, where the meter is, scaling."""
 import pytest
 
-from han_reader import discovery
-from han_reader.discovery import Backoff, RadioMisconfigured, RadioSilent
+from han_reader import check, discovery
+from han_reader.discovery import Found, Scaled
+from han_reader.radio import RadioMisconfigured, RadioSilent
+from han_reader.schedule import Backoff
 from fake_radio import METER_IEEE, RADIO_IEEE, FakeClock, FakeRadio, Node, wire_radio
 
 TIMEOUT = 2.0
@@ -19,7 +21,7 @@ def rig(meters=None, **kw):
 def test_meter_found_at_the_coordinator_on_the_endpoint_it_names():
     hw, radio = rig([Node(nwk=0x0000, endpoint=0x0A)])
     found = discovery.find_meter(radio, TIMEOUT)
-    assert found.outcome == "found"
+    assert found.outcome is Found.METER
     assert found.meter == discovery.Meter(METER_IEEE, 0x0000, 0x0A)     # never assumed to be 1
     assert [f["class"] for f in hw.frame_log] == ["zdo-discovery", "zdo-discovery"]
 
@@ -27,28 +29,28 @@ def test_meter_found_at_the_coordinator_on_the_endpoint_it_names():
 def test_other_simple_metering_servers_do_not_hide_the_meter():
     hw, radio = rig([Node(nwk=0x7A11, endpoint=1, ieee=0x42), Node(nwk=0x0000, endpoint=3)])
     found = discovery.find_meter(radio, TIMEOUT)
-    assert found.outcome == "found" and found.meter.endpoint == 3
+    assert found.outcome is Found.METER and found.meter.endpoint == 3
     assert found.others == ((0x7A11, (1,)),)
 
 
 def test_a_meter_answering_only_from_another_address_is_a_mismatch():
     hw, radio = rig([Node(nwk=0x1234, endpoint=9)])
     found = discovery.find_meter(radio, TIMEOUT)
-    assert found.outcome == "meter-address-mismatch" and found.meter is None
+    assert found.outcome is Found.ELSEWHERE and found.meter is None
     assert "0x1234 endpoint 9" in found.detail and "0x0000" in found.detail
 
 
 def test_nobody_answering_is_unreachable():
     hw, radio = rig([Node(powered=False)], coordinator_answers=False)
     found = discovery.find_meter(radio, TIMEOUT)
-    assert found.outcome == "meter-unreachable"
+    assert found.outcome is Found.NOTHING
     assert "did not answer IEEE_addr_req" in found.detail
 
 
 def test_a_coordinator_without_simple_metering_is_unreachable():
     hw, radio = rig([])
     found = discovery.find_meter(radio, TIMEOUT)
-    assert found.outcome == "meter-unreachable" and "Simple Metering" in found.detail
+    assert found.outcome is Found.NOTHING and "Simple Metering" in found.detail
 
 
 def test_discovery_waits_the_response_timeout_for_all_matches():
@@ -66,7 +68,7 @@ def test_scaling_zero_multiplier_and_divisor_count_as_one():
     hw, radio = rig([Node(multiplier=0, divisor=0, endpoint=5)])
     meter = discovery.find_meter(radio, TIMEOUT).meter
     read = discovery.read_scaling(radio, meter, TIMEOUT)
-    assert read.outcome == "ok"
+    assert read.outcome is Scaled.OK
     assert (read.scaling.multiplier, read.scaling.divisor) == (1, 1)
     assert read.scaling.as_message() == {"multiplier": 1, "divisor": 1, "unit": 0,
                                          "summation_formatting": 0x33, "demand_formatting": 0x2B}
@@ -86,14 +88,14 @@ def test_scaling_keeps_real_factors_and_tolerates_missing_demand_formatting():
 def test_non_electric_meters_are_refused(node, words):
     hw, radio = rig([node])
     read = discovery.read_scaling(radio, discovery.find_meter(radio, TIMEOUT).meter, TIMEOUT)
-    assert read.outcome == "refused" and read.scaling is None
+    assert read.outcome is Scaled.REFUSED and read.scaling is None
     assert words in read.detail and "not polling" in read.detail
 
 
 def test_a_meter_without_a_multiplier_cannot_be_scaled():
     hw, radio = rig([Node(unsupported={0x0301})])
     read = discovery.read_scaling(radio, discovery.find_meter(radio, TIMEOUT).meter, TIMEOUT)
-    assert read.outcome == "meter-unreachable" and "Multiplier (status 0x86)" in read.detail
+    assert read.outcome is Scaled.UNUSABLE and "Multiplier (status 0x86)" in read.detail
 
 
 def test_api_modes_accepted_and_refused():
@@ -127,7 +129,7 @@ def test_join_state_and_identity_in_words():
     (0x21A7, False, "NOT Smart Energy firmware"), (None, False, "unknown"),
 ])
 def test_firmware_in_words(vr, router, words):
-    text, is_router = discovery.describe_firmware(vr)
+    text, is_router = check.describe_firmware(vr)
     assert is_router == router and words in text
 
 
