@@ -236,7 +236,7 @@ class ChannelReceiver:
                     self._seq_gaps += 1
                     self._seq_missing += seq
                 self.log(f"channel: sequence went back from {last} to {seq}: the HAN process restarted")
-        if msg["kind"] == "status":
+        if msg["kind"] == messages.Kind.STATUS:
             started = msg["started"]
             if self._han_started is not None and started != self._han_started and not self._restart_unconfirmed:
                 self._restarts += 1

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol, Union
 
 from shared_schema import messages
-from shared_schema.messages import LOST_CAUSES
+from shared_schema.messages import LOST_CAUSES, Kind
 
 from .interval_energy import DEFAULT_SERVICE_W, plausible_rise
 from .scaling import Scaling, exact
@@ -223,12 +223,12 @@ class Readings:
         entries: list[Entry] = []
         with self._lock:
             self._last_message_at = now
-            if kind == "status":
+            if kind == Kind.STATUS:
                 report = _report(msg, now, self._mono())
                 self._note_identity(report)
                 self._report = report
                 self._queries = QueryCounts(report.queries_total, report.queries_lost, report.lost_by_cause)
-            elif kind == "reading":
+            elif kind == Kind.READING:
                 reading = Reading(
                     seq=msg["seq"], slot=msg["slot"], due=float(msg["due"]), time=float(msg["time"]),
                     rtt_s=float(msg["rtt_s"]), summation=msg.get("summation"), demand=msg.get("demand"),
@@ -247,14 +247,14 @@ class Readings:
                 entries = self._lost_before(reading) + [reading]
                 if self._queries is not None:
                     self._queries = self._queries.after(None)
-            elif kind == "gap":
+            elif kind == Kind.GAP:
                 gaps = [Gap(seq=msg["seq"], slot=slot, due=float(due), cause=msg["cause"])
                         for slot, due in messages.gap_slots(msg)]
                 entries = self._lost_before(gaps[0]) + gaps
                 for g in gaps:
                     if self._queries is not None:
                         self._queries = self._queries.after(g.cause)
-            elif kind == "clock":
+            elif kind == Kind.CLOCK:
                 self._move(msg["from"], msg["to"], msg["shift_s"])
             for e in entries:
                 self._insert(e)
@@ -263,7 +263,7 @@ class Readings:
             self._prune(now)
         # Outside the lock: a slow disk must never hold up a request thread's snapshot.
         if self.history is not None:
-            if kind == "clock":
+            if kind == Kind.CLOCK:
                 self.history.retag(msg["from"], msg["to"], msg["shift_s"])
             for e in entries:
                 self.history.record(e)

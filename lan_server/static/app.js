@@ -34,14 +34,14 @@
   var STATES = {
     "polling": ["ok", "Meter connected"],
     "meter-unreachable": ["bad", "Meter unreachable"],
-    "meter-address-mismatch": ["bad", "Wrong meter address"],
+    "meter-address-mismatch": ["bad", "Meter at an unexpected address"],
     "radio-down": ["bad", "Radio down"],
     "joining": ["warn", "Radio joining the meter network"],
     "discovering": ["warn", "Looking for the meter"]
   };
   var STATE_HELP = {
     "meter-unreachable": "The meter does not answer the radio. It may be powered off or out of range.",
-    "meter-address-mismatch": "A device answers at the configured meter address, but it is not the expected meter.",
+    "meter-address-mismatch": "A meter answers, but not from the network's coordinator (0x0000), where the utility's meter is; the gateway does not read it and keeps looking. openseg-han --check names the address that answered.",
     "radio-down": "The gateway's ZigBee radio is not responding.",
     "joining": "The radio is joining the meter's network.",
     "discovering": "The radio is looking for the meter on its network."
