@@ -34,7 +34,6 @@ MODEM_STATUS = 0x8A
 
 TX_OPT_APS_ENCRYPTION = 0x20
 RX_OPT_ACKNOWLEDGED = 0x01
-RX_OPT_BROADCAST = 0x02
 RX_OPT_APS_ENCRYPTED = 0x20
 
 MODEM_HARDWARE_RESET = 0x00
@@ -44,7 +43,6 @@ MODEM_DISASSOCIATED = 0x03
 
 COORDINATOR_64 = 0x0000000000000000
 BROADCAST_64 = 0x000000000000FFFF
-UNKNOWN_16 = 0xFFFE
 BROADCAST_RX_ON_IDLE_16 = 0xFFFD
 
 # Association indication (AT AI) codes, in the words an installer needs.
@@ -90,12 +88,12 @@ def escape(data: bytes) -> bytes:
     return bytes(out)
 
 
-def encode(frame_data: bytes, escaped: bool = True) -> bytes:
-    """One complete API frame on the wire for the given frame data."""
+def encode(frame_data: bytes) -> bytes:
+    """One complete API frame on the wire for the given frame data, escaped (the radio runs AP=2)."""
     if not 0 < len(frame_data) <= MAX_FRAME_DATA:
         raise ValueError(f"frame data must be 1..{MAX_FRAME_DATA} bytes, got {len(frame_data)}")
     body = struct.pack(">H", len(frame_data)) + frame_data + bytes((checksum(frame_data),))
-    return bytes((START,)) + (escape(body) if escaped else body)
+    return bytes((START,)) + escape(body)
 
 
 @dataclass
@@ -120,10 +118,10 @@ class Decoder:
     feed() returns the frame data of every good frame completed by the new bytes. Every kind of damage
     is counted in `stats` rather than raised: bytes from a radio are untrusted input, and a reader that
     raises on them would let line noise stop the gateway. Because an unescaped 0x7E can only be a
-    delimiter in mode 2, the decoder resynchronises on the next 0x7E after any fault.
+    delimiter in mode 2, the decoder resynchronises on the next 0x7E after any fault. Only mode 2 is
+    decoded: the service refuses to run with a radio in any other API mode (discovery.check_api_modes).
     """
 
-    escaped: bool = True
     stats: DecoderStats = field(default_factory=DecoderStats)
     _buf: bytearray = field(default_factory=bytearray)   # unescaped bytes after the delimiter
     _in_frame: bool = False
@@ -132,7 +130,7 @@ class Decoder:
     def feed(self, data: bytes) -> list[bytes]:
         frames: list[bytes] = []
         for b in data:
-            if b == START and self.escaped or (b == START and not self._in_frame):
+            if b == START:
                 if self._in_frame:
                     self.stats.truncated += 1
                 self._start()
@@ -140,17 +138,16 @@ class Decoder:
             if not self._in_frame:
                 self.stats.garbage_bytes += 1
                 continue
-            if self.escaped:
-                if self._pending_escape:
-                    self._pending_escape = False
-                    b ^= 0x20
-                    if b not in _SPECIAL:
-                        self.stats.bad_escape += 1
-                        self._in_frame = False
-                        continue
-                elif b == ESCAPE:
-                    self._pending_escape = True
+            if self._pending_escape:
+                self._pending_escape = False
+                b ^= 0x20
+                if b not in _SPECIAL:
+                    self.stats.bad_escape += 1
+                    self._in_frame = False
                     continue
+            elif b == ESCAPE:
+                self._pending_escape = True
+                continue
             self._buf.append(b)
             frame = self._complete()
             if frame is not None:
@@ -194,15 +191,15 @@ class FrameError(ValueError):
 
 @dataclass(frozen=True)
 class ATCommand:
+    """A local AT query: the command alone, never a parameter (which would set or do something)."""
     frame_id: int
     command: str
-    parameter: bytes = b""
 
     def encode(self) -> bytes:
         cmd = self.command.encode("ascii")
         if len(cmd) != 2:
             raise ValueError("AT command must be two ASCII characters")
-        return bytes((AT_COMMAND, self.frame_id)) + cmd + self.parameter
+        return bytes((AT_COMMAND, self.frame_id)) + cmd
 
 
 @dataclass(frozen=True)
