@@ -6,8 +6,21 @@ docs/han-protocol.md says, and lives in a `FakeClock`'s time: `read(timeout)` ad
 next thing that happens instead of sleeping, so an hour of polling takes milliseconds. Scripted events
 (`at(t, action)`) reset the radio, cut the meter's power, unplug the port or send SIGTERM at exact times.
 
-Every frame the host writes is classified by the emulator's classifier (independent of the guard) into
-`frame_log`, as the emulator's frame log does, so a test can assert that nothing but reads ever left.
+It judges and frames nothing with the code under test: the host's bytes are decoded by the emulator's
+decoder and every frame is classified by the emulator's classifier into `frame_log` (damaged frames
+too, as "not-a-read"), as the emulator's frame log does, so a test can assert that nothing but reads
+ever left; its answers are framed by python-xbee (through the emulator's api_frames) and its attribute
+records encoded from the emulator's ZCL type table, never by han_reader's codecs.
+
+Why a second radio model beside the emulator's (openseg_emulator/): the emulator is the process-level
+model, a separate program on a real pty in real time, with its own meter physics (a household load
+integrated into registers); the integration and system tests drive the real openseg-han against it.
+This fake is the unit-level double of the same radio: it runs inside the test's thread on a controlled
+clock, and scripts faults at exact instants and for exact polls (drop, corrupt, TX failure, Default
+Response, a malformed or hand-made reply to the next poll; several meters at chosen addresses; a
+coordinator that does not answer), which the loop's unit tests need to be deterministic and fast and
+which a process on a pty cannot give. What decides whether the host behaved, the classifier and the
+framing, is the emulator's in both.
 """
 from __future__ import annotations
 
@@ -17,12 +30,16 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from han_reader import xbee_frames, zcl, zdo
 from han_reader.link import LinkLost, Stopping
-from openseg_emulator import classify
+from openseg_emulator import api_frames as af
+from openseg_emulator import classify, metering
 
 RADIO_IEEE = 0x0013A20040A1B2C3
 METER_IEEE = 0x00078100000ABCDE
+ZDO_PROFILE = 0x0000
+IEEE_ADDR_REQ, MATCH_DESC_REQ = 0x0001, 0x0006
+POLL_ATTRIBUTES = {metering.CURRENT_SUMMATION_DELIVERED, metering.CURRENT_SUMMATION_RECEIVED,
+                   metering.INSTANTANEOUS_DEMAND}
 
 
 class FakeClock:
@@ -70,14 +87,13 @@ class Node:
 
     def attribute(self, attr_id: int) -> bytes:
         """One Read Attributes Response record."""
-        if attr_id in self.unsupported or attr_id not in zcl.ATTRIBUTES:
-            return struct.pack("<HB", attr_id, zcl.STATUS_UNSUPPORTED_ATTRIBUTE)
-        attr = zcl.ATTRIBUTES[attr_id]
+        if attr_id in self.unsupported or attr_id not in metering.ATTRIBUTE_TYPES:
+            return struct.pack("<HB", attr_id, metering.UNSUPPORTED_ATTRIBUTE)
+        type_id = metering.ATTRIBUTE_TYPES[attr_id]
         value = {0x0000: self.summation, 0x0001: self.received, 0x0400: self.demand, 0x0300: self.unit, 0x0301: self.multiplier,
                  0x0302: self.divisor, 0x0303: self.summation_formatting, 0x0304: self.demand_formatting,
                  0x0306: self.device_type}[attr_id]
-        _, size, signed = zcl.TYPES[attr.type]
-        return struct.pack("<HBB", attr_id, 0, attr.type) + value.to_bytes(size, "little", signed=signed)
+        return struct.pack("<HBB", attr_id, metering.SUCCESS, type_id) + metering.encode_value(type_id, value)
 
 
 class _Port:
@@ -118,7 +134,7 @@ class FakeRadio:
         self.poll_faults: list = []
         self.silent = False                 # answer no frame at all (a radio in transparent mode)
         self.hand_over: Callable | None = None   # EgressGuard.attach, given the port at every open
-        self._decoder = xbee_frames.Decoder()
+        self._decoder = af.StreamDecoder()
         self._outbox: list[tuple[float, int, bytes]] = []
         self._events: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
@@ -173,11 +189,15 @@ class FakeRadio:
         """Bytes the host wrote (through the port handed to the guard)."""
         if not self.is_open:
             raise LinkLost(f"{self.port} is not open")
-        for frame in self._decoder.feed(data):
-            kind, _ = classify.classify(frame)
-            self.frame_log.append({"t": self.clock.now, "class": kind, "frame": frame})
+        for item in self._decoder.feed(data):
+            if isinstance(item, af.Damaged):    # the host's framing is wrong: not a read either
+                self.frame_log.append({"t": self.clock.now, "class": classify.NOT_A_READ, "frame": item.raw,
+                                       "damaged": item.reason})
+                continue
+            kind, _ = classify.classify(item.data)
+            self.frame_log.append({"t": self.clock.now, "class": kind, "frame": item.data})
             if not self.silent:
-                self._handle(frame)
+                self._handle(item.data)
 
     # ---- scripted events -------------------------------------------------------------------------
     def at(self, t: float, action: Callable[[], None]) -> None:
@@ -190,12 +210,12 @@ class FakeRadio:
     def reset(self, join_delay: float = 0.3) -> None:
         """A hardware reset: modem status 0x00, scanning for join_delay, then joined (0x02)."""
         self._outbox.clear()
-        self.emit(bytes((xbee_frames.MODEM_STATUS, xbee_frames.MODEM_HARDWARE_RESET)), delay=0.001)
+        self.emit(af.modem_status(af.MODEM_HARDWARE_RESET), delay=0.001)
         self.settings["AI"] = 0xFF
 
         def joined():
             self.settings["AI"] = 0x00
-            self.emit(bytes((xbee_frames.MODEM_STATUS, xbee_frames.MODEM_JOINED)), delay=0.0)
+            self.emit(af.modem_status(af.MODEM_JOINED), delay=0.0)
         self.at(self.clock.now + join_delay, joined)
 
     def vanish(self) -> None:
@@ -211,16 +231,16 @@ class FakeRadio:
     def emit(self, frame_data: bytes, delay: float | None = None, wire: bytes | None = None) -> None:
         t = self.clock.now + (self.reply_delay if delay is None else delay)
         heapq.heappush(self._outbox, (t, next(self._order), wire if wire is not None
-                                      else xbee_frames.encode(frame_data)))
+                                      else af.encode(frame_data)))
 
     def inject(self, wire: bytes, delay: float = 0.0) -> None:
         """Raw bytes on the line (noise, half frames) at now + delay."""
         heapq.heappush(self._outbox, (self.clock.now + delay, next(self._order), wire))
 
     def _handle(self, frame: bytes) -> None:
-        if frame[0] == xbee_frames.AT_COMMAND and len(frame) >= 4:
+        if frame[0] == af.AT_COMMAND and len(frame) >= 4:
             self._at(frame[1], frame[2:4].decode("ascii", "replace"))
-        elif frame[0] == xbee_frames.EXPLICIT_TX and len(frame) >= 20:
+        elif frame[0] == af.EXPLICIT_TX and len(frame) >= 20:
             (_, fid, dest64, dest16, src_ep, dst_ep, cluster, profile, _, options) = \
                 struct.unpack_from(">BBQHBBHHBB", frame)
             self._explicit(fid, dest16, dst_ep, cluster, profile, frame[20:])
@@ -229,32 +249,31 @@ class FakeRadio:
         sizes = {"VR": 2, "HV": 2, "AP": 1, "AO": 1, "AI": 1, "EE": 1, "MY": 2, "SH": 4, "SL": 4}
         if cmd in sizes:
             value = self.settings[cmd].to_bytes(sizes[cmd], "big")
-            self.emit(bytes((xbee_frames.AT_RESPONSE, fid)) + cmd.encode() + b"\x00" + value)
+            self.emit(af.at_response(fid, cmd.encode(), 0, value))
         else:
-            self.emit(bytes((xbee_frames.AT_RESPONSE, fid)) + cmd.encode() + b"\x02")
+            self.emit(af.at_response(fid, cmd.encode(), 2))
 
     def _tx_status(self, fid: int, dest16: int, delivery: int) -> None:
-        self.emit(struct.pack(">BBHBBB", xbee_frames.TX_STATUS, fid, dest16, 0, delivery, 0), delay=0.01)
+        self.emit(af.tx_status(fid, dest16, 0, delivery, 0), delay=0.01)
 
     def _rx(self, node_ieee: int, nwk: int, src_ep: int, dst_ep: int, cluster: int, profile: int,
             payload: bytes) -> bytes:
-        options = xbee_frames.RX_OPT_ACKNOWLEDGED | (xbee_frames.RX_OPT_APS_ENCRYPTED if self.aps else 0)
-        return struct.pack(">BQHBBHHB", xbee_frames.EXPLICIT_RX, node_ieee, nwk, src_ep, dst_ep, cluster,
-                           profile, options) + payload
+        options = af.RX_ACKNOWLEDGED | (af.RX_APS_ENCRYPTED if self.aps else 0)
+        return af.explicit_rx(node_ieee, nwk, src_ep, dst_ep, cluster, profile, options, payload)
 
     def _explicit(self, fid: int, dest16: int, dst_ep: int, cluster: int, profile: int, payload: bytes):
         if self.settings["AI"] != 0x00:
             self._tx_status(fid, dest16, 0x22)      # not joined to network
             return
-        if profile == zdo.PROFILE:
+        if profile == ZDO_PROFILE:
             self._tx_status(fid, dest16, 0x00)
             seq = payload[0]
-            if cluster == zdo.IEEE_ADDR_REQ and dest16 == 0x0000 and self.coordinator_answers:
+            if cluster == IEEE_ADDR_REQ and dest16 == 0x0000 and self.coordinator_answers:
                 coordinator = next((m for m in self.meters if m.nwk == 0x0000), None)
                 ieee = coordinator.ieee if coordinator else 0x000781000000C00D
                 self.emit(self._rx(ieee, 0x0000, 0, 0, 0x8001, 0,
                                    struct.pack("<BBQH", seq, 0, ieee, 0x0000)))
-            elif cluster == zdo.MATCH_DESC_REQ:
+            elif cluster == MATCH_DESC_REQ:
                 for m in self.meters:
                     if m.powered:
                         self.emit(self._rx(m.ieee, m.nwk, 0, 0, 0x8006, 0,
@@ -266,7 +285,7 @@ class FakeRadio:
             return
         seq = payload[1]
         attrs = [struct.unpack_from("<H", payload, 3 + 2 * i)[0] for i in range((len(payload) - 3) // 2)]
-        is_poll = attrs == [a.id for a in zcl.POLL_READ]
+        is_poll = set(attrs) == POLL_ATTRIBUTES
         fault = self.poll_faults.pop(0) if is_poll and self.poll_faults else None
         if fault == "tx-fail":
             self._tx_status(fid, dest16, 0x21)
@@ -275,19 +294,17 @@ class FakeRadio:
         if fault == "drop":
             return
         if fault == "default-response":
-            body = bytes((0x18, seq, zcl.CMD_DEFAULT_RESPONSE, 0x00, 0x86))
+            body = bytes((0x18, seq, metering.DEFAULT_RESPONSE, 0x00, metering.UNSUPPORTED_ATTRIBUTE))
         elif fault == "malformed":
-            body = bytes((0x18, seq, zcl.CMD_READ_ATTRIBUTES_RESPONSE, 0x00, 0x00, 0x00, 0x25, 1, 2))
+            body = bytes((0x18, seq, metering.READ_ATTRIBUTES_RESPONSE, 0x00, 0x00, 0x00, 0x25, 1, 2))
         elif callable(fault):
             body = fault(seq)
         else:
-            body = bytes((0x18, seq, zcl.CMD_READ_ATTRIBUTES_RESPONSE)) + b"".join(map(meter.attribute, attrs))
+            body = bytes((0x18, seq, metering.READ_ATTRIBUTES_RESPONSE)) + b"".join(map(meter.attribute, attrs))
         frame = self._rx(meter.ieee, meter.nwk, meter.endpoint, 0x5E, cluster, profile, body)
         wire = None
         if fault == "corrupt":      # a wrong checksum, escaped like any other byte
-            bad = (xbee_frames.checksum(frame) + 1) & 0xFF
-            wire = bytes((xbee_frames.START,)) + xbee_frames.escape(
-                struct.pack(">H", len(frame)) + frame + bytes((bad,)))
+            wire = af.encode_with_checksum(frame, (af.checksum(frame) + 1) & 0xFF)
         self.emit(frame, wire=wire)
         if is_poll and fault is None:
             self.answers.append({"seq": seq, "summation": meter.summation, "demand": meter.demand,
