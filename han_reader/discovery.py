@@ -6,9 +6,11 @@ the Simple Metering server the coordinator (0x0000) offers — in Smart Energy t
 network's coordinator and trust centre — at whatever endpoint its Match_Desc response names.
 
 A radio in the wrong API mode is a configuration error the process cannot fix by retrying, so it is
-raised as `radio.RadioMisconfigured` (exit code 3). A meter that measures something other than electricity is
-never polled: discovery keeps reporting the refusal in the status detail and retries slowly, since the
-installer may yet pair the gateway with the right meter and should see why nothing is read.
+raised as `radio.RadioMisconfigured` (exit code 3). A meter that measures something other than
+electricity is never polled: discovery keeps reporting the refusal in the status detail and retries
+slowly, since the installer may yet pair the gateway with the right meter and should see why nothing is
+read. Each outcome is an enum of its own (`Found`, `Scaled`); the loop and --check map it to a HAN
+state (`STATE_WHEN`) rather than use it as one.
 """
 from __future__ import annotations
 
@@ -189,8 +191,8 @@ def read_scaling(radio: Radio, meter: Meter, timeout: float) -> ScalingRead:
                                f"meter did not report {attr.name} ({status}); cannot scale its values")
     unit, device_type = values[zcl.UNIT_OF_MEASURE.id], values[zcl.METERING_DEVICE_TYPE.id]
     if device_type != DEVICE_TYPE_ELECTRIC:
-        return ScalingRead(None, Scaled.REFUSED, f"refused: the meter reports MeteringDeviceType {device_type} "
-                           f"({DEVICE_TYPES.get(device_type, 'not electric')}), not an electricity meter; "
+        return ScalingRead(None, Scaled.REFUSED, f"refused: the meter reports MeteringDeviceType "
+                           f"{device_type} ({DEVICE_TYPES.get(device_type, 'not electric')}), not an electricity meter; "
                            f"not polling it")
     if unit != zcl.UNIT_KW_KWH:
         return ScalingRead(None, Scaled.REFUSED, f"refused: the meter reports UnitOfMeasure 0x{unit:02X} "

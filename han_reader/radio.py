@@ -244,8 +244,8 @@ class Radio:
             if rsp.seq != seq:
                 continue        # a late reply that only looked like ours while damaged
             if rsp.command == zcl.CMD_DEFAULT_RESPONSE:
-                return ZclRead(LostCause.ZCL_STATUS, f"Default Response status 0x{rsp.default_status:02x}", sent, {},
-                               got)
+                return ZclRead(LostCause.ZCL_STATUS, f"Default Response status 0x{rsp.default_status:02x}",
+                               sent, {}, got)
             return ZclRead(None, "", sent, rsp.results, got)
 
     # ---- receiving: the one path every frame from the radio takes --------------------------------

@@ -154,7 +154,8 @@ class HanService:
         # The state changes only once the radio has answered, so a silent radio stays radio-down
         # through its retries instead of flapping between two states.
         discovery.check_api_modes(self.radio, self.timeout)
-        self._set_state(HanState.JOINING, "radio in API mode 2 with explicit receive; asking whether it has joined")
+        self._set_state(HanState.JOINING,
+                        "radio in API mode 2 with explicit receive; asking whether it has joined")
         if not self.ready_sent:
             self.notify("READY=1")
             self.ready_sent = True
@@ -174,8 +175,8 @@ class HanService:
             self._idle(self.join_poll_s)
 
     def _find_meter(self) -> None:
-        self._set_state(HanState.DISCOVERING, "looking for the meter: IEEE_addr_req to 0x0000, Match_Desc for "
-                        "Simple Metering")
+        self._set_state(HanState.DISCOVERING, "looking for the meter: IEEE_addr_req to 0x0000, Match_Desc "
+                        "for Simple Metering")
         while True:
             if self.discoveries_unanswered:
                 self._idle(self.discovery_backoff.next())
@@ -247,8 +248,8 @@ class HanService:
         if self.state == HanState.POLLING:     # once unreachable, the state says it; no line per slot
             log.info("slot %d: lost (%s: %s)", slot, outcome.cause, outcome.detail)
         if self.counters.consecutive_lost >= poller.UNREACHABLE_AFTER:
-            self._set_state(HanState.METER_UNREACHABLE, f"the last {poller.UNREACHABLE_AFTER} or more queries "
-                            f"were lost (latest: {outcome.cause}); still polling every slot",
+            self._set_state(HanState.METER_UNREACHABLE, f"the last {poller.UNREACHABLE_AFTER} or more "
+                            f"queries were lost (latest: {outcome.cause}); still polling every slot",
                             logging.WARNING)
 
     # ---- waiting, with housekeeping ------------------------------------------------------------

@@ -300,7 +300,8 @@ class FakeRadio:
         elif callable(fault):
             body = fault(seq)
         else:
-            body = bytes((0x18, seq, metering.READ_ATTRIBUTES_RESPONSE)) + b"".join(map(meter.attribute, attrs))
+            body = (bytes((0x18, seq, metering.READ_ATTRIBUTES_RESPONSE))
+                    + b"".join(map(meter.attribute, attrs)))
         frame = self._rx(meter.ieee, meter.nwk, meter.endpoint, 0x5E, cluster, profile, body)
         wire = None
         if fault == "corrupt":      # a wrong checksum, escaped like any other byte

@@ -391,7 +391,8 @@ def test_the_at_list_is_exactly_the_queries_the_code_sends():
     for path in (ROOT / "han_reader").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                    and node.func.attr in ("at_query", "at_number") and isinstance(node.args[0], ast.Constant):
+                    and node.func.attr in ("at_query", "at_number") \
+                    and isinstance(node.args[0], ast.Constant):
                 sent.add(node.args[0].value)
     assert sent == set(egress_guard.AT_QUERIES) == {c.decode() for c in REF_AT}
     assert all(egress_guard.AT_QUERIES[c].strip() for c in sent)            # each has its reason

@@ -65,8 +65,9 @@ def test_decode_bounds_sizes():
     (b"\x80" * (messages.MAX_DATAGRAM + 1), messages.Fault.UNDECODABLE),
     (msgpack.packb({**READING, "v": 2}), messages.Fault.VERSION),
     (msgpack.packb({**READING, "v": 2, "new_field": 1}), messages.Fault.VERSION),
-    (msgpack.packb({**READING, "v": True}), messages.Fault.INVALID),      # not another version: no number
-    (msgpack.packb({**READING, "seq": -1}), messages.Fault.INVALID), (msgpack.packb(7), messages.Fault.INVALID),
+    (msgpack.packb({**READING, "v": True}), messages.Fault.INVALID),      # True == 1, yet not a number
+    (msgpack.packb({**READING, "seq": -1}), messages.Fault.INVALID),
+    (msgpack.packb(7), messages.Fault.INVALID),
     (msgpack.packb({**READING, "kind": []}), messages.Fault.INVALID),     # unhashable kinds are refused too
     (msgpack.packb({**READING, "kind": {}}), messages.Fault.INVALID),
 ])
