@@ -41,8 +41,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from channel_messages import reading, status  # noqa: E402
 from common import machine  # noqa: E402
-from lan_server import espi_feed, history_store as hs, web_resources  # noqa: E402
-from lan_server.readings import Readings  # noqa: E402
+from lan_server.espi import feed as espi_feed  # noqa: E402
+from lan_server.state import history_store as hs  # noqa: E402
+from lan_server.http import web_resources  # noqa: E402
+from lan_server.state.readings import Readings  # noqa: E402
 from shared_schema import messages  # noqa: E402
 
 SUB = "bench"

@@ -31,15 +31,16 @@ import cherrypy
 from shared_schema import config as config_schema
 from shared_schema import sd_notify
 
-from . import cert_dates, cert_names, tls
-from .app import PROBE_HEADER, LanApp
-from .auth import Authenticator
-from .channel_receiver import ChannelReceiver
-from .history_receiver import HistoryChannelReceiver
-from .history_keeper import HistoryKeeper
-from .history_store import open_history
-from .readings import Readings
-from .users_file import UsersFileError, UsersStore
+from .accounts import cert_dates
+from .http import cert_names, tls
+from .http.app import PROBE_HEADER, LanApp
+from .http.auth import Authenticator
+from .state.channel_receiver import ChannelReceiver
+from .state.history_receiver import HistoryChannelReceiver
+from .state.history_keeper import HistoryKeeper
+from .state.history_store import open_history
+from .state.readings import Readings
+from .accounts.users_file import UsersFileError, UsersStore
 
 log = logging.getLogger("openseg.lan")
 

@@ -16,9 +16,9 @@ import subprocess
 import sys
 
 from channel_messages import T0, Clock, reading
-from lan_server import history_store as hs
-from lan_server.history_keeper import HistoryKeeper, HistoryState
-from lan_server.readings import Readings
+from lan_server.state import history_store as hs
+from lan_server.state.history_keeper import HistoryKeeper, HistoryState
+from lan_server.state.readings import Readings
 
 
 class Rig:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from lan_fixtures import command, parse_fields, run_admin
-from lan_server import passwords, users_file
+from lan_server.accounts import passwords, users_file
 from shared_schema import config as config_schema
 
 
@@ -340,7 +340,7 @@ def test_rewriting_the_users_file_keeps_its_owner(tmp_path):
     """Run as root on a gateway, openseg-admin must not leave the file unreadable to the LAN user."""
     import os
     import pytest as _pytest
-    from lan_server import users_file
+    from lan_server.accounts import users_file
     if os.getuid() != 0:
         _pytest.skip("changing a file's owner needs root (CI runs as root)")
     path = tmp_path / "users.toml"

@@ -1,4 +1,4 @@
-"""lan_server.cert_dates (the serving process's certificate expiry, without `cryptography`) against
+"""lan_server.accounts.cert_dates (the serving process's certificate expiry, without `cryptography`) against
 `cryptography`'s own reading of the same certificates."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from lan_server import cert_dates, certs
+from lan_server.accounts import cert_dates, certs
 
 
 def _cert(not_after: dt.datetime, key=None) -> bytes:

@@ -10,9 +10,9 @@ import msgpack
 import pytest
 
 from channel_messages import T0, Clock, reading, status
-from lan_server import channel_receiver
-from lan_server.channel_receiver import ChannelReceiver
-from lan_server.readings import Readings
+from lan_server.state import channel_receiver
+from lan_server.state.channel_receiver import ChannelReceiver
+from lan_server.state.readings import Readings
 from shared_schema import messages
 
 

@@ -23,12 +23,12 @@ from fake_radio import FakeClock, FakeRadio, Node
 from han_fixtures import Rig
 from han_reader.channel_sender import ChannelSender
 from han_reader.time_base import PLAUSIBLE_FLOOR
-from lan_server import history_store as hs
-from lan_server import interval_energy as ie
-from lan_server import web_resources
-from lan_server.channel_receiver import ChannelReceiver
-from lan_server.history_receiver import HistoryChannelReceiver
-from lan_server.readings import CHANNEL_LOST, Readings
+from lan_server.state import history_store as hs
+from lan_server.espi import interval_energy as ie
+from lan_server.http import web_resources
+from lan_server.state.channel_receiver import ChannelReceiver
+from lan_server.state.history_receiver import HistoryChannelReceiver
+from lan_server.state.readings import CHANNEL_LOST, Readings
 from shared_schema import messages
 
 W0 = 1_750_000_000.0       # the HAN tests' wall clock (2025-06): a plausible one

@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from channel_messages import SCALING_1_1000, SCALING_3_10000, T0, Clock, gap, reading, status
 from espi_schema import assert_valid
-from lan_server import espi_feed, web_resources
-from lan_server.readings import Readings
+from lan_server.espi import feed as espi_feed
+from lan_server.http import web_resources
+from lan_server.state.readings import Readings
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 ESPI = "{http://naesb.org/espi}"

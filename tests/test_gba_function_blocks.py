@@ -22,8 +22,9 @@ import gba_function_blocks as gba
 from channel_messages import SCALING_3_10000, T0, Clock, gap, reading, status
 from espi_schema import assert_valid
 from lan_fixtures import wait_for_channel
-from lan_server import history_store as hs, web_resources
-from lan_server.readings import Readings
+from lan_server.state import history_store as hs
+from lan_server.http import web_resources
+from lan_server.state.readings import Readings
 from openseg_emulator.devstack import Stack
 
 pytestmark = pytest.mark.skipif(bool(gba.missing()), reason=(

@@ -23,9 +23,9 @@ import pytest
 
 from channel_messages import T0, Clock, reading, status
 from lan_fixtures import LanServer, command, wait_until
-from lan_server import history_store as hs
-from lan_server.history_keeper import HistoryKeeper, HistoryState
-from lan_server.readings import Readings
+from lan_server.state import history_store as hs
+from lan_server.state.history_keeper import HistoryKeeper, HistoryState
+from lan_server.state.readings import Readings
 from shared_schema import messages
 
 HERE = Path(__file__).parent

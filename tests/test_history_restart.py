@@ -24,7 +24,7 @@ import pytest
 
 from channel_messages import reading, status
 from lan_fixtures import LanServer, wait_until
-from lan_server import history_store as hs
+from lan_server.state import history_store as hs
 from shared_schema import messages
 
 pytestmark = pytest.mark.integration

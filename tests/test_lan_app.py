@@ -11,10 +11,10 @@ import os
 
 import pytest
 
-from lan_server import passwords, users_file
-from lan_server.app import CSP, LanApp, Reply
-from lan_server.auth import Authenticator
-from lan_server.users_file import User, UsersStore
+from lan_server.accounts import passwords, users_file
+from lan_server.http.app import CSP, LanApp, Reply
+from lan_server.http.auth import Authenticator
+from lan_server.accounts.users_file import User, UsersStore
 
 PAGE = b"<!doctype html><title>OpenSEG</title><script src=/static/app.js></script>"
 

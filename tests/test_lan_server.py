@@ -15,7 +15,7 @@ import pytest
 
 from lan_fixtures import (DEFAULT, LanServer, basic_auth, command, fresh_lan, lan, run_admin,  # noqa: F401
                           wait_until)
-from lan_server import certs
+from lan_server.accounts import certs
 from lan_server import main as lan_main
 from shared_schema import config as config_schema
 

@@ -183,8 +183,8 @@ def test_unknown_loop_is_a_bug(manager):
 
 def test_lan_receiver_blocked_in_its_work_is_not_alive(monkeypatch):
     from channel_messages import T0, reading
-    from lan_server import channel_receiver
-    from lan_server.channel_receiver import ChannelReceiver
+    from lan_server.state import channel_receiver
+    from lan_server.state.channel_receiver import ChannelReceiver
     from shared_schema import messages
 
     monkeypatch.setattr(channel_receiver, "TURN_S", 0.05)

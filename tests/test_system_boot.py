@@ -32,7 +32,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from lan_server import certs
+from lan_server.accounts import certs
 from lan_server.main import THREAD_POOL
 from test_deploy_systemd import LAN_THREADS_BESIDE_THE_POOL
 from test_faults_witness import poll_reads, read_frames
@@ -553,7 +553,7 @@ def test_cert_renew_and_user_add_as_root_leave_a_lan_that_starts(gateway, proof)
 
 MAKE_DUE = """
 import sys
-from lan_server import admin, certs
+from lan_server.accounts import admin, certs
 ca_key, ca_cert, key, cert = sys.argv[1:]
 # What the installation's CA would have issued 335 days ago: a server certificate ending in 30 days.
 with open(ca_key, "rb") as k, open(ca_cert, "rb") as c:

@@ -72,9 +72,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 from urllib.parse import quote
 
-from .interval_energy import INTERVAL_MS, RegisterSample
+from ..espi.interval_energy import INTERVAL_MS, RegisterSample
 from .readings import Entry, Reading
-from .scaling import Scaling
+from ..espi.scaling import Scaling
 
 SCHEMA_VERSION = 2
 # The raw registers a sample row holds, in the order maxima() reports them.

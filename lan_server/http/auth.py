@@ -36,8 +36,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import passwords
-from .users_file import NAME_RE, User, UsersStore
+from ..accounts import passwords
+from ..accounts.users_file import NAME_RE, User, UsersStore
 
 REALM = "OpenSEG"
 WWW_AUTHENTICATE = f'Basic realm="{REALM}", charset="UTF-8"'

@@ -75,8 +75,8 @@ from lxml import etree
 from . import interval_energy as ie
 from . import scaling as sc
 from .local_time import LocalTime, local_time_parameters
-from .espi_query import Window
-from .readings import Snapshot
+from .query import Window
+from ..state.readings import Snapshot
 
 ATOM = "http://www.w3.org/2005/Atom"
 ESPI = "http://naesb.org/espi"

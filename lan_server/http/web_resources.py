@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlencode
 
-from . import espi_feed as ef
-from . import espi_query
-from . import interval_energy as ie
+from ..espi import feed as ef
+from ..espi import query as espi_query
+from ..espi import interval_energy as ie
 from . import metrics
-from .history_keeper import HistoryKeeper, HistoryState
-from .history_source import open_store, source_for, store_exponent
-from .history_store import file_bytes, t_ms_of
+from ..state.history_keeper import HistoryKeeper, HistoryState
+from ..state.history_source import open_store, source_for, store_exponent
+from ..state.history_store import file_bytes, t_ms_of
 from .metrics import HistoryHealth
-from .readings import Reading, Readings, Snapshot, data_status
-from .scaling import Scaling, decimal_text, resolution_exponent, scaled_int, value_text
+from ..state.readings import Reading, Readings, Snapshot, data_status
+from ..espi.scaling import Scaling, decimal_text, resolution_exponent, scaled_int, value_text
 
 ATOM_TYPE = "application/atom+xml"
 JSON_TYPE = "application/json"

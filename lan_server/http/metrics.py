@@ -15,9 +15,9 @@ from typing import Iterable, Mapping
 
 from shared_schema.messages import HAN_STATES
 
-from .history_store import StoreStats
-from .readings import Reading, Snapshot, data_status
-from .scaling import decimal_text, resolution_exponent, scaled_int
+from ..state.history_store import StoreStats
+from ..state.readings import Reading, Snapshot, data_status
+from ..espi.scaling import decimal_text, resolution_exponent, scaled_int
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 JOULES_PER_WH = 3600

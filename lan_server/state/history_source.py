@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from . import interval_energy as ie
-from . import scaling as sc
+from ..espi import interval_energy as ie
+from ..espi import scaling as sc
 from .history_keeper import HistoryKeeper
 from .history_store import QUANTITIES, HistoryReader, HistoryStore, Row, t_ms_of
 from .readings import Gap, Reading, Snapshot

@@ -26,8 +26,8 @@ from typing import Callable, Protocol, Union
 from shared_schema import messages
 from shared_schema.messages import LOST_CAUSES, Kind
 
-from .interval_energy import DEFAULT_SERVICE_W, plausible_rise
-from .scaling import Scaling, exact
+from ..espi.interval_energy import DEFAULT_SERVICE_W, plausible_rise
+from ..espi.scaling import Scaling, exact
 
 CHANNEL_LOST = "channel-lost"    # a gap the LAN side records: the slot's message never arrived
 REGISTER_NAMES = {"summation": "delivered", "received": "received"}

@@ -35,7 +35,7 @@ from .users_file import (User, UsersFileError, check_name, check_subscription, g
                          generate_user_name, load, locked, render, write_atomic)
 
 CONFIG_NAME = "gateway.toml"
-# The installation's CA (lan_server.certs): its certificate beside the config, for devices to import;
+# The installation's CA (lan_server.accounts.certs): its certificate beside the config, for devices to import;
 # its key in a folder of its own that only the admin (root on a gateway) may enter, never openseg-lan.
 CA_CERT = "ca.pem"
 CA_KEY = os.path.join("ca", "key.pem")

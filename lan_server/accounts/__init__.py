@@ -1,0 +1,1 @@
+"""The LAN's accounts room: users, password hashes, the installation's CA and certificates, openseg-admin."""

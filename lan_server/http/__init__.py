@@ -1,0 +1,1 @@
+"""The LAN's HTTP room: the CherryPy application, authentication, TLS, the resources it answers with."""
