@@ -1,5 +1,5 @@
 """Green Button (ESPI 3.3) Atom documents, written with lxml. No I/O of its own and no clock (the
-snapshot carries `now`): the data comes from a history source (history_source: the store, or memory
+snapshot carries `now`): the data comes from a history source (state.history_source: the store, or memory
 when history is off), so every document can be checked against usage.xsd in tests.
 
 Resource space under {base}/espi/1_1/resource/ (ids are fixed; there is one meter):
@@ -76,7 +76,7 @@ from . import interval_energy as ie
 from . import scaling as sc
 from .local_time import LocalTime, local_time_parameters
 from .query import Window
-from ..state.readings import Snapshot
+from .inputs import HistorySource, Moment, Sample
 
 ATOM = "http://www.w3.org/2005/Atom"
 ESPI = "http://naesb.org/espi"
@@ -160,11 +160,11 @@ class Block:
 
 @dataclass(frozen=True)
 class Context:
-    snap: Snapshot
+    snap: Moment
     base_url: str
     subscription: str
     time_zone: str
-    source: object                  # history_source.MemorySource or StoreSource
+    source: HistorySource           # history_source.MemorySource or StoreSource
     query_string: str = ""          # appended to the `self` link of the requested document
     currency: int = DEFAULT_CURRENCY
 
@@ -319,17 +319,18 @@ def blocks(ctx: Context, mr: MeterReadingDef, window: Window, skip: int = 0) -> 
     span = _clamp(lo, hi, None if oldest is None else oldest - ie.INTERVAL_S, source.newest())
     if span is None:
         return iter(())
-    run = (iv for iv in _intervals(source, *span, mr.register) if window.holds(iv.start, iv.available_ms // 1000))
+    run = (iv for iv in _intervals(source, *span, mr.register, ctx.snap.power_bound_w)
+           if window.holds(iv.start, iv.available_ms // 1000))
     return _day_blocks(_interval_points(run, p), ctx.time_zone)
 
 
-def _intervals(source, lo: int, hi: int, register: str) -> Iterator[ie.Interval]:
+def _intervals(source: HistorySource, lo: int, hi: int, register: str, bound_w: float) -> Iterator[ie.Interval]:
     """The complete intervals starting in [lo, hi), computed INTERVAL_CHUNK_S at a time: the register
     query for a window brackets its own edges, so chunks join exactly, and memory holds one chunk's
     register samples whatever the length of the history."""
     while lo < hi:
         end = min(hi, lo + INTERVAL_CHUNK_S)
-        for iv in ie.intervals(source.register(lo, end, register), source.snap.power_bound_w):
+        for iv in ie.intervals(source.register(lo, end, register), bound_w):
             if lo <= iv.start < end:
                 yield iv
         lo = end
@@ -344,13 +345,13 @@ def current_point(ctx: Context, mr: MeterReadingDef) -> Point | None:
         if newest is None:
             return None
         boundary = int(newest // 1) // ie.INTERVAL_S * ie.INTERVAL_S
-        iv = ie.in_progress(ctx.source.register(boundary, None, mr.register), ctx.source.snap.power_bound_w)
+        iv = ie.in_progress(ctx.source.register(boundary, None, mr.register), ctx.snap.power_bound_w)
         return None if iv is None else next(_interval_points([iv], p))
     latest = ctx.snap.latest_with(mr.register)
     return None if latest is None else _latest_point(mr, latest, p)
 
 
-def _latest_point(mr: MeterReadingDef, latest, p: int) -> Point:
+def _latest_point(mr: MeterReadingDef, latest: Sample, p: int) -> Point:
     duration = max(0, round(latest.interval_s)) if latest.interval_s is not None else 0
     start = int(latest.time // 1)
     return Point(start, duration, sc.scaled_int(getattr(latest, mr.register), latest.scaling, p), None, start)
@@ -575,7 +576,7 @@ def _updated(ctx: Context, window: Window, static: float | None = None) -> float
 
 
 @functools.lru_cache(maxsize=64)
-def current_value_document(subscription: str, base_url: str, query_string: str, mr: MeterReadingDef, latest,
+def current_value_document(subscription: str, base_url: str, query_string: str, mr: MeterReadingDef, latest: Sample,
                             p: int) -> bytes:
     """The parameterless IntervalBlock answer of MeterReading 1 or 2. It depends on exactly these
     arguments (nothing else reaches it: no snapshot, no store), so it is built once per reading and per
