@@ -12,7 +12,8 @@ import os
 import pytest
 
 from lan_server.accounts import passwords, users_file
-from lan_server.http.app import CSP, LanApp, Reply
+from lan_server.http.app import CSP, LanApp
+from lan_server.http.web_resources import Response as Reply
 from lan_server.http.auth import Authenticator
 from lan_server.accounts.users_file import User, UsersStore
 

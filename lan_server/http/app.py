@@ -4,7 +4,9 @@ CherryPy serves it (main.py grafts it onto cherrypy.tree), but it deliberately d
 CherryPy's handler machinery: every response, including 401/404/500, is built here, so no framework
 error page can leak a version or a traceback, and one function shows the whole request path:
 
-    auth (401/429)  ->  method (405)  ->  route  ->  resource (web_resources, pure)  ->  headers
+    auth (401/429)  ->  method (405)  ->  query (400)  ->  route (404)  ->  resource (web_resources)  ->  headers
+
+The routes are one table, LanApp.EXACT_ROUTES and PREFIX_ROUTES.
 
 Every path requires authentication, even unknown ones, so nothing about the server is visible before
 login. The ESPI resources get the authenticated user's subscription and decide 403/404 themselves.
@@ -23,10 +25,12 @@ import secrets
 import time
 import urllib.parse
 import zlib
+from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..accounts.users_file import User
 from .auth import WWW_AUTHENTICATE, Authenticator
-from .web_resources import Response as Reply     # one reply shape for the app and its resources
+from .web_resources import NO_STORE, Response
 
 log = logging.getLogger("openseg.lan.http")
 access_log = logging.getLogger("openseg.lan.access")
@@ -50,7 +54,6 @@ SECURITY_HEADERS = {
 _SECURITY_KEYS = {name.lower() for name in SECURITY_HEADERS}
 _STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in http.HTTPStatus}
 _SECURITY_ITEMS = [(name.lower(), (name, value)) for name, value in SECURITY_HEADERS.items()]
-NO_STORE = "no-store"                 # measurements and errors: never kept by any cache
 STATIC_CACHE = "private, no-cache"    # the page itself: may be kept, but revalidated
 
 STATIC_TYPES = {
@@ -82,8 +85,8 @@ GZIP_LEVEL = 6
 
 
 
-def _text(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(status, "text/plain; charset=utf-8", (message + "\n").encode(), headers or {})
+def _text(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, "text/plain; charset=utf-8", (message + "\n").encode(), headers or {})
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -102,10 +105,10 @@ def _accepts_gzip(header: str) -> bool:
     return False
 
 
-def _gzipped(reply: Reply) -> Reply:
+def _gzipped(reply: Response) -> Response:
     gz = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     body = gz.compress(reply.body) + gz.flush()
-    return Reply(reply.status, reply.content_type, body,
+    return Response(reply.status, reply.content_type, body,
                  {**reply.headers, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
 
 
@@ -127,6 +130,15 @@ def parse_query(query: str) -> dict[str, str]:
             raise BadRequest(f"parameter {key!r} given more than once")
         params[key] = value
     return params
+
+
+@dataclass(frozen=True)
+class Request:
+    """An authenticated GET or HEAD, as a route handler sees it."""
+    environ: dict
+    rest: str                   # the path after a prefix route's prefix; "" for an exact route
+    params: dict[str, str]
+    user: User
 
 
 class LanApp:
@@ -189,7 +201,7 @@ class LanApp:
                             (time.perf_counter() - started) * 1000)
         return [] if method == "HEAD" else [reply.body]
 
-    def _headers(self, reply: Reply) -> list[tuple[str, str]]:
+    def _headers(self, reply: Response) -> list[tuple[str, str]]:
         out = {"content-type": ("Content-Type", reply.content_type),
                "content-length": ("Content-Length", str(len(reply.body)))}
         for name, value in reply.headers.items():
@@ -198,40 +210,71 @@ class LanApp:
                 log.error("dropped response header %s", _printable(name))
                 continue
             out[key] = (name, value)
-        out.setdefault("cache-control", ("Cache-Control", NO_STORE))
+        for name, value in NO_STORE.items():    # measurements and errors: never kept by any cache
+            out.setdefault(name.lower(), (name, value))
         out.update(_SECURITY_ITEMS)
         return list(out.values())
 
     # -- after authentication ------------------------------------------------------------------
-    def _authorized(self, environ: dict, method: str, path: str, user) -> Reply:
+    def _authorized(self, environ: dict, method: str, path: str, user: User) -> Response:
         if method not in ("GET", "HEAD"):
             return _text(405, "only GET and HEAD", {"Allow": "GET, HEAD"})
         try:
             params = parse_query(environ.get("QUERY_STRING", ""))
         except BadRequest as exc:
             return _text(400, str(exc))
+        handler, rest = self.EXACT_ROUTES.get(path), ""
+        if handler is None:
+            for prefix, handler in self.PREFIX_ROUTES:
+                if path.startswith(prefix):
+                    rest = path[len(prefix):]
+                    break
+            else:
+                return _text(404, "no such resource")
+        return handler(self, Request(environ, rest, params, user))
 
-        if path == "/":
-            return self._static("index.html")
-        if path.startswith("/static/"):
-            return self._static(path[len("/static/"):])
-        if path == "/api/v1/current":
-            return self.resources.current_json(self.readings)
-        if path == "/api/v1/status":
-            return self.resources.status_json(self.readings, self.channel_counters(), self.lan_started)
-        if path == "/metrics":
-            return self.resources.metrics_text(self.readings, self.channel_counters(), self.lan_started)
-        if path == "/api/v1/history":
-            return self.resources.history_json(self.readings, params)
-        if path == "/api/v1/whoami":
-            # The page builds its "Download my data" link from this.
-            body = json.dumps({"username": user.name, "subscription": user.subscription}).encode()
-            return Reply(200, "application/json", body, {"Cache-Control": NO_STORE})
-        if path.startswith(ESPI_PREFIX):
-            return self._espi(environ, path[len(ESPI_PREFIX):], params, user.subscription)
-        return _text(404, "no such resource")
+    def _page(self, req: Request) -> Response:
+        return self._static("index.html")
 
-    def _espi(self, environ: dict, rest: str, params: dict[str, str], subscription: str) -> Reply:
+    def _static_file(self, req: Request) -> Response:
+        return self._static(req.rest)
+
+    def _current(self, req: Request) -> Response:
+        return self.resources.current_json(self.readings)
+
+    def _status(self, req: Request) -> Response:
+        return self.resources.status_json(self.readings, self.channel_counters(), self.lan_started)
+
+    def _metrics(self, req: Request) -> Response:
+        return self.resources.metrics_text(self.readings, self.channel_counters(), self.lan_started)
+
+    def _history(self, req: Request) -> Response:
+        return self.resources.history_json(self.readings, req.params)
+
+    def _whoami(self, req: Request) -> Response:
+        # The page builds its "Download my data" link from this.
+        body = json.dumps({"username": req.user.name, "subscription": req.user.subscription}).encode()
+        return Response(200, "application/json", body, dict(NO_STORE))
+
+    def _espi_route(self, req: Request) -> Response:
+        return self._espi(req.environ, req.rest, req.params, req.user.subscription)
+
+    # The HTTP answers, in one place: a path takes its exact route, else the first prefix route it starts
+    # with (the handler gets the rest of the path), else 404. GET and HEAD only (405); a bad query is 400.
+    EXACT_ROUTES: dict[str, Callable[[LanApp, Request], Response]] = {
+        "/": _page,
+        "/api/v1/current": _current,
+        "/api/v1/status": _status,
+        "/metrics": _metrics,
+        "/api/v1/history": _history,
+        "/api/v1/whoami": _whoami,
+    }
+    PREFIX_ROUTES: tuple[tuple[str, Callable[[LanApp, Request], Response]], ...] = (
+        ("/static/", _static_file),
+        (ESPI_PREFIX, _espi_route),
+    )
+
+    def _espi(self, environ: dict, rest: str, params: dict[str, str], subscription: str) -> Response:
         # `download` is the page's "Download my data" switch, not an ESPI query parameter.
         download = params.pop("download", "0")
         if download not in ("0", "1"):
@@ -240,7 +283,7 @@ class LanApp:
                                     base_url=self._base_url(environ), time_zone=self.time_zone,
                                     **self.espi_options)
         if download == "1" and reply.status == 200:
-            reply = Reply(reply.status, reply.content_type, reply.body, {
+            reply = Response(reply.status, reply.content_type, reply.body, {
                 **reply.headers, "Content-Disposition": f'attachment; filename="openseg-{subscription}.xml"'})
         return reply
 
@@ -267,7 +310,7 @@ class LanApp:
                 return f"https://{host}"
         return self.default_base_url
 
-    def _static(self, name: str) -> Reply:
+    def _static(self, name: str) -> Response:
         ctype = STATIC_TYPES.get(os.path.splitext(name)[1].lower())
         if not _STATIC_NAME.fullmatch(name) or ctype is None:
             return _text(404, "no such file")
@@ -281,4 +324,4 @@ class LanApp:
                 body = f.read()
         except OSError:
             return _text(404, "no such file")
-        return Reply(200, ctype, body, {"Cache-Control": STATIC_CACHE})
+        return Response(200, ctype, body, {"Cache-Control": STATIC_CACHE})
