@@ -36,7 +36,6 @@ from .http import cert_names, tls
 from .http.app import PROBE_HEADER, LanApp
 from .http.auth import Authenticator
 from .state.channel_receiver import ChannelReceiver
-from .state.history_receiver import HistoryChannelReceiver
 from .state.history_keeper import HistoryKeeper
 from .state.history_store import open_history
 from .state.readings import Readings
@@ -226,8 +225,7 @@ def run(config_path: str) -> int:
                         service_max_w=lan["service_max_w"])
     han_uid = channel["han_uid"] if channel["han_uid"] is not None else os.getuid()
     channel_log = logging.getLogger("openseg.lan.channel").info
-    receiver = (ChannelReceiver(channel["socket_path"], han_uid, readings, channel_log) if history is None
-                else HistoryChannelReceiver(channel["socket_path"], han_uid, readings, channel_log, history))
+    receiver = ChannelReceiver(channel["socket_path"], han_uid, readings, channel_log, history)
     try:
         receiver.bind()
     except OSError as exc:

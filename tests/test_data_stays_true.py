@@ -27,7 +27,6 @@ from lan_server.state import history_store as hs
 from lan_server.espi import interval_energy as ie
 from lan_server.http import web_resources
 from lan_server.state.channel_receiver import ChannelReceiver
-from lan_server.state.history_receiver import HistoryChannelReceiver
 from lan_server.state.readings import CHANNEL_LOST, Readings
 from shared_schema import messages
 
@@ -215,7 +214,7 @@ def test_a_new_meter_identity_is_a_meter_change(tmp_path):
 
 # -- a channel that loses nothing in a burst --------------------------------------------------------
 class Channel:
-    """The real AF_UNIX channel: a ChannelSender and a HistoryChannelReceiver on one socket file."""
+    """The real AF_UNIX channel: a ChannelSender and a ChannelReceiver (with the store) on one socket file."""
 
     def __init__(self, tmp_path, lan: Lan):
         self.path = str(tmp_path / "run" / "readings.sock")
@@ -225,8 +224,8 @@ class Channel:
         self.taken = 0                   # by receivers stopped before this one
         self.receiver = self._receiver()
 
-    def _receiver(self) -> HistoryChannelReceiver:
-        r = HistoryChannelReceiver(self.path, os.getuid(), self.lan.readings, lambda _: None, self.lan.store)
+    def _receiver(self) -> ChannelReceiver:
+        r = ChannelReceiver(self.path, os.getuid(), self.lan.readings, lambda _: None, self.lan.store)
         r.bind()
         return r
 

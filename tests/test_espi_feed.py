@@ -11,6 +11,7 @@ from channel_messages import SCALING_1_1000, SCALING_3_10000, T0, Clock, gap, re
 from espi_schema import assert_valid
 from lan_server.espi import feed as espi_feed
 from lan_server.http import web_resources
+from lan_server.state import history_source
 from lan_server.state.readings import Readings
 
 ATOM = "{http://www.w3.org/2005/Atom}"
@@ -208,7 +209,7 @@ def test_current_value_answer_is_built_once_per_reading_and_never_outlives_it(cl
         # What the generic builder writes for the same state, byte for byte.
         snap = r.snapshot()
         ctx = espi_feed.Context(snap=snap, base_url=BASE, subscription=SUB, time_zone="Europe/Paris",
-                                source=web_resources.source_for(r, snap))
+                                source=history_source.source_for(r, snap))
         mr = espi_feed.METER_READINGS["1"]
         assert first == espi_feed.feed_document(ctx, path=espi_feed.interval_blocks_path(SUB, "1"),
                                                 title=f"{mr.title}: current value",

@@ -16,8 +16,7 @@ from ..espi import feed as ef
 from ..espi import query as espi_query
 from ..espi import interval_energy as ie
 from . import metrics
-from ..state.history_keeper import HistoryKeeper, HistoryState
-from ..state.history_source import open_store, source_for, store_exponent
+from ..state.history_source import answer_source, open_store, store_exponent
 from ..state.history_store import file_bytes, t_ms_of
 from .metrics import HistoryHealth
 from ..state.readings import Reading, Readings, Snapshot, data_status
@@ -121,11 +120,7 @@ def espi(readings: Readings, *, path: str, params: Mapping[str, str], subscripti
         query = espi_query.parse(params)
     except espi_query.QueryError as exc:
         return _text(400, str(exc))
-    snap = readings.snapshot(history=False)
-    source = source_for(readings, snap)
-    if not source.intervals:
-        snap = readings.snapshot()          # history off: the recent window in memory is the history
-        source = source_for(readings, snap)
+    snap, source = answer_source(readings)
     ctx = ef.Context(snap=snap, base_url=base_url, subscription=subscription, time_zone=time_zone,
                      source=source, query_string=("?" + urlencode(list(params.items()))) if params else "",
                      currency=currency)
@@ -341,19 +336,17 @@ def _history_status(readings: Readings) -> dict:
     """The persistent history: its health (`ok`, `failing`: open, writes refused and queued;
     `unavailable`: not open, answers come from memory) with the reason and since when, how much the
     file holds, its bounds, and what could not be stored."""
-    history = getattr(readings, "history", None)
-    store = open_store(readings)
+    history = readings.history
     if history is None:
         return {"enabled": False}
-    keeper = history if isinstance(history, HistoryKeeper) else None
-    state, problem, since = keeper.health() if keeper else (HistoryState.OK, None, None)
+    store = history.open_store()
+    state, problem, since = history.health()
     out = {"enabled": True, "health": state.value, "problem": problem,
            "problem_since": iso_ms(since) if since is not None else None}
-    lost = keeper.lost if keeper else 0
-    errors = keeper.write_errors if keeper else 0
+    lost, errors = history.lost, history.write_errors
     if store is None:
-        return {**out, "retention_days": keeper.retention_days, "rows": None, "oldest": None, "newest": None,
-                "file_bytes": file_bytes(keeper.path), "queued": keeper.queued, "write_errors": errors,
+        return {**out, "retention_days": history.retention_days, "rows": None, "oldest": None, "newest": None,
+                "file_bytes": file_bytes(history.path), "queued": history.queued, "write_errors": errors,
                 "lost": lost}
     st = store.stats()
     with store.reading() as reader, reader.snapshot():
@@ -430,11 +423,7 @@ def history_json(readings: Readings, params: Mapping[str, Any]) -> Response:
     q = _HistoryQuery(params)
     if q.error:
         return _text(400, q.error)
-    snap = readings.snapshot(history=False)
-    source = source_for(readings, snap)
-    if not source.intervals:
-        snap = readings.snapshot()
-        source = source_for(readings, snap)
+    snap, source = answer_source(readings)
     since = snap.now - q.minutes * 60
     text = _ValueText()
     with source.consistent():

@@ -36,7 +36,7 @@ from typing import Callable
 from shared_schema import messages
 
 from .channel_queue import queue_length
-from .readings import Readings
+from .readings import History, Readings
 
 REASONS = ("no-credentials", "foreign-uid", "oversized", "undecodable", "version", "invalid",
            "unexpected-ancillary")
@@ -51,8 +51,14 @@ _ANCBUF = socket.CMSG_SPACE(_UCRED.size)
 
 class ChannelReceiver:
     def __init__(self, socket_path: str, allowed_uid: int, readings: Readings,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], history: History | None = None):
         self.socket_path = socket_path
+        # The history (None: off), committed whenever the socket is drained (History.flush).
+        # history_store.HistoryWriter commits at least every half second while datagrams keep coming;
+        # this is the other half of that rule: as soon as the socket has nothing more to read, what is
+        # queued is committed, so a reading never waits for the next one (seven seconds away at the
+        # production poll) to become durable. Both happen in this thread, the store's only writer.
+        self.history = history
         self.allowed_uid = allowed_uid
         self.readings = readings
         self.log = log
@@ -160,11 +166,20 @@ class ChannelReceiver:
             if any(fd == self._wake_r for fd, _ in events):
                 return
             try:
-                self._drain()
+                self._drain_and_flush()
             except Exception as exc:    # the store's flush, say: count it, keep the only receiver alive
                 self._internal_errors += 1
                 self._published = self._freeze()
                 self.log(f"channel: internal error: {type(exc).__name__}: {exc}")
+
+    def _drain_and_flush(self) -> None:
+        # _drain returns exactly when recvmsg would block (or failed): the burst of datagrams that
+        # arrived together has been applied, and is now one transaction.
+        try:
+            self._drain()
+        finally:
+            if self.history is not None:
+                self.history.flush()
 
     def _drain(self) -> None:
         while not self._stopping:

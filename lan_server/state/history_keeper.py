@@ -17,14 +17,14 @@ moved aside). So the process starts with a keeper instead of a store:
 """
 from __future__ import annotations
 
-import enum
 import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from .history_store import BACKLOG_ROWS, RETRY_EVERY_S, HistoryError, HistoryStore, open_history, store_path
+from .history_store import (BACKLOG_ROWS, RETRY_EVERY_S, HistoryError, HistoryState, HistoryStore, open_history,
+                            store_path)
 from .readings import Entry
 
 
@@ -34,12 +34,6 @@ class _Retag:
     first: float
     last: float
     shift_s: float
-
-
-class HistoryState(enum.Enum):
-    OK = "ok"                       # open, writing
-    FAILING = "failing"             # open and readable; writes refused, queued in memory, retried
-    UNAVAILABLE = "unavailable"     # not open: served from memory, opening retried
 
 
 class HistoryKeeper:
@@ -145,6 +139,10 @@ class HistoryKeeper:
         elif self._queue:
             self._log(f"history: {len(self._queue)} reading(s) never stored: {self.problem}")
 
+    def open_store(self) -> HistoryStore | None:
+        """The store answers read from (History.open_store); None while there is none."""
+        return self.store
+
     # -- anyone ---------------------------------------------------------------------------------------
     @property
     def queued(self) -> int:
@@ -156,5 +154,4 @@ class HistoryKeeper:
         store = self.store
         if store is None:
             return HistoryState.UNAVAILABLE, self.problem, self.since
-        problem, since = store.writer.problem, store.writer.problem_since
-        return (HistoryState.OK, None, None) if problem is None else (HistoryState.FAILING, problem, since)
+        return store.health()

@@ -13,9 +13,8 @@ from typing import Iterator
 
 from ..espi import interval_energy as ie
 from ..espi import scaling as sc
-from .history_keeper import HistoryKeeper
 from .history_store import QUANTITIES, HistoryReader, HistoryStore, Row, t_ms_of
-from .readings import Gap, Reading, Snapshot
+from .readings import Gap, Reading, Readings, Snapshot
 
 
 def _largest(readings, quantity: str, into: dict[sc.Scaling, int]) -> None:
@@ -152,15 +151,24 @@ def store_exponent(store: HistoryStore, quantity: str, latest: Reading | None) -
     return p
 
 
-def open_store(readings) -> HistoryStore | None:
-    """The store answers read from: the keeper's while it has one open (a test may hand Readings a
-    bare store); None while history is off or unavailable, and answers then come from memory."""
-    history = getattr(readings, "history", None)
-    if isinstance(history, HistoryKeeper):
-        return history.store
-    return history if isinstance(history, HistoryStore) else None
+def open_store(readings: Readings) -> HistoryStore | None:
+    """The store answers read from (History.open_store); None while history is off or unavailable,
+    and answers then come from memory."""
+    return None if readings.history is None else readings.history.open_store()
 
 
-def source_for(readings, snap: Snapshot):
+def source_for(readings: Readings, snap: Snapshot) -> MemorySource | StoreSource:
     store = open_store(readings)
     return MemorySource(snap) if store is None else StoreSource(snap, store)
+
+
+def answer_source(readings: Readings) -> tuple[Snapshot, MemorySource | StoreSource]:
+    """An answer's snapshot and history source. The snapshot leaves the recent window out while the
+    store holds the history (copying it costs each request); with history off, that window is the
+    history, so the snapshot is taken again with it."""
+    snap = readings.snapshot(history=False)
+    source = source_for(readings, snap)
+    if not source.intervals:
+        snap = readings.snapshot()
+        source = source_for(readings, snap)
+    return snap, source

@@ -3,7 +3,7 @@
 Who touches it:
 - one writer, the channel receiver thread (`HistoryWriter`, reached through `HistoryStore.record` and
   `flush`, which only that thread calls). Rows are queued and inserted in batches; a batch is committed
-  as soon as the channel socket has nothing more to read (`history_receiver`), and while datagrams keep
+  as soon as the channel socket has nothing more to read (`channel_receiver`, its flush callback), and while datagrams keep
   coming, at least every COMMIT_EVERY_S (half a second). So a kill -9 loses at most the last second of
   readings, and usually nothing; a busy second costs two transactions, not one per reading.
 - request threads, through read-only connections (mode=ro and query_only) lent from a small pool
@@ -64,6 +64,7 @@ One row takes ~37 bytes on disk at the production poll (35 days of 7-s readings:
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import sqlite3
 import threading
@@ -179,6 +180,12 @@ class StoreStats:
     replaced: int       # rows a retag replaced (they were over the same time)
     problem: str | None             # why writing fails now (None: it does not)
     queued: int                     # rows waiting in memory for the disk
+
+
+class HistoryState(enum.Enum):
+    OK = "ok"                       # open, writing
+    FAILING = "failing"             # open and readable; writes refused, queued in memory, retried
+    UNAVAILABLE = "unavailable"     # not open: served from memory, opening retried
 
 
 class HistoryWriter:
@@ -542,7 +549,7 @@ class HistoryReader:
     def _scaling(self, sid: int | None) -> Scaling | None:
         if sid is None:
             return None
-        s = self.store.writer.scalings.get(sid)
+        s = self.store.known_scaling(sid)
         if s is None:       # committed by the writer after this thread last looked: read it
             row = self.conn.execute("SELECT multiplier, divisor, unit, summation_formatting, demand_formatting "
                                     "FROM scaling WHERE id = ?", (sid,)).fetchone()
@@ -645,7 +652,10 @@ class HistoryReader:
 
 class HistoryStore:
     """The store as the rest of the LAN process sees it: `record`/`flush` for the receiver thread,
-    `reading()` for request threads, `maxima()` and `stats()` for anyone."""
+    `reading()` for request threads, `maxima()` and `stats()` for anyone. It is a readings.History
+    itself (a test hands Readings a bare store); the process hands it one through a HistoryKeeper."""
+    # What stores closed before this one lost or failed to write: none (a HistoryKeeper counts those).
+    lost = write_errors = 0
 
     def __init__(self, path: str, retention_days: int, *, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic, log: Callable[[str], None] = print):
@@ -696,6 +706,25 @@ class HistoryStore:
             with self._returned:
                 self._idle.append(r)
                 self._returned.notify()
+
+    def known_scaling(self, sid: int) -> Scaling | None:
+        """The scaling with id `sid` as the writer last knew it; None: committed since (read it)."""
+        return self.writer.scalings.get(sid)
+
+    def open_store(self) -> HistoryStore:
+        """The store answers read from (History.open_store): this one."""
+        return self
+
+    @property
+    def queued(self) -> int:
+        """Rows waiting for the writer's next commit."""
+        return self.writer.queued
+
+    def health(self) -> tuple[HistoryState, str | None, float | None]:
+        """(OK or FAILING, the reason writes fail, since when)."""
+        w = self.writer
+        return (HistoryState.OK, None, None) if w.problem is None else (HistoryState.FAILING, w.problem,
+                                                                         w.problem_since)
 
     def readers_open(self) -> int:
         with self._returned:

@@ -21,13 +21,16 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Protocol, Union
+from typing import TYPE_CHECKING, Callable, Protocol, Union
 
 from shared_schema import messages
 from shared_schema.messages import LOST_CAUSES, Kind
 
 from ..espi.interval_energy import DEFAULT_SERVICE_W, plausible_rise
 from ..espi.scaling import Scaling, exact
+
+if TYPE_CHECKING:       # history_store imports this module
+    from .history_store import HistoryState, HistoryStore
 
 CHANNEL_LOST = "channel-lost"    # a gap the LAN side records: the slot's message never arrived
 REGISTER_NAMES = {"summation": "delivered", "received": "received"}
@@ -165,18 +168,31 @@ class Snapshot:
         return self.latest.interval_s if self.latest is not None else None
 
 
-class Recorder(Protocol):
-    """Where every reading and gap also goes (history_store.HistoryStore), in the receiver thread."""
+class History(Protocol):
+    """The history seam: history_keeper.HistoryKeeper in the process (a bare history_store.HistoryStore in
+    some tests). The receiver thread writes through the first group (Readings, and the receiver's
+    flush); request threads read through the second (history_source, web_resources)."""
     def record(self, entry: "Entry") -> None: ...
     def retag(self, first: float, last: float, shift_s: float) -> None: ...
     def maxima(self) -> dict[Scaling, tuple[int, int, int]]: ...
     def last_slot(self) -> tuple[int, float, float | None] | None: ...
+    def flush(self) -> None: ...
+
+    retention_days: int
+    path: str                       # the store's file
+    lost: int                       # counted by stores closed since (a damaged file)
+    write_errors: int               # likewise
+    @property
+    def queued(self) -> int: ...     # entries not in the file yet
+
+    def open_store(self) -> HistoryStore | None: ...   # what answers read now; None: from memory
+    def health(self) -> tuple[HistoryState, str | None, float | None]: ...
 
 
 class Readings:
     def __init__(self, stale_after_s: float, history_s: float = 3 * 3600.0,
                  clock: Callable[[], float] = time.time, silent_after_s: float | None = None,
-                 history: Recorder | None = None, service_max_w: float = DEFAULT_SERVICE_W,
+                 history: History | None = None, service_max_w: float = DEFAULT_SERVICE_W,
                  monotonic: Callable[[], float] = time.monotonic):
         if not stale_after_s > 0 or not history_s > 0:
             raise ValueError("stale_after_s and history_s must be positive")
