@@ -2,29 +2,28 @@
 
 Policy: TLS 1.2 and 1.3 only; TLS 1.2 suites are ECDHE with AES-GCM or ChaCha20-Poly1305 (forward
 secret, AEAD); TLS 1.3 suites are OpenSSL's defaults, which are exactly those AEADs (checked at start,
-since Python cannot set them); no compression, no renegotiation; key exchange groups X25519, P-256,
-P-384.
+since Python cannot set them); no compression, no renegotiation; key exchange groups are OpenSSL 3's
+defaults (X25519, P-256, X448, P-521, P-384, and for TLS 1.3 the RFC 7919 FFDHE groups), all strong:
+Python before 3.13 cannot set a list, and reaching OpenSSL's SSL_CTX through CPython's object layout
+would turn a CPython change into a silent fallback.
 
 Why a custom adapter: cheroot's BuiltinSSLAdapter.wrap() runs the TLS handshake inside the accept
 loop (do_handshake_on_connect=True), so one client that opens a TCP connection and never sends a
 ClientHello blocks every other client until the socket timeout (cheroot issue #375 and friends).
 `WorkerHandshakeAdapter.wrap()` does no I/O: it only attaches the TLS state to the socket. The
 handshake runs on the first read or write, which happens in the worker thread that serves the
-connection, bounded by a deadline; a failure is logged and ends that connection only.
+connection, bounded by a deadline; a failure is logged and ends that connection only. The socket does
+that itself (HandshakeFirstSocket, the server context's `sslsocket_class`), so cheroot's own reader and
+writer serve it unchanged.
 """
 from __future__ import annotations
 
-import _pyio
-import _ssl
-import ctypes
 import logging
 import socket
 import ssl
-import sys
 import threading
 
 from cheroot import errors
-from cheroot.makefile import StreamReader, StreamWriter
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 log = logging.getLogger("openseg.lan.tls")
@@ -34,34 +33,10 @@ TLS12_CIPHERS = ":".join([
     "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305",
 ])
 TLS13_SUITES = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
-GROUPS = "X25519:P-256:P-384"
-
-_SSL_CTRL_SET_GROUPS_LIST = 92      # OpenSSL ssl.h; SSL_CTX_set1_groups_list() is this macro
 
 
 class TLSConfigError(ValueError):
     pass
-
-
-def _set_groups(ctx: ssl.SSLContext, groups: str) -> bool:
-    """SSL_CTX_set1_groups_list() via ctypes: Python 3.11 can only set a single curve.
-
-    The SSL_CTX pointer is the first field after PyObject_HEAD in CPython's PySSLContext; before
-    using it we check it is really this context's (SSL_CTX_get_options must match ctx.options)."""
-    if sys.implementation.name != "cpython" or not hasattr(_ssl, "__file__"):
-        return False
-    try:
-        lib = ctypes.CDLL(_ssl.__file__)      # already loaded; dlsym also searches its libssl
-        get_options, ctrl = lib.SSL_CTX_get_options, lib.SSL_CTX_ctrl
-    except (OSError, AttributeError):
-        return False
-    get_options.restype, get_options.argtypes = ctypes.c_uint64, [ctypes.c_void_p]
-    ctrl.restype = ctypes.c_long
-    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
-    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-    if not ptr or get_options(ptr) != int(ctx.options):
-        return False
-    return ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) == 1
 
 
 def server_context(certificate: str, private_key: str) -> ssl.SSLContext:
@@ -75,10 +50,7 @@ def server_context(certificate: str, private_key: str) -> ssl.SSLContext:
     tls13 = {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3"}
     if not tls13 <= TLS13_SUITES:
         raise TLSConfigError(f"OpenSSL enables TLS 1.3 suites outside policy: {sorted(tls13 - TLS13_SUITES)}")
-    if not _set_groups(ctx, GROUPS):
-        # Still within policy, just narrower: every TLS client supports P-256.
-        ctx.set_ecdh_curve("prime256v1")
-        log.warning("could not set TLS groups %s through OpenSSL; using P-256 only", GROUPS)
+    ctx.sslsocket_class = HandshakeFirstSocket
     ctx.set_alpn_protocols(["http/1.1"])
     for path in (certificate, private_key):
         try:
@@ -163,40 +135,32 @@ class _Handshake:
             pass
 
 
-class _HandshakeFirstIO(socket.SocketIO):
-    """The socket as cheroot's buffered reader/writer see it: handshake first; afterwards a TLS
-    protocol error (a refused renegotiation, a bad record) ends the connection quietly instead of
-    reaching cheroot, which would log a traceback and try to write a 500 into the broken session."""
+class HandshakeFirstSocket(ssl.SSLSocket):
+    """The server's TLS socket as cheroot's reader and writer use it (recv_into, send): handshake first;
+    afterwards a TLS protocol error (a refused renegotiation, a bad record) ends the connection quietly
+    instead of reaching cheroot, which would log a traceback and try to write a 500 into the broken
+    session. Without a handshake attached (WorkerHandshakeAdapter.wrap attaches one) it is a plain
+    SSLSocket."""
 
-    def __init__(self, sock, mode, handshake: _Handshake):
-        super().__init__(sock, mode)
-        self._handshake = handshake
+    handshake: _Handshake | None = None
 
-    def readinto(self, b):
-        self._handshake.ensure()
+    def recv_into(self, buffer, nbytes=0, flags=0):
+        if self.handshake is None:
+            return super().recv_into(buffer, nbytes, flags)
+        self.handshake.ensure()
         try:
-            return super().readinto(b)
+            return super().recv_into(buffer, nbytes, flags)
         except ssl.SSLError as exc:
-            raise self._handshake.broken(exc) from exc
+            raise self.handshake.broken(exc) from exc
 
-    def write(self, b):
-        self._handshake.ensure()
+    def send(self, data, flags=0):
+        if self.handshake is None:
+            return super().send(data, flags)
+        self.handshake.ensure()
         try:
-            return super().write(b)
+            return super().send(data, flags)
         except ssl.SSLError as exc:
-            raise self._handshake.broken(exc) from exc
-
-
-class _Reader(StreamReader):
-    def __init__(self, raw: _HandshakeFirstIO, bufsize: int):
-        _pyio.BufferedReader.__init__(self, raw, bufsize)      # StreamReader's own init, our raw IO
-        self.bytes_read = 0
-
-
-class _Writer(StreamWriter):
-    def __init__(self, raw: _HandshakeFirstIO, bufsize: int):
-        _pyio.BufferedWriter.__init__(self, raw, bufsize)
-        self.bytes_written = 0
+            raise self.handshake.broken(exc) from exc
 
 
 class WorkerHandshakeAdapter(BuiltinSSLAdapter):
@@ -210,20 +174,15 @@ class WorkerHandshakeAdapter(BuiltinSSLAdapter):
         except OSError:
             name = None
         peer = f"{name[0]}:{name[1]}" if isinstance(name, tuple) and len(name) >= 2 else "a local peer"
+        if self.context.sslsocket_class is not HandshakeFirstSocket:
+            raise TypeError("WorkerHandshakeAdapter needs a context from tls.server_context")
         try:
             tls = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         except OSError as exc:
             raise errors.FatalSSLAlert(*exc.args) from exc
         env: dict = {}             # cheroot keeps this dict; the handshake fills it in
-        tls.openseg_handshake = _Handshake(self, tls, env, peer)
+        tls.handshake = _Handshake(self, tls, env, peer)
         return tls, env
-
-    def makefile(self, sock, mode="r", bufsize=_pyio.DEFAULT_BUFFER_SIZE):
-        handshake = getattr(sock, "openseg_handshake", None)
-        if handshake is None:
-            return super().makefile(sock, mode, bufsize)
-        raw = _HandshakeFirstIO(sock, "rb" if "r" in mode else "wb", handshake)
-        return _Reader(raw, bufsize) if "r" in mode else _Writer(raw, bufsize)
 
 
 ADAPTER_NAME = "openseg-worker-handshake"
