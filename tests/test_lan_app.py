@@ -12,7 +12,7 @@ import os
 import pytest
 
 from lan_server.accounts import passwords, users_file
-from lan_server.http.app import CSP, LanApp
+from lan_server.http.app import CSP, STATIC_DIR, STATIC_TYPES, LanApp
 from lan_server.http.web_resources import Response as Reply
 from lan_server.http.auth import Authenticator
 from lan_server.accounts.users_file import User, UsersStore
@@ -206,6 +206,19 @@ def test_static_files_cannot_escape_or_surprise(app, path):
     status, _, body = call(app, path)
     assert status == 404, path
     assert b"secret" not in body
+
+
+def test_a_link_or_fifo_with_a_served_type_is_404(app, static_dir, tmp_path):
+    os.symlink(tmp_path / "secret.txt", static_dir / "link.css")
+    os.mkfifo(static_dir / "fifo.css")
+    for path in ("/static/link.css", "/static/fifo.css"):
+        status, _, body = call(app, path)
+        assert status == 404 and b"secret" not in body, path
+
+
+def test_the_content_types_are_those_of_the_files_shipped():
+    kinds = {os.path.splitext(name)[1] for name in os.listdir(STATIC_DIR)}
+    assert kinds == set(STATIC_TYPES)
 
 
 def test_head_has_headers_but_no_body(app):

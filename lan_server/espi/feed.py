@@ -48,7 +48,7 @@ MeterReading 2, so its values are register differences in the register's own uni
 
 Time: a reading has a data time (timePeriod.start) and an availability time (when the gateway had it:
 a raw sample's time tag; the time tag of the sample that completed a quarter hour). published-min/-max
-select by data time, updated-min/-max by availability (espi_query.Window); an IntervalBlock entry's
+select by data time, updated-min/-max by availability (query.Window); an IntervalBlock entry's
 `published` / `updated` are the availability of its first / last reading. Every window is clamped to
 the data held, so no parameters make an answer walk empty years.
 
@@ -261,18 +261,7 @@ def _interval_points(run: Iterable[ie.Interval], p: int) -> Iterator[Point]:
 
 
 def _day_blocks(points: Iterable[Point], zone: str) -> Iterator[Block]:
-    start = end = None
-    current: list[Point] = []
-    for pt in points:
-        if end is None or not start <= pt.start < end:
-            if current:
-                yield Block(str(start), tuple(current))
-            start = ie.day_start(pt.start, zone)
-            end = ie.next_day_start(start, zone)
-            current = []
-        current.append(pt)
-    if current:
-        yield Block(str(start), tuple(current))
+    return (Block(str(start), tuple(day)) for start, day in ie.day_blocks(points, zone))
 
 
 def exponent(ctx: Context, mr: MeterReadingDef) -> int:

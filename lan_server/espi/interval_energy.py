@@ -44,7 +44,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence, TypeVar
 from zoneinfo import ZoneInfo
 
 from shared_schema.config import DEFAULT_SERVICE_W
@@ -242,13 +242,22 @@ def next_day_start(start: int, zone: str) -> int:
     return day_start(start + 26 * 3600, zone)
 
 
+class _HasStart(Protocol):
+    @property
+    def start(self) -> int: ...
+
+
+_Starts = TypeVar("_Starts", bound=_HasStart)
+
+
 def is_day_start(t: int, zone: str) -> bool:
     return day_start(t, zone) == t
 
 
-def day_blocks(run: Iterable[Interval], zone: str) -> Iterator[tuple[int, list[Interval]]]:
-    """(local day start, the intervals starting that day) in time order; empty days are skipped."""
-    current: list[Interval] = []
+def day_blocks(run: Iterable[_Starts], zone: str) -> Iterator[tuple[int, list[_Starts]]]:
+    """(local day start, the items starting that day) in time order, for anything with a `start` in
+    epoch s (intervals, ESPI points); empty days are skipped."""
+    current: list[_Starts] = []
     start = end = None
     for iv in run:
         if end is None or not start <= iv.start < end:

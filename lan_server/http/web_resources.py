@@ -1,5 +1,5 @@
 """Answers of the LAN process, as pure functions from the readings to a `Response`: ESPI Atom
-(URL dispatch here, documents in espi_feed), and the JSON the in-home page polls. No web framework
+(URL dispatch here, documents in espi.feed), and the JSON the in-home page polls. No web framework
 is imported; the HTTP layer (app.py) authenticates and passes the user's subscription in.
 """
 from __future__ import annotations

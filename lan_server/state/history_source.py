@@ -1,10 +1,10 @@
 """What the ESPI and JSON answers read history from: the store, through a read-only connection lent
 for the answer (only an answer that reads history takes one), or, with history off (retention 0, or a test without a store), the in-memory
-recent window. Both give the same things in the same shapes, so espi_feed and web_resources have one
+recent window. Both give the same things in the same shapes, so espi.feed and web_resources have one
 code path; the current value always comes from memory (readings.Snapshot), the fast path.
 
 Windows are data time in epoch seconds, `since` inclusive and `until` exclusive, `None` unbounded: a
-reading is in the window when its time tag is, an interval when its start is (espi_query).
+reading is in the window when its time tag is, an interval when its start is (espi.query).
 """
 from __future__ import annotations
 
