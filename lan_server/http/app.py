@@ -103,7 +103,7 @@ def _gzipped(reply: Response) -> Response:
     gz = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     body = gz.compress(reply.body) + gz.flush()
     return Response(reply.status, reply.content_type, body,
-                 {**reply.headers, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+                    {**reply.headers, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
 
 
 class BadRequest(Exception):
