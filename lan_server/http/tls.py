@@ -2,10 +2,11 @@
 
 Policy: TLS 1.2 and 1.3 only; TLS 1.2 suites are ECDHE with AES-GCM or ChaCha20-Poly1305 (forward
 secret, AEAD); TLS 1.3 suites are OpenSSL's defaults, which are exactly those AEADs (checked at start,
-since Python cannot set them); no compression, no renegotiation; key exchange groups are OpenSSL 3's
-defaults (X25519, P-256, X448, P-521, P-384, and for TLS 1.3 the RFC 7919 FFDHE groups), all strong:
-Python before 3.13 cannot set a list, and reaching OpenSSL's SSL_CTX through CPython's object layout
-would turn a CPython change into a silent fallback.
+since Python cannot set them); no compression, no renegotiation; one key-exchange group, P-256
+(GROUP). Python 3.11 sets only one group (set_ecdh_curve); OpenSSL 3's default list adds P-521 and X448,
+which Mozilla's intermediate profile rejects (tests/test_tls_scan.py); reaching OpenSSL's SSL_CTX
+through CPython's object layout to set a list would turn a CPython change into a silent fallback. Every
+TLS client supports P-256, and in TLS 1.2 it is the certificate's curve anyway.
 
 Why a custom adapter: cheroot's BuiltinSSLAdapter.wrap() runs the TLS handshake inside the accept
 loop (do_handshake_on_connect=True), so one client that opens a TCP connection and never sends a
@@ -33,6 +34,7 @@ TLS12_CIPHERS = ":".join([
     "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305",
 ])
 TLS13_SUITES = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
+GROUP = "prime256v1"       # P-256
 
 
 class TLSConfigError(ValueError):
@@ -50,6 +52,7 @@ def server_context(certificate: str, private_key: str) -> ssl.SSLContext:
     tls13 = {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3"}
     if not tls13 <= TLS13_SUITES:
         raise TLSConfigError(f"OpenSSL enables TLS 1.3 suites outside policy: {sorted(tls13 - TLS13_SUITES)}")
+    ctx.set_ecdh_curve(GROUP)
     ctx.sslsocket_class = HandshakeFirstSocket
     ctx.set_alpn_protocols(["http/1.1"])
     for path in (certificate, private_key):
