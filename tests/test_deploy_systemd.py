@@ -286,9 +286,9 @@ print(json.dumps({"batch": code, "bytes": len(body), "alive": alive,
 
 @pytest.mark.integration
 def test_both_processes_work_with_memory_deny_write_execute(tmp_path):
-    """MemoryDenyWriteExecute=yes must not break them (CPython, cffi, lxml, cryptography, the ctypes
-    call in lan_server/http/tls.py): the whole stack runs under the kernel's equivalent (PR_SET_MDWE, which
-    children inherit across execve) and serves a reading and a Green Button batch."""
+    """MemoryDenyWriteExecute=yes must not break them (CPython, cffi, lxml, cryptography): the whole stack
+    runs under the kernel's equivalent (PR_SET_MDWE, which children inherit across execve) and serves a
+    reading and a Green Button batch."""
     result = subprocess.run([sys.executable, "-c", MDWE_STACK, str(tmp_path / "stack")], cwd=ROOT,
                             capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
