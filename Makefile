@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 RUNDIR := run
 # Programs the tests drive for real, as command:Debian-package: the browser for the page, curl and
 # openssl as independent TLS clients, systemd-analyze for the unit checks, systemd itself and
-# util-linux's namespace tools for the system test (tests/test_system_boot.py), which also needs the
+# util-linux's namespace tools for the system test (tests/system/test_system_boot.py), which also needs the
 # system python's venv module (deploy/install-gateway makes /opt/openseg/venv with it); a Prometheus
 # server (and promtool) scraping /metrics, a mosquitto broker and its command-line client for
 # openseg-mqtt.
@@ -52,7 +52,7 @@ test: $(STAMP) system-deps $(NODE_STAMP)
 	OPENSEG_SCREENSHOT_DIR=tests/artifacts/screenshots $(BIN)/pytest -q
 
 screenshots: $(STAMP) system-deps
-	OPENSEG_SCREENSHOT_DIR=docs/screenshots $(BIN)/pytest -q -m browser tests/test_page_browser.py
+	OPENSEG_SCREENSHOT_DIR=docs/screenshots $(BIN)/pytest -q -m browser tests/system/test_page_browser.py
 
 # The security evidence on one screen (SECURITY.md, "Audit in one hour").
 audit: $(STAMP) system-deps

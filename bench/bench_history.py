@@ -36,10 +36,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from channel_messages import reading, status  # noqa: E402
+from tests.support.channel_messages import reading, status  # noqa: E402
 from common import machine  # noqa: E402
 from lan_server.espi import feed as espi_feed  # noqa: E402
 from lan_server.state import history_store as hs  # noqa: E402
@@ -166,7 +165,7 @@ def bench_batch(r, now: float, days: int, rounds: int):
 
 
 def bench_latency(rounds: int, per_client: int = 300, clients: int = 4):
-    from lan_fixtures import LanServer, basic_auth, wait_until
+    from tests.support.lan_fixtures import LanServer, basic_auth, wait_until
     results = {"on": [], "off": []}
     for rnd in range(rounds):
         for mode in ("on", "off") if rnd % 2 == 0 else ("off", "on"):

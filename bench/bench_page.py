@@ -41,7 +41,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, BenchStack, cpu_s, machine, rss_kb, write_section  # noqa: E402
 
-sys.path.insert(0, str(REPO / "tests"))
 from bench_history import build_store  # noqa: E402
 
 from lan_server.state import history_store as hs  # noqa: E402
@@ -142,7 +141,7 @@ def slow_requests(logfile: Path, since: dt.datetime) -> list[str]:
 
 def bench_page(minutes: float) -> dict:
     from playwright.sync_api import sync_playwright
-    from test_page_browser import CHROMIUM, LAUNCH_ARGS, _spki_sha256
+    from tests.system.test_page_browser import CHROMIUM, LAUNCH_ARGS, _spki_sha256
     out = {"minutes": minutes}
     with PreloadedStack(days=2, lan_env=LAN_ENVIRONMENT, interval=7.0) as s:
         s.wait_reading()
@@ -200,7 +199,7 @@ def bench_request(n: int) -> dict:
     import logging
     import tempfile
     from bare_server import hello
-    from channel_messages import reading, status
+    from tests.support.channel_messages import reading, status
     from lan_server import main as lan_main
     from lan_server.accounts import passwords, users_file
     from lan_server.http.app import LanApp

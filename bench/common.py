@@ -323,7 +323,7 @@ def open_loop(port: int, cafile: str, path: str, headers: dict, rate: float, sec
 
 
 class Abuse:
-    """The LAN and channel abuse of tests/test_abuse_*.py, held as long as the benchmark wants: 50
+    """The LAN and channel abuse of tests/system/test_abuse_*.py, held as long as the benchmark wants: 50
     slow-header clients and 20 idle TCP connections (reopened as the server drops them) from 127.0.0.3,
     wrong passwords from 127.0.0.2 back to back (answered 429 after the first ten), and undecodable
     datagrams to the LAN's channel socket at `channel_rate` a second."""

@@ -16,7 +16,7 @@ Each figure is measured in one run beside its reference:
 2. latency     the same request at a steady 20 per second (open loop: latency counts from when each
                request was due), keep-alive and new connection per request; the bare server alongside.
 3. poll        |send time - due time| of every poll at a 1 s interval, idle and while (1)'s load and
-               the abuse of tests/test_abuse_*.py run; missed slots. The HAN's send time is its own
+               the abuse of tests/system/test_abuse_*.py run; missed slots. The HAN's send time is its own
                (time tag - round trip, from the messages it sends, recorded by bench/relay.py); the
                emulator's receive time of each query is the independent witness.
 4. time tag    the time tag of each reading against the emulator's own record of when the answer's last
@@ -45,8 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (HEADING, REPO, Abuse, BareServer, BenchStack, capture_reply, closed_loop, cpu_s, machine, ms,  # noqa: E402
                     open_loop, pct, rss_kb, write_section)
 
-sys.path.insert(0, str(REPO / "tests"))
-from test_faults_witness import poll_reads, read_frames  # noqa: E402
+from tests.system.test_faults_witness import poll_reads, read_frames  # noqa: E402
 
 ALL = ("startup", "throughput", "latency", "poll", "memory")
 

@@ -2,12 +2,12 @@
 
 Runs, each as its own pytest session so one failure does not hide the others:
   1. the import contract             tests/test_import_contract.py (lint-imports + runtime imports)
-  2. the read-only guarantee         tests/test_egress_guard.py (property tests against a reference)
-  3. the runtime separation          tests/test_separation.py (live stack, /proc)
-  4. readiness and watchdog          tests/test_sd_notify.py (fake notify socket, stalled loops)
-  5. TLS                             tests/test_tls_scan.py (sslyze, Mozilla intermediate; headers)
-  6. the systemd units               tests/test_deploy_systemd.py (verify, security, sysusers, tmpfiles)
-  7. a known limit, measured         tests/test_deploy_limits.py (idle/slow HTTP connections)
+  2. the read-only guarantee         tests/han_reader/test_egress_guard.py (property tests against a reference)
+  3. the runtime separation          tests/system/test_separation.py (live stack, /proc)
+  4. readiness and watchdog          tests/system/test_sd_notify.py (fake notify socket, stalled loops)
+  5. TLS                             tests/system/test_tls_scan.py (sslyze, Mozilla intermediate; headers)
+  6. the systemd units               tests/system/test_deploy_systemd.py (verify, security, sysusers, tmpfiles)
+  7. a known limit, measured         tests/system/test_deploy_limits.py (idle/slow HTTP connections)
 then prints what each showed, with the numbers an auditor asks for, then runs the traceability table
 (deploy/trace.py: each claim's test must pass and its negative control must make it fail) and prints
 each row's status, and exits non-zero if anything failed.
@@ -30,12 +30,12 @@ BIN = Path(sys.executable).parent
 
 SECTIONS = [
     ("import contract", "tests/test_import_contract.py"),
-    ("read-only guarantee", "tests/test_egress_guard.py tests/test_egress_capability.py"),
-    ("runtime separation", "tests/test_separation.py"),
-    ("readiness + watchdog", "tests/test_sd_notify.py"),
-    ("TLS scan + headers", "tests/test_tls_scan.py"),
-    ("systemd units", "tests/test_deploy_systemd.py"),
-    ("HTTP idle/slow limit", "tests/test_deploy_limits.py"),
+    ("read-only guarantee", "tests/han_reader/test_egress_guard.py tests/han_reader/test_egress_capability.py"),
+    ("runtime separation", "tests/system/test_separation.py"),
+    ("readiness + watchdog", "tests/system/test_sd_notify.py"),
+    ("TLS scan + headers", "tests/system/test_tls_scan.py"),
+    ("systemd units", "tests/system/test_deploy_systemd.py"),
+    ("HTTP idle/slow limit", "tests/system/test_deploy_limits.py"),
 ]
 
 

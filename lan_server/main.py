@@ -47,7 +47,7 @@ log = logging.getLogger("openseg.lan")
 # holds a worker while it handshakes (up to HANDSHAKE_TIMEOUT_S) and while it sends its request (up to
 # SOCKET_TIMEOUT_S between bytes), so the pool must outnumber the idle and slow clients a home LAN may
 # throw at it: 128 workers serve a real client at once beside 50 slow-header clients and 20 idle TCP
-# connections (tests/test_abuse_lan.py). Cost, measured: 53.7 MB RSS at rest (52.8 MB with 32), 57.5 MB
+# connections (tests/system/test_abuse_lan.py). Cost, measured: 53.7 MB RSS at rest (52.8 MB with 32), 57.5 MB
 # with all of them held.
 # The accept loop itself never waits on a client (tls.WorkerHandshakeAdapter).
 THREAD_POOL = 128

@@ -18,9 +18,9 @@ from fractions import Fraction
 
 import pytest
 
-from channel_messages import SCALING_1_1000, T0, Clock, gap, reading, status
-from fake_radio import FakeClock, FakeRadio, Node
-from han_fixtures import Rig
+from tests.support.channel_messages import SCALING_1_1000, T0, Clock, gap, reading, status
+from tests.support.fake_radio import FakeClock, FakeRadio, Node
+from tests.support.han_fixtures import Rig
 from han_reader.channel_sender import ChannelSender
 from han_reader.time_base import PLAUSIBLE_FLOOR
 from lan_server.state import history_store as hs

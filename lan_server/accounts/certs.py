@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_VALID_DAYS = 20 * 366
-# Under 366 days, Mozilla's "intermediate" limit (tests/test_tls_scan.py); every client accepts it
+# Under 366 days, Mozilla's "intermediate" limit (tests/system/test_tls_scan.py); every client accepts it
 # (Apple's platforms refuse more than 825 days even under a user-installed CA).
 SERVER_VALID_DAYS = 365
 RENEW_BEFORE_DAYS = 60          # --if-due renews this long before the end: a month of failed timers fits

@@ -4,7 +4,7 @@ Policy: TLS 1.2 and 1.3 only; TLS 1.2 suites are ECDHE with AES-GCM or ChaCha20-
 secret, AEAD); TLS 1.3 suites are OpenSSL's defaults, which are exactly those AEADs (checked at start,
 since Python cannot set them); no compression, no renegotiation; one key-exchange group, P-256
 (GROUP). Python 3.11 sets only one group (set_ecdh_curve); OpenSSL 3's default list adds P-521 and X448,
-which Mozilla's intermediate profile rejects (tests/test_tls_scan.py); reaching OpenSSL's SSL_CTX
+which Mozilla's intermediate profile rejects (tests/system/test_tls_scan.py); reaching OpenSSL's SSL_CTX
 through CPython's object layout to set a list would turn a CPython change into a silent fallback. Every
 TLS client supports P-256, and in TLS 1.2 it is the certificate's curve anyway.
 

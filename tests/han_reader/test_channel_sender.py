@@ -11,7 +11,7 @@ from han_reader.channel_sender import ChannelSender
 from han_reader.clock import SystemClock
 from shared_schema import messages
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 GAP = {"slot": 1, "due": 1_750_000_000.0, "cause": "timeout"}
 
 

@@ -2,8 +2,8 @@
 import pytest
 
 from han_reader.check import run_check
-from fake_radio import FakeClock, FakeRadio, Node, wire_radio
-from han_fixtures import HAN
+from tests.support.fake_radio import FakeClock, FakeRadio, Node, wire_radio
+from tests.support.han_fixtures import HAN
 
 
 def diagnose(hw):

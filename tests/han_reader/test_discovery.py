@@ -5,7 +5,7 @@ from han_reader import check, discovery
 from han_reader.discovery import Found, Scaled
 from han_reader.radio import RadioMisconfigured, RadioSilent
 from han_reader.schedule import Backoff
-from fake_radio import METER_IEEE, RADIO_IEEE, FakeClock, FakeRadio, Node, wire_radio
+from tests.support.fake_radio import METER_IEEE, RADIO_IEEE, FakeClock, FakeRadio, Node, wire_radio
 
 TIMEOUT = 2.0
 

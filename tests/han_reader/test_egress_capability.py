@@ -1,7 +1,7 @@
 """One capability to write: only the egress guard can reach a write-capable descriptor on the radio's port.
 
 Three layers, each with a negative control:
-  1. the kernel: the link keeps an O_RDONLY descriptor (tests/test_han_link.py shows write(2) on it fails
+  1. the kernel: the link keeps an O_RDONLY descriptor (tests/han_reader/test_link.py shows write(2) on it fails
      with EBADF);
   2. the object graph: from every object the HAN loop holds (the link, the Radio, the service), following
      attributes, containers and bound methods, no write-capable port is reachable; the guard keeps it in
@@ -24,10 +24,10 @@ from han_reader.link import SerialLink
 from han_reader.radio import Radio
 from han_reader.service import HanService
 
-from fake_radio import FakeClock
-from han_fixtures import HAN, RecordingSender
+from tests.support.fake_radio import FakeClock
+from tests.support.han_fixtures import HAN, RecordingSender
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 HAN_DIR = ROOT / "han_reader"
 # Names that lead into closures, frames or other objects' internals, or to descriptors by other routes.
 INTROSPECTION = {"__closure__", "cell_contents", "__self__", "__func__", "__dict__", "__globals__", "__code__",

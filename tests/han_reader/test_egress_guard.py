@@ -7,7 +7,7 @@ length, every ZCL frame-control value times every command id (with well-formed p
 Metering and on other clusters, every attribute id, every transmit option and radius, and the
 destinations that matter. Hypothesis adds random frames biased towards near misses.
 
-This file is also what the mutation run (tests/test_egress_guard_mutation.py) runs against every mutant
+This file is also what the mutation run (tests/han_reader/test_egress_guard_mutation.py) runs against every mutant
 of han_reader/egress_guard.py, so it must stay fast (a few seconds).
 """
 import ast
@@ -23,7 +23,7 @@ from han_reader import egress_guard, wire_requests, xbee_frames, zcl
 from han_reader.egress_guard import EgressGuard, EgressRefused, Kind, Meter, check
 from han_reader.link import LinkLost
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 METER = Meter(0x00078100000ABCDE, 9)
 INTERVAL = 7.0
 

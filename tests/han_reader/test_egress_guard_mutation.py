@@ -1,5 +1,5 @@
 """Mutation testing of the egress guard: every mutant of han_reader/egress_guard.py that mutmut makes is
-killed by tests/test_egress_guard.py, or is named below as equivalent, with the reason.
+killed by tests/han_reader/test_egress_guard.py, or is named below as equivalent, with the reason.
 
 mutmut (from PyPI, in the test extras) mutates the code inside functions: comparisons, boolean
 operators, numbers, slices, strings, arguments. The allow-list tables (AT_QUERIES, ZDO_REQUESTS,
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MUTMUT = Path(sys.executable).parent / "mutmut"
 PREFIX = "han_reader.egress_guard."
 
@@ -41,7 +41,7 @@ source_paths = han_reader
 only_mutate = han_reader/egress_guard.py
 pytest_add_cli_args = -p no:cacheprovider
 pytest_add_cli_args_test_selection =
-    tests/test_egress_guard.py
+    tests/han_reader/test_egress_guard.py
     -k
     not random_frames
 """
@@ -52,8 +52,8 @@ def test_every_mutant_of_the_guard_is_killed_or_named_equivalent(tmp_path):
     assert MUTMUT.exists(), "mutmut is not installed (pip install -e '.[test]')"
     work = tmp_path / "mutation"
     shutil.copytree(ROOT / "han_reader", work / "han_reader", ignore=shutil.ignore_patterns("__pycache__"))
-    (work / "tests").mkdir()
-    shutil.copy(ROOT / "tests" / "test_egress_guard.py", work / "tests")
+    (work / "tests" / "han_reader").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "han_reader" / "test_egress_guard.py", work / "tests" / "han_reader")
     (work / "tests" / "conftest.py").write_text(CONFTEST)
     (work / "setup.cfg").write_text(CONFIG)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}

@@ -7,7 +7,7 @@ from han_reader import poller, xbee_frames, zcl
 from han_reader.discovery import Meter
 from han_reader.radio import RadioReset
 
-from fake_radio import METER_IEEE, FakeClock, FakeRadio, Node, wire_radio
+from tests.support.fake_radio import METER_IEEE, FakeClock, FakeRadio, Node, wire_radio
 
 TIMEOUT = 3.0
 

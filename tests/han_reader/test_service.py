@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from han_reader import xbee_frames, zcl
 from han_reader.service import EXIT_OK, EXIT_RADIO_MISCONFIGURED, retry_timing
 
-from fake_radio import FakeClock, FakeRadio, Node
-from han_fixtures import Rig
+from tests.support.fake_radio import FakeClock, FakeRadio, Node
+from tests.support.han_fixtures import Rig
 
 
 SCALING_IDS = zcl.read_attributes(0, zcl.SCALING_READ)[3:]

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from lan_fixtures import command, parse_fields, run_admin
+from tests.support.lan_fixtures import command, parse_fields, run_admin
 from lan_server.accounts import passwords, users_file
 from shared_schema import config as config_schema
 
@@ -354,7 +354,7 @@ def test_rewriting_the_users_file_keeps_its_owner(tmp_path):
 
 def test_cert_renew_keeps_the_key_and_certificate_owners(installation):
     """Run as root on a gateway (SECURITY.md: key.pem belongs to openseg-lan), `cert renew` must not
-    leave a key only root can read: openseg-lan would refuse to start. tests/test_system_boot.py
+    leave a key only root can read: openseg-lan would refuse to start. tests/system/test_system_boot.py
     checks the same with the real users and a real restart."""
     if os.getuid() != 0:
         pytest.skip("changing a file's owner needs root (CI runs as root)")

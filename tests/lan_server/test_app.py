@@ -1,5 +1,6 @@
 """The WSGI app in-process: routing, headers, static files, errors, with fake resource builders that
-record how they were called. The same behaviours through a real server are in test_lan_server.py."""
+record how they were called. The same behaviours through a real server are in
+tests/system/test_openseg_lan.py."""
 from __future__ import annotations
 
 import base64

@@ -1,8 +1,9 @@
 """Passwords, the users file and the authenticator, in-process with a fake clock.
 
-The e2e tests (test_lan_server.py) show the same behaviour through a real openseg-lan; these pin down
-the properties that are invisible from outside: the KDF is not run when a request is throttled or
-cached, parallel guesses cannot overshoot the limit, a password change invalidates the cache at once.
+The e2e tests (tests/system/test_openseg_lan.py) show the same behaviour through a real openseg-lan;
+these pin down the properties that are invisible from outside: the KDF is not run when a request is
+throttled or cached, parallel guesses cannot overshoot the limit, a password change invalidates the
+cache at once.
 """
 from __future__ import annotations
 

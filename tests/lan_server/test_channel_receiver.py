@@ -9,7 +9,7 @@ import time
 import msgpack
 import pytest
 
-from channel_messages import T0, Clock, reading, status
+from tests.support.channel_messages import T0, Clock, reading, status
 from lan_server.state import channel_receiver
 from lan_server.state.channel_receiver import ChannelReceiver
 from lan_server.state.readings import Readings

@@ -7,8 +7,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from channel_messages import SCALING_1_1000, SCALING_3_10000, T0, Clock, gap, reading, status
-from espi_schema import assert_valid
+from tests.support.channel_messages import SCALING_1_1000, SCALING_3_10000, T0, Clock, gap, reading, status
+from tests.support.espi_schema import assert_valid
 from lan_server.espi import feed as espi_feed
 from lan_server.http import web_resources
 from lan_server.state import history_source

@@ -6,8 +6,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
-from channel_messages import SCALING_3_10000, T0, Clock, gap, reading, status
-from espi_schema import assert_valid
+from tests.support.channel_messages import SCALING_3_10000, T0, Clock, gap, reading, status
+from tests.support.espi_schema import assert_valid
 from lan_server.espi import feed as espi_feed, interval_energy as ie
 from lan_server.state import history_store as hs
 from lan_server.http import web_resources

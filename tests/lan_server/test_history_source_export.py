@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from channel_messages import SCALING_3_10000, T0, Clock, gap, reading, status
+from tests.support.channel_messages import SCALING_3_10000, T0, Clock, gap, reading, status
 from lan_server.state import history_store as hs
 from lan_server.espi import interval_energy as ie
 from lan_server.http import web_resources
@@ -129,7 +129,7 @@ ATOM, ESPI = "{http://www.w3.org/2005/Atom}", "{http://naesb.org/espi}"
 
 
 def _espi(r, path, params=None):
-    from espi_schema import assert_valid
+    from tests.support.espi_schema import assert_valid
     resp = web_resources.espi(r, path=path, params=params or {}, subscription="s", base_url="https://gw:8443",
                               time_zone="Europe/Paris")
     assert resp.status == 200, (path, resp.status, resp.body[:200])

@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from channel_messages import SCALING_1_1000, SCALING_3_10000, T0, Clock, gap, reading, status
+from tests.support.channel_messages import SCALING_1_1000, SCALING_3_10000, T0, Clock, gap, reading, status
 from lan_server.state import history_store as hs
 from lan_server.espi import interval_energy as ie
 from lan_server.state.readings import Readings

@@ -6,8 +6,8 @@ import zoneinfo
 import pytest
 from lxml import etree
 
-from channel_messages import T0, Clock
-from espi_schema import ESPI_DIR, assert_valid
+from tests.support.channel_messages import T0, Clock
+from tests.support.espi_schema import ESPI_DIR, assert_valid
 from lan_server.http import web_resources
 from lan_server.espi.local_time import DST_DISABLED, encode_rule, local_time_parameters
 from lan_server.state.readings import Readings

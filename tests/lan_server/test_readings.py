@@ -2,7 +2,7 @@
 import threading
 import time
 
-from channel_messages import SCALING_1_1000, T0, Clock, gap, reading, status
+from tests.support.channel_messages import SCALING_1_1000, T0, Clock, gap, reading, status
 from lan_server.state.readings import Gap, Reading, Readings, data_status
 
 

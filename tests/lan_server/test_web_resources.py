@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from channel_messages import SCALING_1_1000, SCALING_3_10000, T0, Clock, gap, reading, status
+from tests.support.channel_messages import SCALING_1_1000, SCALING_3_10000, T0, Clock, gap, reading, status
 from lan_server.http import web_resources
 from lan_server.state.readings import Readings
 

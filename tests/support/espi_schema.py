@@ -11,7 +11,7 @@ import os
 
 from lxml import etree
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ESPI_DIR = os.environ.get("OPENSEG_ESPI_DIR") or os.path.join(os.path.dirname(REPO), "shared", "espi")
 _VALIDATE = os.path.join(ESPI_DIR, "validate.py")
 

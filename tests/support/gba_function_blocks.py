@@ -21,8 +21,8 @@ BLOCKS = ("FB_01", "FB_04", "FB_05", "FB_06", "FB_08", "FB_09")
 def _gba_dir() -> Path:
     if os.environ.get("OPENSEG_GBA_DIR"):
         return Path(os.environ["OPENSEG_GBA_DIR"])
-    here = Path(__file__).parent / "gba"
-    shared = Path(__file__).resolve().parents[2] / "shared" / "gba"
+    here = Path(__file__).parents[1] / "gba"
+    shared = Path(__file__).resolve().parents[3] / "shared" / "gba"
     return shared if not (here / f"{BLOCKS[0]}.xsl").is_file() and shared.is_dir() else here
 
 

@@ -6,7 +6,7 @@ from han_reader.radio import Radio
 from han_reader.service import HanService
 from shared_schema import messages, sd_notify
 
-from fake_radio import FakeClock, FakeRadio
+from tests.support.fake_radio import FakeClock, FakeRadio
 
 HAN = {"serial_port": "/dev/fake-xbee", "baudrate": 9600, "poll_interval_s": 7.0, "allow_fast_poll": False,
        "response_timeout_s": 3.0, "require_aps_encryption": True, "status_every_s": 30.0}

@@ -1,10 +1,11 @@
-"""Disk faults for the history store, run by tests/test_history_disk.py inside a private mount
+"""Disk faults for the history store, run by tests/system/test_history_disk.py inside a private mount
 namespace (`unshare --mount --propagation private`), where this process may bind-mount the state
 directory read-only or mount a small tmpfs on it without touching the machine's mounts. Root reads and
 writes any file whatever its mode, so only a real read-only mount or a real full file system shows
 what the LAN process does on a gateway's failing SD card.
 
-    python history_disk_scenarios.py SCENARIO DIR      exit 0: every check held; else the failed one
+    python -m tests.support.history_disk_scenarios SCENARIO DIR    (from the repository's root)
+                                                   exit 0: every check held; else the failed one
 
 Clocks are the tests' own: the retry is reached by advancing the monotonic clock, never by sleeping.
 """
@@ -15,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 
-from channel_messages import T0, Clock, reading
+from tests.support.channel_messages import T0, Clock, reading
 from lan_server.state import history_store as hs
 from lan_server.state.history_keeper import HistoryKeeper, HistoryState
 from lan_server.state.readings import Readings
@@ -120,7 +121,7 @@ def readonly_after_a_kill(d: str) -> None:
     SQLite could open it read-only, but a process that did could never write to it again (its WAL
     index would stay mapped read-only), so it is not opened until the disk is writable."""
     state = os.path.join(d, "state")
-    subprocess.run([sys.executable, __file__, "write-and-die", state], check=True)
+    subprocess.run([sys.executable, "-m", __spec__.name, "write-and-die", state], check=True)
     path = hs.store_path(state)
     check(os.path.exists(path + "-wal"), "the killed writer left its WAL")
     read_only(state)
@@ -189,7 +190,6 @@ def damaged_read_only(d: str) -> None:
 
 if __name__ == "__main__":
     scenario, directory = sys.argv[1], sys.argv[2]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     try:
         {"write-and-die": write_and_die, "readonly-at-start": readonly_at_start,
          "readonly-after-a-kill": readonly_after_a_kill,

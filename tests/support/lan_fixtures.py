@@ -3,7 +3,7 @@ free 127.0.0.1 port, wait (deadline-bounded) until it answers HTTPS, stop it wit
 
 Reusable by any test module:
 
-    from lan_fixtures import lan, fresh_lan, LanServer    # noqa: F401  (pytest fixtures)
+    from tests.support.lan_fixtures import lan, fresh_lan, LanServer    # noqa: F401  (pytest fixtures)
 
     def test_something(lan):                  # one server per module
         status, headers, body = lan.request("/api/v1/current")

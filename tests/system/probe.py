@@ -1,4 +1,4 @@
-"""Probes the system test runs inside the booted gateway (tests/test_system_boot.py), each printing one
+"""Probes the system test runs inside the booted gateway (tests/system/test_system_boot.py), each printing one
 JSON line. Standard library only: it runs under the installed venv's python, as root, as a service's
 uid, or inside a copy of a service's sandbox. Every address is loopback.
 

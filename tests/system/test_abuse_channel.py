@@ -21,8 +21,8 @@ import msgpack
 import pytest
 
 from shared_schema import messages
-from test_abuse_lan import Legit
-from test_faults_witness import FaultStack, assert_polled_every_slot, iso_time
+from tests.system.test_abuse_lan import Legit
+from tests.system.test_faults_witness import FaultStack, assert_polled_every_slot, iso_time
 
 pytestmark = pytest.mark.integration
 

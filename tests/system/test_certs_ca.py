@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from lan_fixtures import LanServer, parse_fields, require_curl, run_admin
+from tests.support.lan_fixtures import LanServer, parse_fields, require_curl, run_admin
 from lan_server.accounts import certs
 
 OPENSSL = shutil.which("openssl")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lan_fixtures import command, run_admin
+from tests.support.lan_fixtures import command, run_admin
 
 SETPRIV = shutil.which("setpriv")
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from lan_fixtures import fresh_lan  # noqa: F401
+from tests.support.lan_fixtures import fresh_lan  # noqa: F401
 from lan_server import main as lan_main
 
 pytestmark = pytest.mark.integration
 
-ARTIFACT = Path(__file__).parent / "artifacts" / "http-limits.json"
+ARTIFACT = Path(__file__).parents[1] / "artifacts" / "http-limits.json"
 
 
 def timed_request(lan, timeout: float) -> tuple[float, object]:

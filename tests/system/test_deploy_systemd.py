@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 UNITS = ("openseg-han.service", "openseg-lan.service", "openseg-mqtt.service")
 SYSTEMD_UNIT_LIBRARY = Path("/usr/lib/systemd/system")
@@ -298,7 +298,7 @@ def test_both_processes_work_with_memory_deny_write_execute(tmp_path):
 
 
 # Threads of openseg-lan besides the HTTP worker pool: the main thread, the channel receiver, the accept
-# loop and CherryPy's engine threads. Counted in the booted unit by tests/test_system_boot.py, which
+# loop and CherryPy's engine threads. Counted in the booted unit by tests/system/test_system_boot.py, which
 # fails if the LAN ever runs more than this.
 LAN_THREADS_BESIDE_THE_POOL = 8
 TASKS_HEADROOM = 16
@@ -314,7 +314,7 @@ def test_lan_tasks_max_covers_the_worker_pool_from_the_code():
 
 
 def test_han_is_favoured_for_the_cpu():
-    """The HAN's poll loop must not wait behind an HTTPS flood of the LAN (tests/test_system_boot.py
+    """The HAN's poll loop must not wait behind an HTTPS flood of the LAN (tests/system/test_system_boot.py
     measures its timing under one): more CPU weight than the default 100 and a higher priority."""
     service = read_unit("openseg-han.service")["Service"]
     assert int(service["CPUWeight"][0]) > 100 and int(service["Nice"][0]) < 0, service
@@ -323,7 +323,7 @@ def test_han_is_favoured_for_the_cpu():
 
 def test_the_certificate_renewal_timer_verifies_clean(fake_root):
     """deploy/openseg-cert-renew.{service,timer}: daily, as root (the CA key's owner), only when due,
-    restarting openseg-lan after a renewal (tests/test_certs_ca.py runs the command itself)."""
+    restarting openseg-lan after a renewal (tests/system/test_certs_ca.py runs the command itself)."""
     unit_dir = fake_root / "etc/systemd/system"
     units = ("openseg-cert-renew.service", "openseg-cert-renew.timer")
     for unit in units:

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import pytest
 
-from test_faults_witness import FaultStack, events
+from tests.system.test_faults_witness import FaultStack, events
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ by the radio because the meter was off, or answered only after a stall); what th
 match it slot by slot: a reading, or a gap with the right cause at the right due time, and the HAN's
 loss counters must equal the losses in that record exactly (test_faults_witness.account).
 
-tests/test_han_integration.py already checks the same faults on the raw channel; these runs add what a
+tests/system/test_han_integration.py already checks the same faults on the raw channel; these runs add what a
 user sees: the LAN side's history and status, exact counts at the issue's rates, due times on the
 slot grid, and a late answer that arrives while the next query waits.
 """
@@ -17,8 +17,9 @@ import time
 
 import pytest
 
-from test_faults_witness import (FaultStack, account, assert_every_slot_once, assert_polled_every_slot,
-                                 events, poll_reads, schedule_start, slots_on_grid)
+from tests.system.test_faults_witness import (FaultStack, account, assert_every_slot_once,
+                                              assert_polled_every_slot, events, poll_reads, schedule_start,
+                                              slots_on_grid)
 
 pytestmark = pytest.mark.integration
 

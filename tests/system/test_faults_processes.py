@@ -1,7 +1,7 @@
 """kill -9 of one process while the other runs: the survivor is undisturbed, and the restarted one
 recovers without anyone touching the survivor.
 
-The real console commands run on a pty and 127.0.0.1 (tests/test_faults_witness.FaultStack). Polling is
+The real console commands run on a pty and 127.0.0.1 (tests/system/test_faults_witness.FaultStack). Polling is
 judged from the emulator's frame log (one poll query per slot, on the slot grid), never from the HAN
 process's own account; the LAN side is judged by what it answers over HTTPS.
 """
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from test_faults_witness import FaultStack, assert_polled_every_slot, events, iso_time
+from tests.system.test_faults_witness import FaultStack, assert_polled_every_slot, events, iso_time
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ None of that is the HAN process's opinion of itself. What the LAN side serves (/
 reading or one gap per slot, each gap with its due time and cause; /api/v1/status: the HAN's counters)
 is then checked against that record.
 
-The helpers here are shared by tests/test_faults_*.py and tests/test_abuse_*.py; the tests in this file
+The helpers here are shared by tests/system/test_faults_*.py and tests/system/test_abuse_*.py; the tests in this file
 are their positive controls: on made-up frame logs and histories each check must fail when a slot is
 missing, late, doubled or mis-attributed, so a check that stopped seeing anything could not pass.
 """

@@ -26,9 +26,9 @@ import pytest
 from greenbutton_objects import enums as gb_enums
 from greenbutton_objects import parse as gb_parse
 
-from channel_messages import gap, reading, status
-from espi_schema import assert_valid
-from lan_fixtures import LanServer, wait_for_channel, wait_until
+from tests.support.channel_messages import gap, reading, status
+from tests.support.espi_schema import assert_valid
+from tests.support.lan_fixtures import LanServer, wait_for_channel, wait_until
 from openseg_emulator.devstack import Stack
 from openseg_emulator.household import HouseholdProfile
 from openseg_emulator.meter_model import MeterModel
@@ -49,7 +49,7 @@ def parse_batch(body: bytes, tmp: Path):
     return gb_parse.parse_feed(str(path))
 
 
-NODE_CONSUMERS = Path(__file__).parent / "node" / "read_feed.mjs"
+NODE_CONSUMERS = Path(__file__).parents[1] / "node" / "read_feed.mjs"
 
 
 def npm_parsers(body: bytes, tmp: Path) -> dict:

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from channel_messages import T0, Clock, reading, status
-from lan_fixtures import LanServer, command, wait_until
+from tests.support.channel_messages import T0, Clock, reading, status
+from tests.support.lan_fixtures import LanServer, command, wait_until
 from lan_server.state import history_store as hs
 from lan_server.state.history_keeper import HistoryKeeper, HistoryState
 from lan_server.state.readings import Readings
 from shared_schema import messages
 
-HERE = Path(__file__).parent
+ROOT = Path(__file__).resolve().parents[2]
 UNSHARE = shutil.which("unshare")
 
 
@@ -43,8 +43,8 @@ def run_scenario(name: str, tmp_path: Path) -> None:
     problem = _namespace_works()
     assert problem is None, problem         # fails with the reason rather than skipping silently
     out = subprocess.run([UNSHARE, "--mount", "--propagation", "private", sys.executable,
-                          str(HERE / "history_disk_scenarios.py"), name, str(tmp_path)],
-                         capture_output=True, text=True, timeout=300, cwd=HERE)
+                          "-m", "tests.support.history_disk_scenarios", name, str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"ok: {name}" in out.stdout
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from channel_messages import reading, status
-from lan_fixtures import LanServer, wait_until
+from tests.support.channel_messages import reading, status
+from tests.support.lan_fixtures import LanServer, wait_until
 from lan_server.state import history_store as hs
 from shared_schema import messages
 

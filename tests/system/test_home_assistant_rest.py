@@ -12,8 +12,8 @@ import jinja2.sandbox
 import pytest
 import yaml
 
-from readme_recipes import recipe
-from test_faults_witness import FaultStack
+from tests.support.readme_recipes import recipe
+from tests.system.test_faults_witness import FaultStack
 
 pytestmark = pytest.mark.integration
 # device_class -> units Home Assistant's sensor integration accepts for it (the Energy dashboard's).

@@ -1,4 +1,4 @@
-"""The real `openseg-han` against a hostile radio on a pty (tests/hostile_radio.py, framing of its own).
+"""The real `openseg-han` against a hostile radio on a pty (tests/support/hostile_radio.py, framing of its own).
 
 Every byte the HAN writes is recorded by the radio and judged by the radio's own verdict. The HAN must
 send only reads, never answer the hostile corpus, keep frames to the meter one poll interval apart
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from openseg_emulator.devstack import command
-from hostile_radio import CORPUS, HostileRadio, frame, verdict
+from tests.support.hostile_radio import CORPUS, HostileRadio, frame, verdict
 
 pytestmark = pytest.mark.integration
 INTERVAL = 1.0

@@ -1,5 +1,5 @@
 """deploy/install-gateway without installing anything: its argument errors (one line, exit 2, nothing
-touched) and the udev rule it writes for a given adapter. tests/test_system_boot.py runs it for real,
+touched) and the udev rule it writes for a given adapter. tests/system/test_system_boot.py runs it for real,
 twice, in a booted container."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "install-gateway"
+SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "install-gateway"
 
 
 def installer():

@@ -17,7 +17,7 @@ import warnings
 import pytest
 from cheroot import errors
 
-from lan_fixtures import fresh_lan, lan  # noqa: F401  (pytest fixtures)
+from tests.support.lan_fixtures import fresh_lan, lan  # noqa: F401  (pytest fixtures)
 from lan_server.accounts import certs
 from lan_server.http import tls
 

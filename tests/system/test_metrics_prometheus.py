@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from channel_messages import SCALING_3_10000, Clock, gap, reading, status
+from tests.support.channel_messages import SCALING_3_10000, Clock, gap, reading, status
 from lan_server.http import web_resources
 from lan_server.state.readings import Readings
 from openseg_emulator.devstack import free_port
-from readme_recipes import recipe
-from test_faults_witness import FaultStack, poll_reads
+from tests.support.readme_recipes import recipe
+from tests.system.test_faults_witness import FaultStack, poll_reads
 
 pytestmark = pytest.mark.integration
 PROMETHEUS = shutil.which("prometheus")

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from lan_fixtures import (DEFAULT, LanServer, basic_auth, command, fresh_lan, lan, run_admin,  # noqa: F401
-                          wait_until)
+from tests.support.lan_fixtures import (DEFAULT, LanServer, basic_auth, command, fresh_lan, lan,  # noqa: F401
+                                        run_admin, wait_until)
 from lan_server.accounts import certs
 from lan_server import main as lan_main
 from shared_schema import config as config_schema

@@ -29,7 +29,7 @@ from openseg_emulator.devstack import Stack, wait_until
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("OPENSEG_CHROMIUM", "/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # The README links the committed pictures here; point this elsewhere (CI: tests/artifacts) to keep
 # a run from touching the work tree.
 SCREENSHOTS = Path(os.environ.get("OPENSEG_SCREENSHOT_DIR", ROOT / "docs" / "screenshots"))
@@ -663,7 +663,7 @@ def test_fetches_only_what_is_new_in_both_ranges(open_page, stack):
     watch.check()
 def test_history_health_is_shown(open_page, stack):
     """The status section says whether history is kept; a disk that refuses it (here the real status
-    answer with the history part a read-only disk gives, tests/test_history_disk.py) is said plainly."""
+    answer with the history part a read-only disk gives, tests/system/test_history_disk.py) is said plainly."""
     from playwright.sync_api import expect
     page, watch = open_page()
     expect(page.locator("#st-history")).to_have_text(re.compile(r"^Saved on the gateway \(35 days\), [\d,]+ readings$"))

@@ -182,7 +182,7 @@ def test_unknown_loop_is_a_bug(manager):
 # ---- the LAN's receiver thread: a loop blocked inside its work is not alive -------------------------
 
 def test_lan_receiver_blocked_in_its_work_is_not_alive(monkeypatch):
-    from channel_messages import T0, reading
+    from tests.support.channel_messages import T0, reading
     from lan_server.state import channel_receiver
     from lan_server.state.channel_receiver import ChannelReceiver
     from shared_schema import messages
@@ -285,7 +285,7 @@ def test_han_ready_only_once_the_radio_answers_and_pings_stop_when_stalled(syste
 
 @pytest.mark.integration
 def test_lan_ready_when_serving_and_pings_stop_when_the_request_path_is_held(systemd_env, tmp_path):
-    from lan_fixtures import LanServer
+    from tests.support.lan_fixtures import LanServer
     from lan_server import main as lan_main
 
     manager = systemd_env

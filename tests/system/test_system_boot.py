@@ -34,12 +34,12 @@ from cryptography.hazmat.primitives import hashes
 
 from lan_server.accounts import certs
 from lan_server.main import THREAD_POOL
-from test_deploy_systemd import LAN_THREADS_BESIDE_THE_POOL
-from test_faults_witness import poll_reads, read_frames
+from tests.system.test_deploy_systemd import LAN_THREADS_BESIDE_THE_POOL
+from tests.system.test_faults_witness import poll_reads, read_frames
 
 pytestmark = [pytest.mark.integration, pytest.mark.system, pytest.mark.timeout(900)]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONTAINER = ROOT / "tests" / "system" / "container.sh"
 ARTIFACT = ROOT / "tests" / "artifacts" / "system-boot.log"
 SRC = "/root/openseg"                        # inside: the source tree, as a technician's clone

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lan_fixtures import lan  # noqa: F401  (the module-scoped live openseg-lan fixture)
+from tests.support.lan_fixtures import lan  # noqa: F401  (the module-scoped live openseg-lan fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +39,8 @@ def test_sslyze_mozilla_intermediate_compliant(lan, tmp_path):  # noqa: F811
     report = tmp_path / "sslyze.json"
     result = sslyze(f"127.0.0.1:{lan.port}", "--certinfo_ca_file", lan.cafile, json_out=report)
     out = result.stdout + result.stderr
-    (Path(__file__).parent / "artifacts").mkdir(exist_ok=True)
-    (Path(__file__).parent / "artifacts" / "sslyze.txt").write_text(out)
+    (Path(__file__).parents[1] / "artifacts").mkdir(exist_ok=True)
+    (Path(__file__).parents[1] / "artifacts" / "sslyze.txt").write_text(out)
     assert f"127.0.0.1:{lan.port}: OK - Compliant." in out, out[-3000:]
     assert result.returncode == 0, out[-3000:]
 
