@@ -1,6 +1,7 @@
-"""`openseg-han --check` on the fake radio: the plain diagnosis and its exit code."""
+"""`openseg-han --check` on the fake radio: the plain diagnosis and its exit code; the firmware in words."""
 import pytest
 
+from han_reader import check
 from han_reader.check import run_check
 from tests.support.fake_radio import FakeClock, FakeRadio, Node, wire_radio
 from tests.support.han_fixtures import HAN
@@ -73,3 +74,13 @@ def test_a_radio_that_never_joins_is_reported_after_the_wait():
     assert "join: AI=0xAF: secure join error: preconfigured link key does not match the utility's " \
            "(install code): NOT JOINED" in text
     assert "meter: not looked for (not joined)" in text
+
+
+@pytest.mark.parametrize("vr, router, words", [
+    (0x3364, True, "Smart Energy router firmware"), (0x3464, True, "wall router"),
+    (0x3164, False, "NOT Smart Energy router firmware"), (0x3964, False, "end device"),
+    (0x21A7, False, "NOT Smart Energy firmware"), (None, False, "unknown"),
+])
+def test_firmware_in_words(vr, router, words):
+    text, is_router = check.describe_firmware(vr)
+    assert is_router == router and words in text

@@ -1,10 +1,9 @@
 """Power-up discovery against the fake radio: API modes, join words, where the meter is, scaling."""
 import pytest
 
-from han_reader import check, discovery
+from han_reader import discovery
 from han_reader.discovery import Found, Scaled
 from han_reader.radio import RadioMisconfigured, RadioSilent
-from han_reader.schedule import Backoff
 from tests.support.fake_radio import METER_IEEE, RADIO_IEEE, FakeClock, FakeRadio, Node, wire_radio
 
 TIMEOUT = 2.0
@@ -121,20 +120,3 @@ def test_join_state_and_identity_in_words():
                                            "utility to permit joining)")
     assert "did not answer" in discovery.describe_ai(None)
     assert "does not list" in discovery.describe_ai(0x99)
-
-
-@pytest.mark.parametrize("vr, router, words", [
-    (0x3364, True, "Smart Energy router firmware"), (0x3464, True, "wall router"),
-    (0x3164, False, "NOT Smart Energy router firmware"), (0x3964, False, "end device"),
-    (0x21A7, False, "NOT Smart Energy firmware"), (None, False, "unknown"),
-])
-def test_firmware_in_words(vr, router, words):
-    text, is_router = check.describe_firmware(vr)
-    assert is_router == router and words in text
-
-
-def test_backoff_doubles_to_its_cap_and_resets():
-    b = Backoff(1.0, 60.0)
-    assert [b.next() for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
-    b.reset()
-    assert b.next() == 1

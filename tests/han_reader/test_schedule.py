@@ -1,8 +1,9 @@
-"""The slot schedule: no drift, every slot accounted for, late and not-polling slots become gaps."""
+"""The slot schedule: no drift, every slot accounted for, late and not-polling slots become gaps; the retry
+backoff."""
 import pytest
 from hypothesis import given, strategies as st
 
-from han_reader.schedule import Schedule
+from han_reader.schedule import Backoff, Schedule
 
 
 @pytest.mark.parametrize("interval", [7.0, 0.1, 0.3, 1 / 3])
@@ -56,3 +57,10 @@ def test_every_slot_is_claimed_exactly_once(interval, steps):
         if slot is not None:
             assert now - s.due_mono(slot) < interval / 2
     assert seen == list(range(s.last_due(now) + 1))
+
+
+def test_backoff_doubles_to_its_cap_and_resets():
+    b = Backoff(1.0, 60.0)
+    assert [b.next() for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    b.reset()
+    assert b.next() == 1
