@@ -56,7 +56,7 @@ _STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in http.HTTPStatus}
 _SECURITY_ITEMS = [(name.lower(), (name, value)) for name, value in SECURITY_HEADERS.items()]
 STATIC_CACHE = "private, no-cache"    # the page itself: may be kept, but revalidated
 
-# The kinds of file static/ holds (tests/lan_server/test_app.py checks the two agree); any other name is a 404.
+# The kinds of file static/ holds (tests/lan_server/http/test_app.py checks the two agree); any other name is a 404.
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
