@@ -304,8 +304,11 @@ def test_the_real_chain_emulator_han_lan(tmp_path):
         mrs = by_uom(up)
         assert len(up.meterReadings) == 5         # the emulator's meter reports energy exported
         (demand,) = mrs[gb_enums.UomType.watts]
-        register = [mr for mr in mrs[gb_enums.UomType.wattHours]
-                    if mr.readingType.accumulationBehaviour == gb_enums.AccumulationBehaviourType.bulkQuantity][0]
+        # The import register (MeterReading 2): the export register (5) is bulkQuantity too, and
+        # greenbutton-objects holds MeterReadings in a set, so only flowDirection tells them apart.
+        (register,) = [mr for mr in mrs[gb_enums.UomType.wattHours]
+                       if mr.readingType.accumulationBehaviour == gb_enums.AccumulationBehaviourType.bulkQuantity
+                       and mr.readingType.flowDirection == gb_enums.FlowDirectionType.forward]
         # The raw samples, from their own collections (read with lxml: they are not a Batch).
         demand_values, register_values = (
             [v * Fraction(10) ** mr.readingType.powerOfTenMultiplier for v in raw_values(doc)]
