@@ -18,10 +18,10 @@ NODE_STAMP := tests/node/node_modules/.package-lock.json
 
 .PHONY: install system-deps run test screenshots audit bench clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml emulator/setup.cfg emulator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' -e emulator
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -73,4 +73,4 @@ run: $(STAMP)
 	$(BIN)/python -m openseg_emulator.devstack --dir $(RUNDIR) $(if $(PORT),--lan-port $(PORT))
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info emulator/*.egg-info emulator/build .pytest_cache .hypothesis

@@ -1,5 +1,5 @@
 """The throughput benchmark's reference: a bare CherryPy HTTPS server with exactly the LAN server's TLS
-and HTTP settings (lan_server.http.tls.server_context, the worker-handshake SSL adapter, and the same
+and HTTP settings (openseg.lan_server.http.tls.server_context, the worker-handshake SSL adapter, and the same
 CherryPy configuration: thread pool, timeouts, limits), and no application work at all.
 
     python bench/bare_server.py --port N --certificate cert.pem --private-key key.pem [--reply reply.json]
@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cherrypy  # noqa: E402
 
-from lan_server import main as lan_main  # noqa: E402
-from lan_server.http import tls  # noqa: E402
+from openseg.lan_server import main as lan_main  # noqa: E402
+from openseg.lan_server.http import tls  # noqa: E402
 
 BODY = b"hello\n"
 

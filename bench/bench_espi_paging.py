@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_history import SUB, build_store, espi, write_section  # noqa: E402
 from common import machine  # noqa: E402
-from lan_server.espi import feed as espi_feed  # noqa: E402
-from lan_server.state import history_store as hs  # noqa: E402
+from openseg.lan_server.espi import feed as espi_feed  # noqa: E402
+from openseg.lan_server.state import history_store as hs  # noqa: E402
 
 MR = f"Subscription/{SUB}/UsagePoint/1/MeterReading"
 WIDE = {"published-min": "0001-01-01T00:00:00Z", "published-max": "9999-12-31T23:59:59Z"}

@@ -40,11 +40,11 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from tests.support.channel_messages import reading, status  # noqa: E402
 from common import machine  # noqa: E402
-from lan_server.espi import feed as espi_feed  # noqa: E402
-from lan_server.state import history_store as hs  # noqa: E402
-from lan_server.http import web_resources  # noqa: E402
-from lan_server.state.readings import Readings  # noqa: E402
-from shared_schema import messages  # noqa: E402
+from openseg.lan_server.espi import feed as espi_feed  # noqa: E402
+from openseg.lan_server.state import history_store as hs  # noqa: E402
+from openseg.lan_server.http import web_resources  # noqa: E402
+from openseg.lan_server.state.readings import Readings  # noqa: E402
+from openseg.shared_schema import messages  # noqa: E402
 
 SUB = "bench"
 SCALING = {"multiplier": 1, "divisor": 1000, "unit": 0, "summation_formatting": 0x33, "demand_formatting": 0x24}

@@ -21,7 +21,7 @@ Everything runs as the real console commands (emulator on a pty, openseg-han, op
            The reference: what re-fetching the whole range at the same rate would transfer (the size
            of the range's full answer, measured in the same run). "Slow requests" are answers that took
            more than 100 ms by the access log: a login that runs scrypt is one.
-3. request  the CPU one request costs openseg-lan's application (lan_server.http.app.LanApp with the
+3. request  the CPU one request costs openseg-lan's application (openseg.lan_server.http.app.LanApp with the
            production logging set-up, writing its access log to /dev/null), in this process, one
            thread, for the current-value IntervalBlock and /api/v1/current, beside bench/bare_server.py's
            hello WSGI callable measured the same way: the part of a request that is ours. The HTTP/TLS
@@ -43,9 +43,9 @@ from common import REPO, BenchStack, cpu_s, machine, rss_kb, write_section  # no
 
 from bench_history import build_store  # noqa: E402
 
-from lan_server.state import history_store as hs  # noqa: E402
+from openseg.lan_server.state import history_store as hs  # noqa: E402
 from openseg_emulator.devstack import LAN_ENVIRONMENT, command  # noqa: E402
-from shared_schema import config as config_schema  # noqa: E402
+from openseg.shared_schema import config as config_schema  # noqa: E402
 
 HEADING = "## Memory, an open page, logins (issue 16)"
 
@@ -200,12 +200,12 @@ def bench_request(n: int) -> dict:
     import tempfile
     from bare_server import hello
     from tests.support.channel_messages import reading, status
-    from lan_server import main as lan_main
-    from lan_server.accounts import passwords, users_file
-    from lan_server.http.app import LanApp
-    from lan_server.http.auth import Authenticator
-    from lan_server.state.readings import Readings
-    from lan_server.accounts.users_file import User, UsersStore
+    from openseg.lan_server import main as lan_main
+    from openseg.lan_server.accounts import passwords, users_file
+    from openseg.lan_server.http.app import LanApp
+    from openseg.lan_server.http.auth import Authenticator
+    from openseg.lan_server.state.readings import Readings
+    from openseg.lan_server.accounts.users_file import User, UsersStore
 
     d = Path(tempfile.mkdtemp(prefix="bp-", dir="/tmp"))
     users = d / "users.toml"

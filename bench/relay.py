@@ -4,7 +4,7 @@ to the LAN process's socket.
 
     python bench/relay.py --listen RELAY.sock --forward LAN.sock --out messages.jsonl
 
-Each line: the decoded message (shared_schema.messages.decode) plus "t_recv" (wall clock when the relay
+Each line: the decoded message (openseg.shared_schema.messages.decode) plus "t_recv" (wall clock when the relay
 received it) and "forwarded" (false when the LAN side's queue was full or its socket absent). Exits 0 on
 SIGTERM/SIGINT.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared_schema import messages  # noqa: E402
+from openseg.shared_schema import messages  # noqa: E402
 
 
 def main() -> int:

@@ -21,14 +21,14 @@ import pytest
 from tests.support.channel_messages import SCALING_1_1000, T0, Clock, gap, reading, status
 from tests.support.fake_radio import FakeClock, FakeRadio, Node
 from tests.support.han_fixtures import Rig
-from han_reader.channel_sender import ChannelSender
-from han_reader.time_base import PLAUSIBLE_FLOOR
-from lan_server.state import history_store as hs
-from lan_server.espi import interval_energy as ie
-from lan_server.http import web_resources
-from lan_server.state.channel_receiver import ChannelReceiver
-from lan_server.state.readings import CHANNEL_LOST, Readings
-from shared_schema import messages
+from openseg.han_reader.channel_sender import ChannelSender
+from openseg.han_reader.time_base import PLAUSIBLE_FLOOR
+from openseg.lan_server.state import history_store as hs
+from openseg.lan_server.espi import interval_energy as ie
+from openseg.lan_server.http import web_resources
+from openseg.lan_server.state.channel_receiver import ChannelReceiver
+from openseg.lan_server.state.readings import CHANNEL_LOST, Readings
+from openseg.shared_schema import messages
 
 W0 = 1_750_000_000.0       # the HAN tests' wall clock (2025-06): a plausible one
 

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 HAN_FORBIDDEN = {"http", "ssl", "_ssl", "cherrypy", "cheroot", "socketserver", "urllib3", "requests",
-                 "xmlrpc", "ftplib", "smtplib", "asyncio", "lan_server", "openseg_emulator"}
-LAN_FORBIDDEN = {"serial", "xbee", "termios", "tty", "pty", "han_reader", "openseg_emulator"}
+                 "xmlrpc", "ftplib", "smtplib", "asyncio", "openseg.lan_server", "openseg_emulator"}
+LAN_FORBIDDEN = {"serial", "xbee", "termios", "tty", "pty", "openseg.han_reader", "openseg_emulator"}
 
 
 def lint_imports(cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -49,19 +49,20 @@ def test_contract_breaks_on_a_planted_violation(tmp_path):
     imports the state room above it."""
     shutil.copy(ROOT / ".importlinter", tmp_path / ".importlinter")
     files = {
-        "han_reader/__init__.py": "",
-        "han_reader/main.py": "from shared_schema import wire\n",
-        "lan_server/__init__.py": "",
-        "lan_server/main.py": "import han_reader.main\nimport serial\n",
-        **{f"lan_server/{room}/__init__.py": "" for room in ("http", "state", "espi", "accounts")},
-        "lan_server/state/readings.py": "",
-        "lan_server/espi/feed.py": "from lan_server.state import readings\n",
-        "shared_schema/__init__.py": "",
-        "shared_schema/wire.py": "import ssl\n",
+        "openseg/__init__.py": "",
+        "openseg/han_reader/__init__.py": "",
+        "openseg/han_reader/main.py": "from openseg.shared_schema import wire\n",
+        "openseg/lan_server/__init__.py": "",
+        "openseg/lan_server/main.py": "import openseg.han_reader.main\nimport serial\n",
+        **{f"openseg/lan_server/{room}/__init__.py": "" for room in ("http", "state", "espi", "accounts")},
+        "openseg/lan_server/state/readings.py": "",
+        "openseg/lan_server/espi/feed.py": "from openseg.lan_server.state import readings\n",
+        "openseg/shared_schema/__init__.py": "",
+        "openseg/shared_schema/wire.py": "import ssl\n",
         "openseg_emulator/__init__.py": "",
-        "mqtt_bridge/__init__.py": "",
-        "han_reader/radio.py": "import serial\n",
-        **{f"han_reader/{m}.py": "" for m in ("channel_sender", "check", "clock", "discovery", "egress_guard",
+        "openseg/mqtt_bridge/__init__.py": "",
+        "openseg/han_reader/radio.py": "import serial\n",
+        **{f"openseg/han_reader/{m}.py": "" for m in ("channel_sender", "check", "clock", "discovery", "egress_guard",
                                              "poller", "schedule", "service", "wire_requests", "xbee_frames",
                                              "zcl", "zdo")},
     }
@@ -73,11 +74,17 @@ def test_contract_breaks_on_a_planted_violation(tmp_path):
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
     assert "Contracts: 1 kept, 5 broken." in out, out
-    assert "shared_schema.wire -> ssl" in out, "the chain through shared_schema is reported"
-    assert "lan_server.main -> han_reader.main" in out
-    assert "lan_server.main -> serial" in out
-    assert "han_reader.radio -> serial" in out
-    assert "lan_server.espi.feed -> lan_server.state.readings" in out
+    assert "openseg.shared_schema.wire -> ssl" in out, "the chain through shared_schema is reported"
+    assert "openseg.lan_server.main -> openseg.han_reader.main" in out
+    assert "openseg.lan_server.main -> serial" in out
+    assert "openseg.han_reader.radio -> serial" in out
+    assert "openseg.lan_server.espi.feed -> openseg.lan_server.state.readings" in out
+
+
+def _top(module: str) -> str:
+    """The top-level name, or openseg.<package> for ours: what the sets above name."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "openseg" else parts[0]
 
 
 def loaded_by(package: str) -> dict:
@@ -98,13 +105,13 @@ def loaded_by(package: str) -> dict:
 
 
 @pytest.mark.parametrize("package, forbidden, needed", [
-    ("han_reader", HAN_FORBIDDEN, {"serial", "shared_schema"}),
-    ("lan_server", LAN_FORBIDDEN, {"cherrypy", "ssl", "shared_schema"}),
+    ("openseg.han_reader", HAN_FORBIDDEN, {"serial", "openseg.shared_schema"}),
+    ("openseg.lan_server", LAN_FORBIDDEN, {"cherrypy", "ssl", "openseg.shared_schema"}),
 ])
 def test_runtime_imports_of_each_process(package, forbidden, needed):
     report = loaded_by(package)
     assert f"{package}.main" in report["modules"], "the process's entry point was among the imports"
-    top = {name.split(".")[0] for name in report["new"]}
+    top = {_top(name) for name in report["new"]}
     assert not top & forbidden, f"{package} loads {sorted(top & forbidden)}"
     # the probe sees real imports (the check is not vacuous)
     assert needed <= top, f"{package} did not load {sorted(needed - top)}"

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from han_reader.channel_sender import ChannelSender
-from han_reader.clock import SystemClock
-from shared_schema import messages
+from openseg.han_reader.channel_sender import ChannelSender
+from openseg.han_reader.clock import SystemClock
+from openseg.shared_schema import messages
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GAP = {"slot": 1, "due": 1_750_000_000.0, "cause": "timeout"}
@@ -104,6 +104,6 @@ def test_an_invalid_message_is_refused_and_counted_not_raised(path, caplog):
 def test_no_han_module_binds_receives_or_asks_for_credentials():
     forbidden = {"bind", "recv", "recvfrom", "recv_into", "recvfrom_into", "recvmsg", "listen", "accept",
                  "SO_PASSCRED"}
-    for p in (ROOT / "han_reader").glob("*.py"):
+    for p in (ROOT / "openseg" / "han_reader").glob("*.py"):
         names = {n.attr for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.Attribute)}
         assert not names & forbidden, f"{p.name} uses {sorted(names & forbidden)}"

@@ -1,8 +1,8 @@
 """`openseg-han --check` on the fake radio: the plain diagnosis and its exit code; the firmware in words."""
 import pytest
 
-from han_reader import check
-from han_reader.check import run_check
+from openseg.han_reader import check
+from openseg.han_reader.check import run_check
 from tests.support.fake_radio import FakeClock, FakeRadio, Node, wire_radio
 from tests.support.han_fixtures import HAN
 

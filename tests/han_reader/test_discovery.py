@@ -1,9 +1,9 @@
 """Power-up discovery against the fake radio: API modes, join words, where the meter is, scaling."""
 import pytest
 
-from han_reader import discovery
-from han_reader.discovery import Found, Scaled
-from han_reader.radio import RadioMisconfigured, RadioSilent
+from openseg.han_reader import discovery
+from openseg.han_reader.discovery import Found, Scaled
+from openseg.han_reader.radio import RadioMisconfigured, RadioSilent
 from tests.support.fake_radio import METER_IEEE, RADIO_IEEE, FakeClock, FakeRadio, Node, wire_radio
 
 TIMEOUT = 2.0

@@ -19,16 +19,16 @@ import pty
 import pytest
 import serial
 
-from han_reader.egress_guard import EgressGuard
-from han_reader.link import SerialLink
-from han_reader.radio import Radio
-from han_reader.service import HanService
+from openseg.han_reader.egress_guard import EgressGuard
+from openseg.han_reader.link import SerialLink
+from openseg.han_reader.radio import Radio
+from openseg.han_reader.service import HanService
 
 from tests.support.fake_radio import FakeClock
 from tests.support.han_fixtures import HAN, RecordingSender
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-HAN_DIR = ROOT / "han_reader"
+HAN_DIR = ROOT / "openseg" / "han_reader"
 # Names that lead into closures, frames or other objects' internals, or to descriptors by other routes.
 INTROSPECTION = {"__closure__", "cell_contents", "__self__", "__func__", "__dict__", "__globals__", "__code__",
                  "f_locals", "f_globals", "f_back", "gi_frame", "__wrapped__", "__reduce__", "__reduce_ex__",

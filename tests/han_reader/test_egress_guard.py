@@ -8,7 +8,7 @@ Metering and on other clusters, every attribute id, every transmit option and ra
 destinations that matter. Hypothesis adds random frames biased towards near misses.
 
 This file is also what the mutation run (tests/han_reader/test_egress_guard_mutation.py) runs against every mutant
-of han_reader/egress_guard.py, so it must stay fast (a few seconds).
+of openseg/han_reader/egress_guard.py, so it must stay fast (a few seconds).
 """
 import ast
 import itertools
@@ -19,9 +19,9 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from han_reader import egress_guard, wire_requests, xbee_frames, zcl
-from han_reader.egress_guard import EgressGuard, EgressRefused, Kind, Meter, check
-from han_reader.link import LinkLost
+from openseg.han_reader import egress_guard, wire_requests, xbee_frames, zcl
+from openseg.han_reader.egress_guard import EgressGuard, EgressRefused, Kind, Meter, check
+from openseg.han_reader.link import LinkLost
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 METER = Meter(0x00078100000ABCDE, 9)
@@ -388,7 +388,7 @@ def test_a_port_that_fails_to_close_is_still_let_go():
 # ---- the allow-list is what the code sends, no more ------------------------------------------------
 def test_the_at_list_is_exactly_the_queries_the_code_sends():
     sent = set()
-    for path in (ROOT / "han_reader").glob("*.py"):
+    for path in (ROOT / "openseg" / "han_reader").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
                     and node.func.attr in ("at_query", "at_number") \

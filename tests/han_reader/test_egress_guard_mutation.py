@@ -1,4 +1,4 @@
-"""Mutation testing of the egress guard: every mutant of han_reader/egress_guard.py that mutmut makes is
+"""Mutation testing of the egress guard: every mutant of openseg/han_reader/egress_guard.py that mutmut makes is
 killed by tests/han_reader/test_egress_guard.py, or is named below as equivalent, with the reason.
 
 mutmut (from PyPI, in the test extras) mutates the code inside functions: comparisons, boolean
@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTMUT = Path(sys.executable).parent / "mutmut"
-PREFIX = "han_reader.egress_guard."
+PREFIX = "openseg.han_reader.egress_guard."
 
 EQUIVALENT = {
     "x__check_at__mutmut_13": "frame[2:5] for frame[2:4]: the frame is exactly 4 bytes at that point",
@@ -37,8 +37,8 @@ def pytest_collection_modifyitems(items):
 """
 
 CONFIG = """[mutmut]
-source_paths = han_reader
-only_mutate = han_reader/egress_guard.py
+source_paths = openseg
+only_mutate = openseg/han_reader/egress_guard.py
 pytest_add_cli_args = -p no:cacheprovider
 pytest_add_cli_args_test_selection =
     tests/han_reader/test_egress_guard.py
@@ -51,7 +51,7 @@ pytest_add_cli_args_test_selection =
 def test_every_mutant_of_the_guard_is_killed_or_named_equivalent(tmp_path):
     assert MUTMUT.exists(), "mutmut is not installed (pip install -e '.[test]')"
     work = tmp_path / "mutation"
-    shutil.copytree(ROOT / "han_reader", work / "han_reader", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "openseg", work / "openseg", ignore=shutil.ignore_patterns("__pycache__"))
     (work / "tests" / "han_reader").mkdir(parents=True)
     shutil.copy(ROOT / "tests" / "han_reader" / "test_egress_guard.py", work / "tests" / "han_reader")
     (work / "tests" / "conftest.py").write_text(CONFTEST)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from han_reader.link import LinkLost, SerialLink, Stopping
+from openseg.han_reader.link import LinkLost, SerialLink, Stopping
 
 
 class Handed:

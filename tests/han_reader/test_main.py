@@ -1,7 +1,7 @@
 """The command line: configuration errors name the key and exit 2, before anything is opened."""
 import pytest
 
-from han_reader.main import main
+from openseg.han_reader.main import main
 
 
 def write(tmp_path, han_extra=""):

@@ -3,9 +3,9 @@ import struct
 
 import pytest
 
-from han_reader import poller, xbee_frames, zcl
-from han_reader.discovery import Meter
-from han_reader.radio import RadioReset
+from openseg.han_reader import poller, xbee_frames, zcl
+from openseg.han_reader.discovery import Meter
+from openseg.han_reader.radio import RadioReset
 
 from tests.support.fake_radio import METER_IEEE, FakeClock, FakeRadio, Node, wire_radio
 

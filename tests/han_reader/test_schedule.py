@@ -3,7 +3,7 @@ backoff."""
 import pytest
 from hypothesis import given, strategies as st
 
-from han_reader.schedule import Backoff, Schedule
+from openseg.han_reader.schedule import Backoff, Schedule
 
 
 @pytest.mark.parametrize("interval", [7.0, 0.1, 0.3, 1 / 3])

@@ -6,8 +6,8 @@ reading or one gap (never skipped), and not one frame other than a read or disco
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from han_reader import xbee_frames, zcl
-from han_reader.service import EXIT_OK, EXIT_RADIO_MISCONFIGURED, retry_timing
+from openseg.han_reader import xbee_frames, zcl
+from openseg.han_reader.service import EXIT_OK, EXIT_RADIO_MISCONFIGURED, retry_timing
 
 from tests.support.fake_radio import FakeClock, FakeRadio, Node
 from tests.support.han_fixtures import Rig

@@ -4,7 +4,7 @@ import struct
 from hypothesis import given, settings, strategies as st
 from xbee.frame import APIFrame
 
-from han_reader import xbee_frames as xf
+from openseg.han_reader import xbee_frames as xf
 
 frame_data = st.binary(min_size=1, max_size=xf.MAX_FRAME_DATA)
 # Bias towards the bytes that need escaping, where codecs go wrong.

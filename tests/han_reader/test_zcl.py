@@ -4,7 +4,7 @@ import struct
 import pytest
 from hypothesis import given, strategies as st
 
-from han_reader import zcl
+from openseg.han_reader import zcl
 
 
 def record(attr, type_id, value_bytes):

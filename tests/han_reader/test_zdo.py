@@ -2,7 +2,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from han_reader import zdo
+from openseg.han_reader import zdo
 
 
 def test_zdo_requests_are_byte_exact():

@@ -1,9 +1,9 @@
-"""openseg-mqtt's discovery configs and states as pure functions (mqtt_bridge/discovery.py); the real
+"""openseg-mqtt's discovery configs and states as pure functions (openseg/mqtt_bridge/discovery.py); the real
 process against a real broker is tests/system/test_mqtt_bridge.py."""
 import json
 from decimal import Decimal
 
-from mqtt_bridge import discovery
+from openseg.mqtt_bridge import discovery
 
 TOPICS = discovery.Topics("homeassistant", "openseg", "openseg_sub1")
 

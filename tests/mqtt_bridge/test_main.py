@@ -1,6 +1,6 @@
-"""openseg-mqtt's reconnect backoff (mqtt_bridge/main.py); the process itself is
+"""openseg-mqtt's reconnect backoff (openseg/mqtt_bridge/main.py); the process itself is
 tests/system/test_mqtt_bridge.py."""
-from mqtt_bridge.main import Backoff
+from openseg.mqtt_bridge.main import Backoff
 
 
 def test_backoff_doubles_to_a_minute_and_starts_over():

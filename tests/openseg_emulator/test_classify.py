@@ -97,7 +97,7 @@ def test_classify_never_raises(data):
 def test_emulator_never_imports_the_host_side():
     """The classification is only worth something as an independent second implementation."""
     code = ("import sys, openseg_emulator.main, openseg_emulator.classify;"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('han_reader', 'lan_server'));"
+            "bad = sorted(m for m in sys.modules if '.'.join(m.split('.')[:2]) in ('openseg.han_reader', 'openseg.lan_server'));"
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

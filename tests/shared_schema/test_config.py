@@ -1,7 +1,7 @@
 """The config file: defaults, relative paths, and that every refusal names its key."""
 import pytest
 
-from shared_schema import config
+from openseg.shared_schema import config
 
 
 def test_config_defaults_and_relative_paths(tmp_path):

@@ -5,7 +5,7 @@ import msgpack
 import pytest
 from hypothesis import given, strategies as st
 
-from shared_schema import messages
+from openseg.shared_schema import messages
 
 SCALING = {"multiplier": 3, "divisor": 10000, "unit": 0, "summation_formatting": 0x33,
            "demand_formatting": 0x24}

@@ -1,4 +1,4 @@
-"""Builders for valid channel messages (shared_schema.messages), for the LAN-side tests."""
+"""Builders for valid channel messages (openseg.shared_schema.messages), for the LAN-side tests."""
 from __future__ import annotations
 
 T0 = 1_700_000_000.0          # a fixed wall-clock origin (2023-11-14T22:13:20Z), so runs are repeatable

@@ -12,7 +12,7 @@ too, as "not-a-read"), as the emulator's frame log does, so a test can assert th
 ever left; its answers are framed by python-xbee (through the emulator's api_frames) and its attribute
 records encoded from the emulator's ZCL type table, never by han_reader's codecs.
 
-Why a second radio model beside the emulator's (openseg_emulator/): the emulator is the process-level
+Why a second radio model beside the emulator's (emulator/openseg_emulator/): the emulator is the process-level
 model, a separate program on a real pty in real time, with its own meter physics (a household load
 integrated into registers); the integration and system tests drive the real openseg-han against it.
 This fake is the unit-level double of the same radio: it runs inside the test's thread on a controlled
@@ -30,7 +30,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from han_reader.link import LinkLost, Stopping
+from openseg.han_reader.link import LinkLost, Stopping
 from openseg_emulator import api_frames as af
 from openseg_emulator import classify, metering
 
@@ -317,8 +317,8 @@ class FakeRadio:
 
 def wire_radio(hw: FakeRadio, interval_s: float = 7.0, log=None, require_aps: bool = True):
     """A Radio on the fake hardware, with an egress guard holding its port, as main.py wires them."""
-    from han_reader.egress_guard import EgressGuard
-    from han_reader.radio import Radio
+    from openseg.han_reader.egress_guard import EgressGuard
+    from openseg.han_reader.radio import Radio
     guard = EgressGuard(log or (lambda line: None), hw.clock, interval_s)
     hw.hand_over = guard.attach
     return Radio(hw, guard, hw.clock, require_aps)

@@ -1,10 +1,10 @@
 """Helpers shared by the HAN unit tests: a recording channel sender and a service on a fake radio."""
 from __future__ import annotations
 
-from han_reader.egress_guard import EgressGuard
-from han_reader.radio import Radio
-from han_reader.service import HanService
-from shared_schema import messages, sd_notify
+from openseg.han_reader.egress_guard import EgressGuard
+from openseg.han_reader.radio import Radio
+from openseg.han_reader.service import HanService
+from openseg.shared_schema import messages, sd_notify
 
 from tests.support.fake_radio import FakeClock, FakeRadio
 

@@ -17,9 +17,9 @@ import subprocess
 import sys
 
 from tests.support.channel_messages import T0, Clock, reading
-from lan_server.state import history_store as hs
-from lan_server.state.history_keeper import HistoryKeeper, HistoryState
-from lan_server.state.readings import Readings
+from openseg.lan_server.state import history_store as hs
+from openseg.lan_server.state.history_keeper import HistoryKeeper, HistoryState
+from openseg.lan_server.state.readings import Readings
 
 
 class Rig:

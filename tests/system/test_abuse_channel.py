@@ -20,7 +20,7 @@ import time
 import msgpack
 import pytest
 
-from shared_schema import messages
+from openseg.shared_schema import messages
 from tests.system.test_abuse_lan import Legit
 from tests.system.test_faults_witness import FaultStack, assert_polled_every_slot, iso_time
 

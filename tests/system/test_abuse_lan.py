@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 INTERVAL = 0.5
 LEGIT_LIMIT_S = 1.0
 GUESSER, SLOW, GENERATED = "127.0.0.2", "127.0.0.3", "127.0.0.4"
-ADDRESS_LIMIT = 10       # lan_server.http.auth.Authenticator: failed logins per address per 10 minutes
+ADDRESS_LIMIT = 10       # openseg.lan_server.http.auth.Authenticator: failed logins per address per 10 minutes
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support.lan_fixtures import LanServer, parse_fields, require_curl, run_admin
-from lan_server.accounts import certs
+from openseg.lan_server.accounts import certs
 
 OPENSSL = shutil.which("openssl")
 NOW = dt.datetime.now(dt.timezone.utc)

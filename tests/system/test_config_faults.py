@@ -91,7 +91,7 @@ def installation(tmp_path_factory) -> Path:
 
 
 # Every fault against both services; a sample against the admin command (its files are read by the
-# same shared_schema.text_file, and each process start costs 0.3-1 s of CPU).
+# same openseg.shared_schema.text_file, and each process start costs 0.3-1 s of CPU).
 SAMPLE = (COMMON[0], COMMON[1], COMMON[2], COMMON[5])
 # (label, which file, the fault, the process reading it)
 PLAN = ([(f"config-{f.name}-{p}", "config", f, p) for f in COMMON + CONFIG_ONLY for p in ("han", "lan")]

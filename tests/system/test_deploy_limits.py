@@ -1,6 +1,6 @@
 """Known limit, measured (SECURITY.md, "Known limits"): the HTTP server under idle and slow connections.
 
-openseg-lan serves with a fixed pool of worker threads (lan_server.main.THREAD_POOL); a connection that
+openseg-lan serves with a fixed pool of worker threads (openseg.lan_server.main.THREAD_POOL); a connection that
 never sends its TLS ClientHello holds a worker for up to HANDSHAKE_TIMEOUT_S, one that sends its request
 headers slowly for up to SOCKET_TIMEOUT_S between bytes. What this test asserts is the guarantee:
 fewer such connections than the pool has workers do not delay a real client, and once they are gone
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.lan_fixtures import fresh_lan  # noqa: F401
-from lan_server import main as lan_main
+from openseg.lan_server import main as lan_main
 
 pytestmark = pytest.mark.integration
 

@@ -307,7 +307,7 @@ TASKS_HEADROOM = 16
 def test_lan_tasks_max_covers_the_worker_pool_from_the_code():
     """TasksMax below the pool crash-loops the LAN ("can't start new thread"), as the shipped
     TasksMax=64 did against 128 workers: the limit is checked against the pool size in the code."""
-    from lan_server.main import THREAD_POOL
+    from openseg.lan_server.main import THREAD_POOL
     [tasks_max] = read_unit("openseg-lan.service")["Service"]["TasksMax"]
     assert int(tasks_max) >= THREAD_POOL + LAN_THREADS_BESIDE_THE_POOL + TASKS_HEADROOM, \
         f"TasksMax={tasks_max} < {THREAD_POOL} workers + {LAN_THREADS_BESIDE_THE_POOL} + {TASKS_HEADROOM} headroom"

@@ -26,7 +26,7 @@ from typing import Callable
 import pytest
 
 from openseg_emulator.devstack import Stack
-from shared_schema import messages
+from openseg.shared_schema import messages
 
 DEADLINE = 30.0         # generous: a loaded CI machine is slow; a passing run is far quicker
 POLL_ATTRS = ["0x0000", "0x0001", "0x0400"]   # Summation Delivered, Received, InstantaneousDemand: a poll

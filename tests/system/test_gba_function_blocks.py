@@ -22,9 +22,9 @@ from tests.support import gba_function_blocks as gba
 from tests.support.channel_messages import SCALING_3_10000, T0, Clock, gap, reading, status
 from tests.support.espi_schema import assert_valid
 from tests.support.lan_fixtures import wait_for_channel
-from lan_server.state import history_store as hs
-from lan_server.http import web_resources
-from lan_server.state.readings import Readings
+from openseg.lan_server.state import history_store as hs
+from openseg.lan_server.http import web_resources
+from openseg.lan_server.state.readings import Readings
 from openseg_emulator.devstack import Stack
 
 pytestmark = pytest.mark.skipif(bool(gba.missing()), reason=(

@@ -32,7 +32,7 @@ from tests.support.lan_fixtures import LanServer, wait_for_channel, wait_until
 from openseg_emulator.devstack import Stack
 from openseg_emulator.household import HouseholdProfile
 from openseg_emulator.meter_model import MeterModel
-from shared_schema import messages
+from openseg.shared_schema import messages
 
 pytestmark = pytest.mark.integration
 

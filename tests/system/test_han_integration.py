@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from shared_schema import messages
+from openseg.shared_schema import messages
 
 pytestmark = pytest.mark.integration
 

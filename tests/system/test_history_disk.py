@@ -23,10 +23,10 @@ import pytest
 
 from tests.support.channel_messages import T0, Clock, reading, status
 from tests.support.lan_fixtures import LanServer, command, wait_until
-from lan_server.state import history_store as hs
-from lan_server.state.history_keeper import HistoryKeeper, HistoryState
-from lan_server.state.readings import Readings
-from shared_schema import messages
+from openseg.lan_server.state import history_store as hs
+from openseg.lan_server.state.history_keeper import HistoryKeeper, HistoryState
+from openseg.lan_server.state.readings import Readings
+from openseg.shared_schema import messages
 
 ROOT = Path(__file__).resolve().parents[2]
 UNSHARE = shutil.which("unshare")

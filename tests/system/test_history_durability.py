@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
 import sys, time
-from lan_server.state.history_store import HistoryStore
-from lan_server.state.readings import Readings
+from openseg.lan_server.state.history_store import HistoryStore
+from openseg.lan_server.state.readings import Readings
 
 path, seq0, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 store = HistoryStore(path, 35, log=lambda line: print("log", line, file=sys.stderr))

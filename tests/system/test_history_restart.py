@@ -24,8 +24,8 @@ import pytest
 
 from tests.support.channel_messages import reading, status
 from tests.support.lan_fixtures import LanServer, wait_until
-from lan_server.state import history_store as hs
-from shared_schema import messages
+from openseg.lan_server.state import history_store as hs
+from openseg.shared_schema import messages
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ import pytest
 from cheroot import errors
 
 from tests.support.lan_fixtures import fresh_lan, lan  # noqa: F401  (pytest fixtures)
-from lan_server.accounts import certs
-from lan_server.http import tls
+from openseg.lan_server.accounts import certs
+from openseg.lan_server.http import tls
 
 OPENSSL = shutil.which("openssl")
 ALLOWED_TLS12 = set(tls.TLS12_CIPHERS.split(":"))

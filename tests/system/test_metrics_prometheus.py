@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from tests.support.channel_messages import SCALING_3_10000, Clock, gap, reading, status
-from lan_server.http import web_resources
-from lan_server.state.readings import Readings
+from openseg.lan_server.http import web_resources
+from openseg.lan_server.state.readings import Readings
 from openseg_emulator.devstack import free_port
 from tests.support.readme_recipes import recipe
 from tests.system.test_faults_witness import FaultStack, poll_reads

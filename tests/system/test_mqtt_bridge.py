@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_bridge import discovery
+from openseg.mqtt_bridge import discovery
 from openseg_emulator.devstack import command, dump_toml, free_port
 from tests.support.readme_recipes import recipe
 from tests.system.test_faults_witness import FaultStack, poll_reads

@@ -15,9 +15,9 @@ import pytest
 
 from tests.support.lan_fixtures import (DEFAULT, LanServer, basic_auth, command, fresh_lan, lan,  # noqa: F401
                                         run_admin, wait_until)
-from lan_server.accounts import certs
-from lan_server import main as lan_main
-from shared_schema import config as config_schema
+from openseg.lan_server.accounts import certs
+from openseg.lan_server import main as lan_main
+from openseg.shared_schema import config as config_schema
 
 PAGE_PATHS = ["/", "/api/v1/current", "/api/v1/status", "/api/v1/history", "/api/v1/whoami"]
 SECURITY = {"strict-transport-security", "x-content-type-options", "x-frame-options",
@@ -396,7 +396,7 @@ def test_access_lines_are_the_lines_every_other_logger_writes():
     import io
     import logging
 
-    from lan_server.main import AccessLineHandler, OneLineFormatter
+    from openseg.lan_server.main import AccessLineHandler, OneLineFormatter
     fast, plain = io.StringIO(), io.StringIO()
     reference = logging.StreamHandler(plain)
     reference.setFormatter(OneLineFormatter())

@@ -1,4 +1,4 @@
-"""shared_schema.sd_notify against a fake notify socket: a real AF_UNIX datagram socket standing in
+"""openseg.shared_schema.sd_notify against a fake notify socket: a real AF_UNIX datagram socket standing in
 for systemd's /run/systemd/notify, read back datagram by datagram (with the sender's pid, as systemd
 reads it for NotifyAccess=main).
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from shared_schema import sd_notify
-from shared_schema.sd_notify import Watchdog, notify, watchdog_interval_s
+from openseg.shared_schema import sd_notify
+from openseg.shared_schema.sd_notify import Watchdog, notify, watchdog_interval_s
 
 
 _UCRED = struct.Struct("iII")
@@ -183,9 +183,9 @@ def test_unknown_loop_is_a_bug(manager):
 
 def test_lan_receiver_blocked_in_its_work_is_not_alive(monkeypatch):
     from tests.support.channel_messages import T0, reading
-    from lan_server.state import channel_receiver
-    from lan_server.state.channel_receiver import ChannelReceiver
-    from shared_schema import messages
+    from openseg.lan_server.state import channel_receiver
+    from openseg.lan_server.state.channel_receiver import ChannelReceiver
+    from openseg.shared_schema import messages
 
     monkeypatch.setattr(channel_receiver, "TURN_S", 0.05)
     monkeypatch.setattr(channel_receiver, "STALLED_AFTER_S", 0.5)
@@ -286,7 +286,7 @@ def test_han_ready_only_once_the_radio_answers_and_pings_stop_when_stalled(syste
 @pytest.mark.integration
 def test_lan_ready_when_serving_and_pings_stop_when_the_request_path_is_held(systemd_env, tmp_path):
     from tests.support.lan_fixtures import LanServer
-    from lan_server import main as lan_main
+    from openseg.lan_server import main as lan_main
 
     manager = systemd_env
     with LanServer(tmp_path) as lan:                        # returns once HTTPS answers

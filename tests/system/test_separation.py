@@ -142,8 +142,8 @@ def test_han_sockets_have_no_address_so_nothing_can_be_sent_back(stack):
 def test_a_reply_to_the_han_sender_has_nowhere_to_go(tmp_path):
     """What the LAN side would see of the HAN: ChannelSender (the HAN's code) sends to a socket we
     bind; the sender address that arrives is empty, and sending to it fails."""
-    from han_reader.channel_sender import ChannelSender
-    from han_reader.clock import SystemClock
+    from openseg.han_reader.channel_sender import ChannelSender
+    from openseg.han_reader.clock import SystemClock
 
     path = str(tmp_path / "readings.sock")
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -32,8 +32,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from lan_server.accounts import certs
-from lan_server.main import THREAD_POOL
+from openseg.lan_server.accounts import certs
+from openseg.lan_server.main import THREAD_POOL
 from tests.system.test_deploy_systemd import LAN_THREADS_BESIDE_THE_POOL
 from tests.system.test_faults_witness import poll_reads, read_frames
 
@@ -297,6 +297,13 @@ def gateway(tmp_path_factory, proof):
         booted = time.monotonic()
         first = gw.install()
         installed = time.monotonic()
+        # The product's install carries no emulator (README, "Packaging"); the lab's radio is the
+        # emulator's own distribution, installed beside it from the same clone.
+        absent = gw.run(PYTHON, "-c", "import openseg_emulator", check=False)
+        assert "No module named 'openseg_emulator'" in absent.stderr, "install-gateway installed the emulator"
+        gw.run(PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+               f"{SRC}/emulator", timeout=300,
+               env={"PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELS})
         fields = dict(re.findall(r"^(url|username|password|subscription): (\S+)$", first.stdout, re.M))
         assert set(fields) == {"url", "username", "password", "subscription"}, first.stdout
         gw.login, gw.first_install = fields, first
@@ -422,7 +429,7 @@ def test_lan_threads_fit_its_tasks_max(gateway, proof):
     assert threads - THREAD_POOL <= LAN_THREADS_BESIDE_THE_POOL, (threads, THREAD_POOL)
     assert threads >= THREAD_POOL, "the whole pool runs"
     assert int(limits["TasksCurrent"]) < int(limits["TasksMax"]), limits
-    proof(f"LAN runs {threads} threads ({THREAD_POOL} workers from lan_server.main.THREAD_POOL + "
+    proof(f"LAN runs {threads} threads ({THREAD_POOL} workers from openseg.lan_server.main.THREAD_POOL + "
           f"{threads - THREAD_POOL}); TasksCurrent {limits['TasksCurrent']} of TasksMax {limits['TasksMax']}")
 
 
@@ -450,7 +457,7 @@ def cpu_priority(gateway, unit: str) -> str:
 def witnessed_lateness(reads, since: float, until: float) -> list[float]:
     """The emulator's view, for comparison: each poll's arrival at the radio minus its due time, for
     the polls in [since, until]. The radio sees arrivals only, so the grid (slot k due at start +
-    k * interval, han_reader/schedule.py) is anchored at the earliest-arriving poll of the HAN run. On a
+    k * interval, openseg/han_reader/schedule.py) is anchored at the earliest-arriving poll of the HAN run. On a
     pty this includes the kernel worker that moves the bytes, which a real UART does not have."""
     first = reads[0].t
     offsets = [r.t - round((r.t - first) / POLL_S) * POLL_S for r in reads]
@@ -553,7 +560,7 @@ def test_cert_renew_and_user_add_as_root_leave_a_lan_that_starts(gateway, proof)
 
 MAKE_DUE = """
 import sys
-from lan_server.accounts import admin, certs
+from openseg.lan_server.accounts import admin, certs
 ca_key, ca_cert, key, cert = sys.argv[1:]
 # What the installation's CA would have issued 335 days ago: a server certificate ending in 30 days.
 with open(ca_key, "rb") as k, open(ca_cert, "rb") as c:
@@ -631,11 +638,11 @@ def test_second_install_upgrades_the_code_and_keeps_everything(gateway, proof):
     before = gateway.history()
     pids = {u: gateway.main_pid(u) for u in UNITS}
     marker = f"# upgraded by the system test {time.time()}\n"
-    source = gateway.path(f"{SRC}/lan_server/__init__.py")
+    source = gateway.path(f"{SRC}/openseg/lan_server/__init__.py")
     source.write_text(source.read_text() + marker)
     out = gateway.install().stdout
     assert "password" not in out, "the login is printed by the first run only"
-    installed = gateway.run(PYTHON, "-c", "import lan_server; print(lan_server.__file__)").stdout.strip()
+    installed = gateway.run(PYTHON, "-c", "import openseg.lan_server; print(openseg.lan_server.__file__)").stdout.strip()
     assert marker in gateway.path(installed).read_text(), "the code was upgraded"
     for path, content in kept.items():
         assert gateway.path(path).read_bytes() == content, f"{path} changed"

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support.lan_fixtures import command, parse_fields, run_admin
-from lan_server.accounts import passwords, users_file
-from shared_schema import config as config_schema
+from openseg.lan_server.accounts import passwords, users_file
+from openseg.shared_schema import config as config_schema
 
 
 def init(tmp_path, *extra: str, name: str = "gw") -> tuple[str, dict[str, str]]:
@@ -340,7 +340,7 @@ def test_rewriting_the_users_file_keeps_its_owner(tmp_path):
     """Run as root on a gateway, openseg-admin must not leave the file unreadable to the LAN user."""
     import os
     import pytest as _pytest
-    from lan_server.accounts import users_file
+    from openseg.lan_server.accounts import users_file
     if os.getuid() != 0:
         _pytest.skip("changing a file's owner needs root (CI runs as root)")
     path = tmp_path / "users.toml"

@@ -1,4 +1,4 @@
-"""lan_server.accounts.cert_dates (the serving process's certificate expiry, without `cryptography`) against
+"""openseg.lan_server.accounts.cert_dates (the serving process's certificate expiry, without `cryptography`) against
 `cryptography`'s own reading of the same certificates."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from lan_server.accounts import cert_dates, certs
+from openseg.lan_server.accounts import cert_dates, certs
 
 
 def _cert(not_after: dt.datetime, key=None) -> bytes:
@@ -52,6 +52,6 @@ def test_garbage_is_a_value_error(text):
 
 
 def test_the_serving_process_does_not_import_cryptography():
-    code = "import sys, lan_server.main; print('cryptography' in sys.modules)"
+    code = "import sys, openseg.lan_server.main; print('cryptography' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.support.channel_messages import SCALING_1_1000, SCALING_3_10000, T0, Clock, gap, reading, status
 from tests.support.espi_schema import assert_valid
-from lan_server.espi import feed as espi_feed
-from lan_server.http import web_resources
-from lan_server.state import history_source
-from lan_server.state.readings import Readings
+from openseg.lan_server.espi import feed as espi_feed
+from openseg.lan_server.http import web_resources
+from openseg.lan_server.state import history_source
+from openseg.lan_server.state.readings import Readings
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 ESPI = "{http://naesb.org/espi}"

@@ -1,12 +1,12 @@
-"""15-minute interval energy from register samples (lan_server.espi.interval_energy): pure, no database."""
+"""15-minute interval energy from register samples (openseg.lan_server.espi.interval_energy): pure, no database."""
 import calendar
 from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lan_server.espi import interval_energy as ie
-from lan_server.espi.interval_energy import INTERVAL_S, Interval, RegisterSample
+from openseg.lan_server.espi import interval_energy as ie
+from openseg.lan_server.espi.interval_energy import INTERVAL_S, Interval, RegisterSample
 
 DAY0 = calendar.timegm((2024, 5, 1, 0, 0, 0))     # a UTC midnight, on the 15-minute grid
 

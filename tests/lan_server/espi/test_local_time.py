@@ -8,9 +8,9 @@ from lxml import etree
 
 from tests.support.channel_messages import T0, Clock
 from tests.support.espi_schema import ESPI_DIR, assert_valid
-from lan_server.http import web_resources
-from lan_server.espi.local_time import DST_DISABLED, encode_rule, local_time_parameters
-from lan_server.state.readings import Readings
+from openseg.lan_server.http import web_resources
+from openseg.lan_server.espi.local_time import DST_DISABLED, encode_rule, local_time_parameters
+from openseg.lan_server.state.readings import Readings
 
 ESPI = "{http://naesb.org/espi}"
 SAMPLE = os.path.join(ESPI_DIR, "samples", "test_usage_data_01.xml")

@@ -4,8 +4,8 @@ import calendar
 import pytest
 from hypothesis import given, strategies as st
 
-from lan_server.espi import query as espi_query
-from lan_server.espi.query import Query, QueryError, parse
+from openseg.lan_server.espi import query as espi_query
+from openseg.lan_server.espi.query import Query, QueryError, parse
 
 
 def test_no_parameters_means_current_value():

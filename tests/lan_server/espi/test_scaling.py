@@ -1,12 +1,12 @@
-"""Exact scaling of raw meter counts and the powerOfTenMultiplier rule (lan_server/espi/scaling.py)."""
+"""Exact scaling of raw meter counts and the powerOfTenMultiplier rule (openseg/lan_server/espi/scaling.py)."""
 from decimal import Decimal
 from fractions import Fraction
 
 import pytest
 from hypothesis import given, strategies as st
 
-from lan_server.espi import scaling as sc
-from lan_server.espi.scaling import Scaling
+from openseg.lan_server.espi import scaling as sc
+from openseg.lan_server.espi.scaling import Scaling
 
 UINT24 = st.integers(1, (1 << 24) - 1)
 RAW = st.integers(-(1 << 23) + 1, (1 << 48) - 1)      # InstantaneousDemand .. CurrentSummationDelivered

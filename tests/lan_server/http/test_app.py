@@ -12,11 +12,11 @@ import os
 
 import pytest
 
-from lan_server.accounts import passwords, users_file
-from lan_server.http.app import CSP, STATIC_DIR, STATIC_TYPES, LanApp
-from lan_server.http.web_resources import Response as Reply
-from lan_server.http.auth import Authenticator
-from lan_server.accounts.users_file import User, UsersStore
+from openseg.lan_server.accounts import passwords, users_file
+from openseg.lan_server.http.app import CSP, STATIC_DIR, STATIC_TYPES, LanApp
+from openseg.lan_server.http.web_resources import Response as Reply
+from openseg.lan_server.http.auth import Authenticator
+from openseg.lan_server.accounts.users_file import User, UsersStore
 
 PAGE = b"<!doctype html><title>OpenSEG</title><script src=/static/app.js></script>"
 

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from lan_server.accounts import passwords, users_file
-from lan_server.http.auth import Authenticator, Throttle, VerifiedCache, client_key, parse_basic, prefix_key
-from lan_server.accounts.users_file import User, UsersFileError, UsersStore
+from openseg.lan_server.accounts import passwords, users_file
+from openseg.lan_server.http.auth import Authenticator, Throttle, VerifiedCache, client_key, parse_basic, prefix_key
+from openseg.lan_server.accounts.users_file import User, UsersFileError, UsersStore
 
 FAST = dict(ln=10, r=8, p=1)       # cheap parameters for tests that hash many times
 

@@ -7,8 +7,8 @@ import ssl
 import pytest
 from cryptography import x509
 
-from lan_server.http import cert_names
-from lan_server.accounts import certs
+from openseg.lan_server.http import cert_names
+from openseg.lan_server.accounts import certs
 
 
 @pytest.mark.parametrize("extra", [[], ["gateway.example.org", "192.168.1.20", "fd00::5"], ["a" * 60 + ".example"] * 1])

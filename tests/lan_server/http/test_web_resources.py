@@ -6,8 +6,8 @@ from decimal import Decimal
 import pytest
 
 from tests.support.channel_messages import SCALING_1_1000, SCALING_3_10000, T0, Clock, gap, reading, status
-from lan_server.http import web_resources
-from lan_server.state.readings import Readings
+from openseg.lan_server.http import web_resources
+from openseg.lan_server.state.readings import Readings
 
 ISO_MS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 

@@ -10,10 +10,10 @@ import msgpack
 import pytest
 
 from tests.support.channel_messages import T0, Clock, reading, status
-from lan_server.state import channel_receiver
-from lan_server.state.channel_receiver import ChannelReceiver
-from lan_server.state.readings import Readings
-from shared_schema import messages
+from openseg.lan_server.state import channel_receiver
+from openseg.lan_server.state.channel_receiver import ChannelReceiver
+from openseg.lan_server.state.readings import Readings
+from openseg.shared_schema import messages
 
 
 def wait_for(condition, timeout=5.0, what="condition"):

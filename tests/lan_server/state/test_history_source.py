@@ -8,10 +8,10 @@ import pytest
 
 from tests.support.channel_messages import SCALING_3_10000, T0, Clock, gap, reading, status
 from tests.support.espi_schema import assert_valid
-from lan_server.espi import feed as espi_feed, interval_energy as ie
-from lan_server.state import history_store as hs
-from lan_server.http import web_resources
-from lan_server.state.readings import Readings
+from openseg.lan_server.espi import feed as espi_feed, interval_energy as ie
+from openseg.lan_server.state import history_store as hs
+from openseg.lan_server.http import web_resources
+from openseg.lan_server.state.readings import Readings
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 ESPI = "{http://naesb.org/espi}"
@@ -452,7 +452,7 @@ def test_the_current_value_shortcut_answers_what_the_general_path_does(fed, monk
         (value,) = [v for _, _, v, _ in values(both(mr))]
         assert value > 0
     # The memoised exponent is the one worked out afresh.
-    from lan_server.state import history_source
+    from openseg.lan_server.state import history_source
     held = {q: history_source.store_exponent(fed.store, q, fed.r.latest_of(q)) for q in ("demand", "summation")}
     history_source._EXPONENTS.clear()
     assert held == {q: history_source.store_exponent(fed.store, q, fed.r.latest_of(q)) for q in ("demand", "summation")}

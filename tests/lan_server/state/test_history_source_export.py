@@ -7,12 +7,12 @@ from fractions import Fraction
 import pytest
 
 from tests.support.channel_messages import SCALING_3_10000, T0, Clock, gap, reading, status
-from lan_server.state import history_store as hs
-from lan_server.espi import interval_energy as ie
-from lan_server.http import web_resources
-from lan_server.state.history_source import StoreSource
-from lan_server.state.readings import Readings
-from lan_server.espi.scaling import Scaling
+from openseg.lan_server.state import history_store as hs
+from openseg.lan_server.espi import interval_energy as ie
+from openseg.lan_server.http import web_resources
+from openseg.lan_server.state.history_source import StoreSource
+from openseg.lan_server.state.readings import Readings
+from openseg.lan_server.espi.scaling import Scaling
 
 STEP = Scaling.from_message(SCALING_3_10000).step      # 0.3 Wh per count
 

@@ -1,4 +1,4 @@
-"""The SQLite history store (lan_server.state.history_store): what goes in comes out, the commit rule, the
+"""The SQLite history store (openseg.lan_server.state.history_store): what goes in comes out, the commit rule, the
 SQL thinning against the pure one, retention pruning, the row and size bounds, and start-up checks."""
 import os
 import sqlite3
@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.support.channel_messages import SCALING_1_1000, SCALING_3_10000, T0, Clock, gap, reading, status
-from lan_server.state import history_store as hs
-from lan_server.espi import interval_energy as ie
-from lan_server.state.readings import Readings
-from lan_server.espi.scaling import Scaling
+from openseg.lan_server.state import history_store as hs
+from openseg.lan_server.espi import interval_energy as ie
+from openseg.lan_server.state.readings import Readings
+from openseg.lan_server.espi.scaling import Scaling
 
 
 class Mono:

@@ -3,7 +3,7 @@ import threading
 import time
 
 from tests.support.channel_messages import SCALING_1_1000, T0, Clock, gap, reading, status
-from lan_server.state.readings import Gap, Reading, Readings, data_status
+from openseg.lan_server.state.readings import Gap, Reading, Readings, data_status
 
 
 def test_empty():

@@ -23,8 +23,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol, Union
 
-from shared_schema import messages
-from shared_schema.messages import LOST_CAUSES, Kind
+from openseg.shared_schema import messages
+from openseg.shared_schema.messages import LOST_CAUSES, Kind
 
 from ..espi.interval_energy import DEFAULT_SERVICE_W, plausible_rise
 from ..espi.scaling import Scaling, exact
@@ -233,7 +233,7 @@ class Readings:
 
     # -- writer (the channel receiver thread) ---------------------------------------------------
     def apply(self, msg: dict) -> None:
-        """Take one message that `shared_schema.messages.decode` has already validated."""
+        """Take one message that `openseg.shared_schema.messages.decode` has already validated."""
         now = self._clock()
         kind = msg["kind"]
         entries: list[Entry] = []

@@ -28,8 +28,8 @@ import time
 
 import cherrypy
 
-from shared_schema import config as config_schema
-from shared_schema import sd_notify
+from openseg.shared_schema import config as config_schema
+from openseg.shared_schema import sd_notify
 
 from .accounts import cert_dates
 from .http import cert_names, tls

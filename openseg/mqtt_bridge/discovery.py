@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Iterable, Mapping
 
-from shared_schema.messages import HAN_STATES
+from openseg.shared_schema.messages import HAN_STATES
 
 ONLINE, OFFLINE = "online", "offline"
 

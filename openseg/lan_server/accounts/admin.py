@@ -29,13 +29,13 @@ from typing import Iterator
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from shared_schema import config as config_schema
+from openseg.shared_schema import config as config_schema
 from . import certs, passwords
 from .users_file import (User, UsersFileError, check_name, check_subscription, generate_subscription_id,
                          generate_user_name, load, locked, render, write_atomic)
 
 CONFIG_NAME = "gateway.toml"
-# The installation's CA (lan_server.accounts.certs): its certificate beside the config, for devices to import;
+# The installation's CA (openseg.lan_server.accounts.certs): its certificate beside the config, for devices to import;
 # its key in a folder of its own that only the admin (root on a gateway) may enter, never openseg-lan.
 CA_CERT = "ca.pem"
 CA_KEY = os.path.join("ca", "key.pem")

@@ -152,7 +152,7 @@ class LanApp:
         self.espi_options = {} if currency is None else {"currency": currency}
         self.static_dir = os.path.realpath(static_dir)
         # The pure resource builders (ESPI Atom, JSON); injectable so the app is testable alone.
-        self.resources = resources or importlib.import_module("lan_server.http.web_resources")
+        self.resources = resources or importlib.import_module("openseg.lan_server.http.web_resources")
         # main.Probe's header: its requests are answered like any other, just not access-logged.
         self.probe_token = secrets.token_urlsafe(24)
         # Host header -> links' base URL: the same few hosts on every request; parsing an address each

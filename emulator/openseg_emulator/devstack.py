@@ -24,7 +24,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Callable
 
-from shared_schema.text_file import TextFileError, parse_toml, read_text
+from openseg.shared_schema.text_file import TextFileError, parse_toml, read_text
 
 from .run_lock import Busy, RunLock
 

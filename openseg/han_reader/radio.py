@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from shared_schema.messages import LostCause
+from openseg.shared_schema.messages import LostCause
 
 from . import wire_requests, xbee_frames, zcl, zdo
 from .clock import Clock

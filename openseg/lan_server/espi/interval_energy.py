@@ -47,7 +47,7 @@ from fractions import Fraction
 from typing import Iterable, Iterator, Protocol, Sequence, TypeVar
 from zoneinfo import ZoneInfo
 
-from shared_schema.config import DEFAULT_SERVICE_W
+from openseg.shared_schema.config import DEFAULT_SERVICE_W
 
 from .scaling import INT48_MAX, INT48_MIN, to_int
 

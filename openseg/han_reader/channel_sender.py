@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 
-from shared_schema import messages
+from openseg.shared_schema import messages
 
 from .clock import Clock
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from shared_schema.text_file import TextFileError, parse_toml, read_text
+from openseg.shared_schema.text_file import TextFileError, parse_toml, read_text
 
 from . import passwords
 

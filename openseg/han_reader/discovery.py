@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from shared_schema.messages import HanState
+from openseg.shared_schema.messages import HanState
 
 from . import xbee_frames, zcl
 from .radio import Radio, RadioMisconfigured, RadioSilent

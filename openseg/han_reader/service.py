@@ -29,8 +29,8 @@ import logging
 from collections import deque
 from typing import Callable
 
-from shared_schema import sd_notify
-from shared_schema.messages import FIELDS, MAX_GAP_RUN, GapCause, HanState, Kind, SkipCause
+from openseg.shared_schema import sd_notify
+from openseg.shared_schema.messages import FIELDS, MAX_GAP_RUN, GapCause, HanState, Kind, SkipCause
 
 from . import discovery, poller, xbee_frames
 from .channel_sender import ChannelSender

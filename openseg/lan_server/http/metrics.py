@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from shared_schema.messages import HAN_STATES
+from openseg.shared_schema.messages import HAN_STATES
 
 from ..state.history_store import StoreStats
 from ..state.readings import Reading, Snapshot, data_status

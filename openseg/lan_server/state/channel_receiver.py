@@ -2,7 +2,7 @@
 
 Every datagram is checked before it can touch the readings, cheapest and most telling check first:
 sender credentials (SCM_CREDENTIALS, which the kernel fills in and only root can forge) -> uid ->
-size (MSG_TRUNC) -> bounded msgpack decode -> schema (shared_schema.messages.decode). A failure
+size (MSG_TRUNC) -> bounded msgpack decode -> schema (openseg.shared_schema.messages.decode). A failure
 drops the datagram and counts it under its reason; nothing is ever sent back (this module never
 calls send/sendto/sendmsg), so a compromised LAN side has no path towards the serial port.
 
@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Callable
 
-from shared_schema import messages
+from openseg.shared_schema import messages
 
 from .channel_queue import queue_length
 from .readings import History, Readings
@@ -247,7 +247,7 @@ class ChannelReceiver:
             elif seq <= last:
                 self._restarts += 1
                 self._restart_unconfirmed = True
-                if seq > 0:         # the HAN numbers from 0 (han_reader.channel_sender)
+                if seq > 0:         # the HAN numbers from 0 (openseg.han_reader.channel_sender)
                     self._seq_gaps += 1
                     self._seq_missing += seq
                 self.log(f"channel: sequence went back from {last} to {seq}: the HAN process restarted")

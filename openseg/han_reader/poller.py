@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared_schema.messages import LostCause
+from openseg.shared_schema.messages import LostCause
 
 from . import zcl
 from .discovery import Meter

@@ -19,8 +19,8 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from shared_schema import config as config_schema
-from shared_schema import sd_notify
+from openseg.shared_schema import config as config_schema
+from openseg.shared_schema import sd_notify
 from .discovery import NeverDown, Topics, discovery_messages, node_id, state_messages, states
 from .gateway import Gateway, GatewayError
 

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 
-from shared_schema import config
+from openseg.shared_schema import config
 
 from .channel_sender import ChannelSender
 from .check import run_check
