@@ -63,7 +63,7 @@ def test_contract_breaks_on_a_planted_violation(tmp_path):
         "openseg/mqtt_bridge/__init__.py": "",
         "openseg/han_reader/radio.py": "import serial\n",
         **{f"openseg/han_reader/{m}.py": "" for m in ("channel_sender", "check", "clock", "discovery", "egress_guard",
-                                             "poller", "schedule", "service", "wire_requests", "xbee_frames",
+                                             "poller", "schedule", "service", "time_base", "wire_requests", "xbee_frames",
                                              "zcl", "zdo")},
     }
     for name, text in files.items():

@@ -41,10 +41,6 @@ class SteppedLoad:
         self._cum_pos: list[Fraction] = [Fraction(0)]
         self._cum_neg: list[Fraction] = [Fraction(0)]
 
-    @property
-    def current_w(self) -> Fraction:
-        return self._values[-1]
-
     def set_w(self, t: float | Fraction, watts: int | Fraction) -> None:
         """From time t on, the demand is `watts`. Time only moves forward."""
         t = Fraction(t)

@@ -30,7 +30,8 @@ therefore sums exactly to the rounded register delta between its first start and
 
 Thinning: the result depends only on each boundary's bracket and on whether the register stayed
 plausible between two boundaries, so the input may be reduced to the first and the last sample of
-every 15-minute bucket (`thin`) without changing a single interval; the one exception is a lone bad
+every 15-minute bucket without changing a single interval (tests/lan_server/espi/
+test_interval_energy.py proves it with its `thin`); the one exception is a lone bad
 value in the middle of a bucket, which thinning drops, so that interval is counted (rightly: the
 register around it is consistent). The
 history store does that reduction in SQL, and a 35-day feed reads ~7 000 rows instead of ~430 000.
@@ -189,27 +190,6 @@ def in_progress(samples: Sequence[RegisterSample], max_w: float = DEFAULT_SERVIC
             begin_ms, begin_wh, estimated = s.t_ms, s.wh, False
     start = begin_ms // 1000
     return Interval(start, begin_wh, last.wh, estimated, last.t_ms, last.t_ms // 1000 - start)
-
-
-def thin(samples: Iterable[RegisterSample]) -> Iterator[RegisterSample]:
-    """The first and the last sample of each 15-minute bucket (time order kept): all `intervals`
-    needs. The history store's SQL reduction is checked against this function."""
-    bucket = None
-    first = last = None
-    for s in samples:
-        k = s.t_ms // INTERVAL_MS
-        if k != bucket:
-            if first is not None:
-                yield first
-                if last is not first:
-                    yield last
-            bucket, first, last = k, s, s
-        else:
-            last = s
-    if first is not None:
-        yield first
-        if last is not first:
-            yield last
 
 
 def espi_values(run: Iterable[Interval], p: int) -> Iterator[tuple[Interval, int]]:

@@ -2,9 +2,9 @@
 
 ESPI (REQ.21) takes the GData-style parameters published-min/-max and updated-min/-max as UTC
 `YYYY-MM-DDThh:mm:ssZ`, max-results (a positive integer: entries per answer) and start-index
-(1-based). As in GData, a `-min` bound is inclusive and a `-max` bound exclusive. `download` is
-accepted and ignored (the page's "download my data" switch). Any other parameter is refused rather
-than silently ignored, so a client's typo shows up as an error instead of as an unfiltered answer.
+(1-based). As in GData, a `-min` bound is inclusive and a `-max` bound exclusive. The page's
+"download my data" switch (`download`) is the HTTP layer's (app.py takes it off before this parser
+sees the query). Any other parameter is refused rather than silently ignored, so a client's typo shows up as an error instead of as an unfiltered answer.
 
 What the bounds select (README, "Green Button data model"): published-min/-max the data time of a
 reading (its timePeriod.start: "the readings of May"), updated-min/-max the time it became available at
@@ -27,8 +27,7 @@ from typing import Any, Mapping
 TIME_PARAMS = ("published-min", "published-max", "updated-min", "updated-max")
 PAGE_PARAMS = ("max-results", "start-index")
 RESUME_PARAM = "resume-at"
-IGNORED_PARAMS = ("download",)
-KNOWN = TIME_PARAMS + PAGE_PARAMS + (RESUME_PARAM,) + IGNORED_PARAMS
+KNOWN = TIME_PARAMS + PAGE_PARAMS + (RESUME_PARAM,)
 
 _TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
 _INT = re.compile(r"[0-9]{1,10}")

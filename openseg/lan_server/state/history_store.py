@@ -593,7 +593,7 @@ class HistoryReader:
                  quantity: str = "summation") -> list[RegisterSample]:
         """The register samples `interval_energy.intervals` needs for every interval that starts in
         [since, until): the first and last sample of each 15-minute bucket from `since` to the end of
-        the last such interval (the same reduction as interval_energy.thin, done by SQLite), plus the
+        the last such interval (the reduction interval_energy's docstring describes, done by SQLite), plus the
         sample just before and the one just after, which bracket the first and the last boundary.
         `quantity` names the register: "summation" (energy imported) or "received" (exported); each
         is its own series, built from the readings that carry it."""

@@ -272,7 +272,7 @@ def test_a_read_snapshot_is_consistent_while_the_writer_goes_on(tmp_path):
     store.close()
 
 
-# -- the SQL reduction equals interval_energy.thin ---------------------------------------------------------
+# -- the SQL reduction gives the intervals of all samples ---------------------------------------------------------
 STEPS = st.lists(st.tuples(st.floats(0.2, 1500.0), st.integers(0, 900), st.booleans(), st.booleans(),
                            st.integers(0, 900), st.booleans()),
                  max_size=80)
