@@ -5,11 +5,12 @@ is imported; the HTTP layer (app.py) authenticates and passes the user's subscri
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import functools
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlencode
 
 from ..espi import feed as ef
@@ -94,17 +95,52 @@ def _value(reading: Reading | None, quantity: str) -> _Raw | None:
 
 
 # -- ESPI -------------------------------------------------------------------------------------------
-def _retry_after(snap: Snapshot) -> str:
-    interval = snap.poll_interval_s
-    wait = interval if interval is not None else 10.0
+def _retry_after(poll_interval_s: float | None) -> str:
+    wait = poll_interval_s if poll_interval_s is not None else 10.0
     return str(max(1, math.ceil(wait)))
+
+
+class EspiResource(enum.Enum):
+    """The ESPI resources this gateway answers (`_route` names one from the path)."""
+    BATCH = enum.auto()                 # Batch/Subscription/{id}
+    BATCH_USAGE_POINT = enum.auto()     # Batch/Subscription/{id}/UsagePoint/1
+    READING_TYPES = enum.auto()         # ReadingType
+    READING_TYPE = enum.auto()          # ReadingType/{rt}
+    LOCAL_TIMES = enum.auto()           # LocalTimeParameters
+    LOCAL_TIME = enum.auto()            # LocalTimeParameters/1
+    USAGE_POINTS = enum.auto()          # Subscription/{id}/UsagePoint
+    USAGE_POINT = enum.auto()           # .../UsagePoint/1
+    METER_READINGS = enum.auto()        # .../UsagePoint/1/MeterReading
+    METER_READING = enum.auto()         # .../MeterReading/{mr}
+    INTERVAL_BLOCKS = enum.auto()       # .../MeterReading/{mr}/IntervalBlock
+    INTERVAL_BLOCK = enum.auto()        # .../MeterReading/{mr}/IntervalBlock/{ib}
+
+
+@dataclass(frozen=True)
+class EspiRoute:
+    """A routed request: the resource, the MeterReading or ReadingType id it names, the IntervalBlock id."""
+    resource: EspiResource
+    id: str | None = None
+    block: str | None = None
+
+
+@dataclass(frozen=True)
+class _EspiRequest:
+    """What an ESPI answer is built from, once routing, the query and the snapshot are through."""
+    ctx: ef.Context
+    query: espi_query.Query
+    params: dict[str, str]
+    route: EspiRoute
 
 
 def espi(readings: Readings, *, path: str, params: Mapping[str, str], subscription: str,
          base_url: str, time_zone: str, currency: int = ef.DEFAULT_CURRENCY) -> Response:
     """GET {base_url}/espi/1_1/resource/{path}. Checks in this order: another user's subscription
     (403), no such resource (404), bad parameter (400), no value yet for a current-value request
-    (503), otherwise 200 with an Atom feed (collections) or entry (single resources)."""
+    (503), otherwise 200 with an Atom feed (collections) or entry (single resources), built by the
+    resource's entry in ESPI_ANSWERS. One shortcut comes first: the parameterless IntervalBlock
+    collection of MeterReading 1 or 2, the most requested answer, is ESPI_ANSWERS' INTERVAL_BLOCKS
+    document served straight from the latest reading (`_current_value`)."""
     if not params:
         fast = _current_value(readings, path, subscription, base_url)
         if fast is not None:
@@ -115,7 +151,7 @@ def espi(readings: Readings, *, path: str, params: Mapping[str, str], subscripti
         return _text(403, "not your subscription")
     route = _route(segs)
     if route is None:
-        return _text(404, "no such ESPI resource")
+        return _no_resource()
     try:
         query = espi_query.parse(params)
     except espi_query.QueryError as exc:
@@ -124,47 +160,112 @@ def espi(readings: Readings, *, path: str, params: Mapping[str, str], subscripti
     ctx = ef.Context(snap=snap, base_url=base_url, subscription=subscription, time_zone=time_zone,
                      source=source, query_string=("?" + urlencode(list(params.items()))) if params else "",
                      currency=currency)
-    kind, arg, ib = route
-    if kind in ("meter_reading", "interval_blocks", "interval_block") and not ctx.offers(mr_id=arg) \
-            or kind == "reading_type" and not ctx.offers(rt_id=arg):
-        return _text(404, "no such ESPI resource")
-    if kind == "batch":
-        return _atom(ef.batch_document(ctx, query, dict(params), usage_point=arg == "usage_point"))
-    if kind == "usage_points":
-        return _atom(ef.feed_document(ctx, path=ef.usage_points_path(subscription), title="Usage points",
-                                      entries=query.page([ef.usage_point_entry(ctx)])))
-    if kind == "usage_point":
-        return _atom(ef.entry_document(ef.usage_point_entry(ctx)))
-    if kind == "meter_readings":
-        entries = [ef.meter_reading_entry(ctx, mr) for mr in ctx.meter_readings]
-        return _atom(ef.feed_document(ctx, path=ef.meter_readings_path(subscription), title="Meter readings",
-                                      entries=query.page(entries)))
-    if kind == "meter_reading":
-        return _atom(ef.entry_document(ef.meter_reading_entry(ctx, ef.METER_READINGS[arg])))
-    if kind == "reading_types":
-        with source.consistent():
-            entries = [ef.reading_type_entry(ctx, mr) for mr in ctx.meter_readings]
-        return _atom(ef.feed_document(ctx, path="ReadingType", title="Reading types",
-                                      entries=query.page(entries)))
-    if kind == "reading_type":
-        with source.consistent():
-            return _atom(ef.entry_document(ef.reading_type_entry(ctx, ef.READING_TYPES[arg])))
-    if kind == "local_times":
-        return _atom(ef.feed_document(ctx, path="LocalTimeParameters", title="Local time parameters",
-                                      entries=query.page([ef.local_time_entry(ctx)])))
-    if kind == "local_time":
-        return _atom(ef.entry_document(ef.local_time_entry(ctx)))
-    mr = ef.METER_READINGS[arg]
-    if kind == "interval_blocks":
-        body = ef.interval_blocks_document(ctx, mr, query, dict(params))
-        if body is None:
-            return _text(503, "no meter value yet", {"Retry-After": _retry_after(snap)})
-        return _atom(body)
-    # kind == "interval_block"
-    body = ef.interval_block_document(ctx, mr, ib)
+    return ESPI_ANSWERS[route.resource](_EspiRequest(ctx, query, dict(params), route))
+
+
+def _no_resource() -> Response:
+    return _text(404, "no such ESPI resource")
+
+
+def _batch(req: _EspiRequest) -> Response:
+    return _atom(ef.batch_document(req.ctx, req.query, req.params, usage_point=False))
+
+
+def _batch_usage_point(req: _EspiRequest) -> Response:
+    return _atom(ef.batch_document(req.ctx, req.query, req.params, usage_point=True))
+
+
+def _usage_points(req: _EspiRequest) -> Response:
+    ctx = req.ctx
+    return _atom(ef.feed_document(ctx, path=ef.usage_points_path(ctx.subscription), title="Usage points",
+                                  entries=req.query.page([ef.usage_point_entry(ctx)])))
+
+
+def _usage_point(req: _EspiRequest) -> Response:
+    return _atom(ef.entry_document(ef.usage_point_entry(req.ctx)))
+
+
+def _meter_readings(req: _EspiRequest) -> Response:
+    ctx = req.ctx
+    entries = [ef.meter_reading_entry(ctx, mr) for mr in ctx.meter_readings]
+    return _atom(ef.feed_document(ctx, path=ef.meter_readings_path(ctx.subscription), title="Meter readings",
+                                  entries=req.query.page(entries)))
+
+
+def _offered_meter_reading(req: _EspiRequest) -> ef.MeterReadingDef | None:
+    """The MeterReading the route names, or None when this meter does not offer it (a 404)."""
+    mr_id = req.route.id
+    return ef.METER_READINGS[mr_id] if mr_id is not None and req.ctx.offers(mr_id=mr_id) else None
+
+
+def _meter_reading(req: _EspiRequest) -> Response:
+    mr = _offered_meter_reading(req)
+    if mr is None:
+        return _no_resource()
+    return _atom(ef.entry_document(ef.meter_reading_entry(req.ctx, mr)))
+
+
+def _reading_types(req: _EspiRequest) -> Response:
+    ctx = req.ctx
+    with ctx.source.consistent():
+        entries = [ef.reading_type_entry(ctx, mr) for mr in ctx.meter_readings]
+    return _atom(ef.feed_document(ctx, path="ReadingType", title="Reading types", entries=req.query.page(entries)))
+
+
+def _reading_type(req: _EspiRequest) -> Response:
+    ctx, rt_id = req.ctx, req.route.id
+    if rt_id is None or not ctx.offers(rt_id=rt_id):
+        return _no_resource()
+    with ctx.source.consistent():
+        return _atom(ef.entry_document(ef.reading_type_entry(ctx, ef.READING_TYPES[rt_id])))
+
+
+def _local_times(req: _EspiRequest) -> Response:
+    ctx = req.ctx
+    return _atom(ef.feed_document(ctx, path="LocalTimeParameters", title="Local time parameters",
+                                  entries=req.query.page([ef.local_time_entry(ctx)])))
+
+
+def _local_time(req: _EspiRequest) -> Response:
+    return _atom(ef.entry_document(ef.local_time_entry(req.ctx)))
+
+
+def _interval_blocks(req: _EspiRequest) -> Response:
+    mr = _offered_meter_reading(req)
+    if mr is None:
+        return _no_resource()
+    body = ef.interval_blocks_document(req.ctx, mr, req.query, req.params)
+    if body is None:
+        return _text(503, "no meter value yet", {"Retry-After": _retry_after(req.ctx.snap.poll_interval_s)})
+    return _atom(body)
+
+
+def _interval_block(req: _EspiRequest) -> Response:
+    mr = _offered_meter_reading(req)
+    if mr is None or req.route.block is None:
+        return _no_resource()
+    body = ef.interval_block_document(req.ctx, mr, req.route.block)
     if body is None:
         return _text(404, "no such interval block in the history held")
     return _atom(body)
+
+
+# The ESPI answers, one per resource `_route` names (and `_current_value`, the INTERVAL_BLOCKS
+# shortcut `espi` tries first).
+ESPI_ANSWERS: dict[EspiResource, Callable[[_EspiRequest], Response]] = {
+    EspiResource.BATCH: _batch,
+    EspiResource.BATCH_USAGE_POINT: _batch_usage_point,
+    EspiResource.READING_TYPES: _reading_types,
+    EspiResource.READING_TYPE: _reading_type,
+    EspiResource.LOCAL_TIMES: _local_times,
+    EspiResource.LOCAL_TIME: _local_time,
+    EspiResource.USAGE_POINTS: _usage_points,
+    EspiResource.USAGE_POINT: _usage_point,
+    EspiResource.METER_READINGS: _meter_readings,
+    EspiResource.METER_READING: _meter_reading,
+    EspiResource.INTERVAL_BLOCKS: _interval_blocks,
+    EspiResource.INTERVAL_BLOCK: _interval_block,
+}
 
 
 @functools.lru_cache(maxsize=16)
@@ -174,10 +275,11 @@ def _current_value_paths(subscription: str) -> dict[str, ef.MeterReadingDef]:
 
 
 def _current_value(readings: Readings, path: str, subscription: str, base_url: str) -> Response | None:
-    """The most requested answer, the parameterless IntervalBlock of MeterReading 1 or 2 with history
-    on, straight from the latest reading: the same document `espi` would build (the same memoised
-    builder), without its routing, snapshot, query parsing or Context. None: take the general path
-    (another resource, history off, or no value yet: the 503 is the general path's)."""
+    """ESPI_ANSWERS' INTERVAL_BLOCKS answer for the parameterless IntervalBlock collection of
+    MeterReading 1 or 2 with history on, straight from the latest reading: the same document
+    `_interval_blocks` would build (the same memoised builder), without routing, snapshot, query
+    parsing or Context. None: take the table's path (another resource, history off, or no value yet:
+    the 503 is `_interval_blocks`')."""
     mr = _current_value_paths(subscription).get(path.strip("/"))
     store = open_store(readings)
     if mr is None or store is None:
@@ -190,50 +292,50 @@ def _current_value(readings: Readings, path: str, subscription: str, base_url: s
     return Response(200, ATOM_TYPE, body, dict(NO_STORE))
 
 
-def _route(segs: list[str]) -> tuple[str, str | None, str | None] | None:
-    """(resource kind, MeterReading or ReadingType id, IntervalBlock id), or None for a 404.
-    The subscription segment has already been checked by the caller."""
+def _route(segs: list[str]) -> EspiRoute | None:
+    """The resource the path names, or None for a 404. The subscription segment has already been
+    checked by the caller."""
     n = len(segs)
     if segs[:2] == ["Batch", "Subscription"]:
         if n == 3:
-            return ("batch", None, None)
+            return EspiRoute(EspiResource.BATCH)
         if n == 5 and segs[3] == "UsagePoint" and segs[4] == ef.USAGE_POINT_ID:
-            return ("batch", "usage_point", None)
+            return EspiRoute(EspiResource.BATCH_USAGE_POINT)
         return None
     if segs[:1] == ["ReadingType"]:
         if n == 1:
-            return ("reading_types", None, None)
+            return EspiRoute(EspiResource.READING_TYPES)
         if n == 2 and segs[1] in ef.READING_TYPES:
-            return ("reading_type", segs[1], None)
+            return EspiRoute(EspiResource.READING_TYPE, segs[1])
         return None
     if segs[:1] == ["LocalTimeParameters"]:
         if n == 1:
-            return ("local_times", None, None)
+            return EspiRoute(EspiResource.LOCAL_TIMES)
         if n == 2 and segs[1] == ef.LOCAL_TIME_ID:
-            return ("local_time", None, None)
+            return EspiRoute(EspiResource.LOCAL_TIME)
         return None
     if n < 3 or segs[0] != "Subscription" or segs[2] != "UsagePoint":
         return None
     if n == 3:
-        return ("usage_points", None, None)
+        return EspiRoute(EspiResource.USAGE_POINTS)
     if segs[3] != ef.USAGE_POINT_ID:
         return None
     if n == 4:
-        return ("usage_point", None, None)
+        return EspiRoute(EspiResource.USAGE_POINT)
     if segs[4] != "MeterReading":
         return None
     if n == 5:
-        return ("meter_readings", None, None)
+        return EspiRoute(EspiResource.METER_READINGS)
     if segs[5] not in ef.METER_READINGS:
         return None
     if n == 6:
-        return ("meter_reading", segs[5], None)
+        return EspiRoute(EspiResource.METER_READING, segs[5])
     if segs[6] != "IntervalBlock":
         return None
     if n == 7:
-        return ("interval_blocks", segs[5], None)
+        return EspiRoute(EspiResource.INTERVAL_BLOCKS, segs[5])
     if n == 8:
-        return ("interval_block", segs[5], segs[7])
+        return EspiRoute(EspiResource.INTERVAL_BLOCK, segs[5], segs[7])
     return None
 
 
