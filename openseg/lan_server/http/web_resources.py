@@ -10,7 +10,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Union
 from urllib.parse import urlencode
 
 from ..espi import feed as ef
@@ -18,9 +18,9 @@ from ..espi import query as espi_query
 from ..espi import interval_energy as ie
 from . import metrics
 from ..state.history_source import answer_source, open_store, store_exponent
-from ..state.history_store import file_bytes, t_ms_of
+from ..state.history_store import Row, file_bytes, t_ms_of
 from .metrics import HistoryHealth
-from ..state.readings import Reading, Readings, Snapshot, data_status
+from ..state.readings import Gap, Reading, Readings, Snapshot, data_status
 from ..espi.scaling import Scaling, decimal_text, resolution_exponent, scaled_int, value_text
 
 ATOM_TYPE = "application/atom+xml"
@@ -548,6 +548,16 @@ def history_json(readings: Readings, params: Mapping[str, Any]) -> Response:
     return _json(body)
 
 
+# What /api/v1/history reads: memory's readings and gaps (MemorySource), or the store's rows
+# (StoreSource), each row a reading or a gap.
+HistoryEntry = Union[Reading, Gap, Row]
+
+
+def _lost_cause(e: HistoryEntry) -> str | None:
+    """Why the slot was lost; None for a reading (a Reading, or a Row without a gap)."""
+    return e.cause if isinstance(e, (Gap, Row)) else None
+
+
 class _Point(_Raw):
     """A point written out, with its time string kept for `limit`."""
     time: str
@@ -559,10 +569,10 @@ def _point(time: str, text: str) -> _Point:
     return p
 
 
-def _singles(entries, text: "_ValueText") -> tuple[list, list]:
+def _singles(entries: Iterable[HistoryEntry], text: "_ValueText") -> tuple[list, list]:
     points, gaps = [], []
     for e in entries:
-        cause = getattr(e, "cause", None)
+        cause = _lost_cause(e)
         if cause is None:
             # Written out directly: the 24-hour view is ~12 000 points at the production poll.
             t = iso_ms(e.time)
@@ -575,7 +585,7 @@ def _singles(entries, text: "_ValueText") -> tuple[list, list]:
     return points, gaps
 
 
-def _buckets(entries, step: int, text: "_ValueText") -> tuple[list, list]:
+def _buckets(entries: Iterable[HistoryEntry], step: int, text: "_ValueText") -> tuple[list, list]:
     """Readings and gaps gathered per `step` seconds. Demands are compared in W (a change of scaling
     inside a bucket must not compare raw counts of different units) and written out exactly."""
     points, gaps = [], []
@@ -602,7 +612,7 @@ def _buckets(entries, step: int, text: "_ValueText") -> tuple[list, list]:
         if b != bucket:
             close()
             bucket, lo, hi, last, last_received, n, missed = b, None, None, "null", "null", 0, {}
-        cause = getattr(e, "cause", None)
+        cause = _lost_cause(e)
         if cause is not None:
             missed[cause] = missed.get(cause, 0) + 1
             continue

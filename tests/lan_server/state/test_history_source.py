@@ -354,6 +354,23 @@ def test_history_json_reads_a_whole_day_from_the_store_in_the_same_shape(tmp_pat
         with_store.close()
 
 
+def test_history_json_tells_gaps_from_readings_alike_from_the_store_and_from_memory(tmp_path):
+    """A lost slot is a gap, never a point, whether it comes from memory or as a store row."""
+    (tmp_path / "store").mkdir()
+    n = int(2 * 3600 / 7.0)
+    missed = {n - 100, n - 99, n - 20}
+    with_store = Feed(tmp_path / "store", hours=2.0, missed=missed)
+    memory_only = Feed(tmp_path, hours=2.0, missed=missed, store=False)
+    try:
+        for params in ({"minutes": "60"}, {"minutes": "60", "step": "60"}):
+            a = web_resources.history_json(with_store.r, params).body
+            assert a == web_resources.history_json(memory_only.r, params).body
+            body = json.loads(a)
+            assert sum(g.get("missed", 1) for g in body["gaps"]) == len(missed)
+    finally:
+        with_store.close()
+
+
 def test_status_reports_the_history(fed):
     js = json.loads(web_resources.status_json(fed.r, {}, T0).body)["history"]
     assert js["enabled"] and js["retention_days"] == 35 and js["rows"] == len(fed.truth) + 41
