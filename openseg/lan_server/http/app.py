@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hmac
 import http
-import importlib
 import ipaddress
 import json
 import logging
@@ -26,10 +25,11 @@ import time
 import urllib.parse
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Protocol
 
 from ..accounts.users_file import User
 from .auth import WWW_AUTHENTICATE, Authenticator
+from . import web_resources
 from .web_resources import NO_STORE, Response
 
 log = logging.getLogger("openseg.lan.http")
@@ -135,10 +135,20 @@ class Request:
     user: User
 
 
+class Resources(Protocol):
+    """The pure answer builders the app calls: the web_resources module itself, or a test's stand-in."""
+    def current_json(self, readings: Any, /) -> Response: ...
+    def status_json(self, readings: Any, channel_counters: dict, lan_started: float, /) -> Response: ...
+    def metrics_text(self, readings: Any, channel_counters: dict, lan_started: float, /) -> Response: ...
+    def history_json(self, readings: Any, params: Mapping[str, Any], /) -> Response: ...
+    def espi(self, readings: Any, *, path: str, params: Mapping[str, str], subscription: str,
+             base_url: str, time_zone: str, currency: int = ...) -> Response: ...
+
+
 class LanApp:
     def __init__(self, *, authenticator: Authenticator, readings: Any,
                  channel_counters: Callable[[], dict], lan_started: float, time_zone: str,
-                 default_base_url: str, static_dir: str = STATIC_DIR, resources: Any = None,
+                 default_base_url: str, static_dir: str = STATIC_DIR, resources: Resources | None = None,
                  link_hosts: frozenset[str] = frozenset(), currency: int | None = None):
         self.auth = authenticator
         self.readings = readings
@@ -152,7 +162,7 @@ class LanApp:
         self.espi_options = {} if currency is None else {"currency": currency}
         self.static_dir = os.path.realpath(static_dir)
         # The pure resource builders (ESPI Atom, JSON); injectable so the app is testable alone.
-        self.resources = resources or importlib.import_module("openseg.lan_server.http.web_resources")
+        self.resources: Resources = web_resources if resources is None else resources
         # main.Probe's header: its requests are answered like any other, just not access-logged.
         self.probe_token = secrets.token_urlsafe(24)
         # Host header -> links' base URL: the same few hosts on every request; parsing an address each
