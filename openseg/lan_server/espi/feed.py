@@ -76,7 +76,7 @@ from . import interval_energy as ie
 from . import scaling as sc
 from .local_time import LocalTime, local_time_parameters
 from .query import Window
-from .inputs import HistorySource, Moment, Sample
+from .inputs import RAW_VALUE, HistorySource, Moment, Sample
 
 ATOM = "http://www.w3.org/2005/Atom"
 ESPI = "http://naesb.org/espi"
@@ -234,11 +234,12 @@ def atom_time(t: float) -> str:
 # -- data: readings and intervals as ESPI points, grouped into blocks ----------------------------------
 def _raw_points(ctx: Context, mr: MeterReadingDef, p: int, since, until) -> Iterator[Point]:
     quantity = mr.register
+    raw = RAW_VALUE[quantity]
     for r in ctx.source.readings(quantity, since, until):
         interval_s = r.interval_s
         duration = max(0, round(interval_s)) if interval_s is not None else 0
         start = int(r.time // 1)
-        yield Point(start, duration, sc.scaled_int(getattr(r, quantity), r.scaling, p), None, start)
+        yield Point(start, duration, sc.scaled_int(raw(r), r.scaling, p), None, start)
 
 
 def _hour_blocks(points: Iterable[Point]) -> Iterator[Block]:
@@ -343,7 +344,7 @@ def current_point(ctx: Context, mr: MeterReadingDef) -> Point | None:
 def _latest_point(mr: MeterReadingDef, latest: Sample, p: int) -> Point:
     duration = max(0, round(latest.interval_s)) if latest.interval_s is not None else 0
     start = int(latest.time // 1)
-    return Point(start, duration, sc.scaled_int(getattr(latest, mr.register), latest.scaling, p), None, start)
+    return Point(start, duration, sc.scaled_int(RAW_VALUE[mr.register](latest), latest.scaling, p), None, start)
 
 
 # -- lxml building blocks ----------------------------------------------------------------------------

@@ -4,20 +4,34 @@ so espi imports nothing above it (.importlinter, "the LAN's rooms") and a test c
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 from .interval_energy import RegisterSample
 from .scaling import Scaling
 
 
 class Sample(Protocol):
-    """One meter reading: raw counts per quantity ("demand", "summation", "received", read by name)."""
+    """One meter reading: raw counts per quantity, None where the reading does not carry it."""
     @property
     def time(self) -> float: ...             # the value's time tag, epoch s
     @property
     def interval_s(self) -> float | None: ...    # the poll interval in force when it was taken
     @property
     def scaling(self) -> Scaling: ...
+    @property
+    def demand(self) -> int | None: ...
+    @property
+    def summation(self) -> int | None: ...   # the import register
+    @property
+    def received(self) -> int | None: ...    # the export register
+
+
+# A quantity's name (MeterReadingDef.register, the history's column) -> its raw count in a sample.
+RAW_VALUE: Mapping[str, Callable[[Sample], int | None]] = {
+    "demand": lambda s: s.demand,
+    "summation": lambda s: s.summation,
+    "received": lambda s: s.received,
+}
 
 
 class Moment(Protocol):

@@ -9,17 +9,19 @@ reading is in the window when its time tag is, an interval when its start is (es
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ..espi import interval_energy as ie
 from ..espi import scaling as sc
-from .history_store import QUANTITIES, HistoryReader, HistoryStore, Row, t_ms_of
+from ..espi.inputs import RAW_VALUE, Sample
+from .history_store import QUANTITIES, HistoryReader, HistoryStore, Row, StoredReading, t_ms_of
 from .readings import Gap, Reading, Readings, Snapshot
 
 
-def _largest(readings, quantity: str, into: dict[sc.Scaling, int]) -> None:
+def _largest(readings: Iterable[Sample], quantity: str, into: dict[sc.Scaling, int]) -> None:
+    value = RAW_VALUE[quantity]
     for r in readings:
-        raw = getattr(r, quantity)
+        raw = value(r)
         if raw is not None and abs(raw) > into.get(r.scaling, -1):
             into[r.scaling] = abs(raw)
 
@@ -34,7 +36,8 @@ class MemorySource:
     def _series(self, quantity: str) -> list[Reading]:
         """The readings carrying `quantity`, the history plus the latest, in time order."""
         snap = self.snap
-        out = [e for e in snap.history if isinstance(e, Reading) and getattr(e, quantity) is not None]
+        value = RAW_VALUE[quantity]
+        out = [e for e in snap.history if isinstance(e, Reading) and value(e) is not None]
         latest = snap.latest_with(quantity)
         if latest is not None and all(r is not latest for r in out):
             out.append(latest)
@@ -62,6 +65,21 @@ class MemorySource:
     def nth_hour(self, quantity: str, since: int | None, until: int | None, n: int) -> int | None:
         hours = sorted({int(r.time // 3600) * 3600 for r in self.readings(quantity, since, until)})
         return hours[n] if n < len(hours) else None
+
+    def register(self, since: int | None, until: int | None,
+                 quantity: str = "summation") -> list[ie.RegisterSample]:
+        """What StoreSource.register gives, from memory: the register samples in the window and the
+        one on each side of it. HistorySource asks for it; `intervals` False keeps the interval
+        MeterReadings (its only readers) off while memory is the history."""
+        value = RAW_VALUE[quantity]
+        series = [(r, raw) for r in self._series(quantity) if (raw := value(r)) is not None]
+        inside = [i for i, (r, _) in enumerate(series)
+                  if (since is None or r.time >= since) and (until is None or r.time < until)]
+        if not inside:
+            return []
+        return [ie.RegisterSample(t_ms_of(r.time), r.scaling.step * raw, r.slot,
+                                  None if r.interval_s is None else round(r.interval_s * 1000))
+                for r, raw in series[max(0, inside[0] - 1):inside[-1] + 2]]
 
     def entries(self, since: float) -> Iterator[Reading | Gap]:
         return (e for e in self.snap.history if e.time >= since)
@@ -99,32 +117,38 @@ class StoreSource:
         agree whichever is fetched first."""
         return store_exponent(self.store, quantity, self.snap.latest_with(quantity))
 
+    def _reader(self) -> HistoryReader:
+        """The connection `consistent()` borrowed: the queries below are for inside that block."""
+        if self.reader is None:
+            raise RuntimeError("a StoreSource query outside consistent()")
+        return self.reader
+
     @staticmethod
     def _ms(t: int | None) -> int | None:
         return None if t is None else t * 1000
 
-    def readings(self, quantity: str, since: int | None, until: int | None) -> Iterator[Row]:
-        return self.reader.rows(self._ms(since), self._ms(until), quantity=quantity)
+    def readings(self, quantity: str, since: int | None, until: int | None) -> Iterator[StoredReading]:
+        return self._reader().readings(self._ms(since), self._ms(until), quantity)
 
     def register(self, since: int | None, until: int | None,
                  quantity: str = "summation") -> list[ie.RegisterSample]:
         """Register samples for ie.intervals: "summation" (imported) or "received" (exported)."""
-        return self.reader.register(self._ms(since), self._ms(until), quantity)
+        return self._reader().register(self._ms(since), self._ms(until), quantity)
 
     def newest(self, since: int | None = None, until: int | None = None) -> float | None:
-        t = self.reader.newest_ms(self._ms(since), self._ms(until))
+        t = self._reader().newest_ms(self._ms(since), self._ms(until))
         return None if t is None else t / 1000
 
     def oldest(self) -> float | None:
-        t = self.reader.oldest_ms()
+        t = self._reader().oldest_ms()
         return None if t is None else t / 1000
 
     def nth_hour(self, quantity: str, since: int | None, until: int | None, n: int) -> int | None:
-        t = self.reader.nth_hour_ms(self._ms(since), self._ms(until), quantity, n)
+        t = self._reader().nth_hour_ms(self._ms(since), self._ms(until), quantity, n)
         return None if t is None else t // 1000
 
     def entries(self, since: float) -> Iterator[Row]:
-        return self.reader.rows(t_ms_of(since))
+        return self._reader().rows(t_ms_of(since))
 
 
 # quantity -> (the store's maxima dict, the latest value's scaling and size, the exponent). The writer
@@ -136,8 +160,8 @@ _EXPONENTS: dict[str, tuple[object, tuple, int]] = {}
 def store_exponent(store: HistoryStore, quantity: str, latest: Reading | None) -> int:
     """StoreSource.exponent, from the store's maxima and the latest reading alone."""
     maxima = store.maxima()
-    raw = None if latest is None else getattr(latest, quantity)
-    key = (None, None) if raw is None else (latest.scaling, abs(raw))
+    raw = None if latest is None else RAW_VALUE[quantity](latest)
+    key = (None, None) if latest is None or raw is None else (latest.scaling, abs(raw))
     held = _EXPONENTS.get(quantity)
     if held is not None and held[0] is maxima and held[1] == key:
         return held[2]

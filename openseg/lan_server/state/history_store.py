@@ -521,6 +521,27 @@ class Row:
         return self.gap
 
 
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """One stored reading that carries the quantity asked for (HistoryReader.readings): a reading,
+    so its scaling is known (espi.inputs.Sample)."""
+    t_ms: int
+    slot: int
+    summation: int | None
+    demand: int | None
+    scaling: Scaling
+    interval_ms: int | None
+    received: int | None
+
+    @property
+    def time(self) -> float:
+        return self.t_ms / 1000
+
+    @property
+    def interval_s(self) -> float | None:
+        return None if self.interval_ms is None else self.interval_ms / 1000
+
+
 class HistoryReader:
     """One request thread's read-only view. Queries take ms bounds: since inclusive, until exclusive."""
 
@@ -546,9 +567,7 @@ class HistoryReader:
             if self._depth == 0:
                 self.conn.execute("COMMIT")
 
-    def _scaling(self, sid: int | None) -> Scaling | None:
-        if sid is None:
-            return None
+    def _scaling(self, sid: int) -> Scaling:
         s = self.store.known_scaling(sid)
         if s is None:       # committed by the writer after this thread last looked: read it
             row = self.conn.execute("SELECT multiplier, divisor, unit, summation_formatting, demand_formatting "
@@ -556,10 +575,8 @@ class HistoryReader:
             s = Scaling(*row)
         return s
 
-    def rows(self, since_ms: int | None = None, until_ms: int | None = None,
-             quantity: str | None = None) -> Iterator[Row]:
-        """Readings and gaps in time order; with `quantity` ("demand", "summation" or "received"),
-        only the readings that carry it."""
+    def _select(self, since_ms: int | None, until_ms: int | None, quantity: str | None) -> Iterator[tuple]:
+        """The sample table's columns in time order; with `quantity`, only the readings carrying it."""
         where, args = self._window(since_ms, until_ms)
         if quantity is not None:
             if quantity not in QUANTITIES:
@@ -568,15 +585,31 @@ class HistoryReader:
         sql = f"SELECT {_SAMPLE_COLUMNS} FROM sample"
         if where:
             sql += " WHERE " + " AND ".join(where)
+        return self.conn.execute(sql + " ORDER BY t_ms, seq", args)
+
+    def _scaling_of(self, sid: int, cache: dict[int, Scaling]) -> Scaling:
+        scaling = cache.get(sid)
+        if scaling is None:
+            scaling = cache[sid] = self._scaling(sid)
+        return scaling
+
+    def rows(self, since_ms: int | None = None, until_ms: int | None = None,
+             quantity: str | None = None) -> Iterator[Row]:
+        """Readings and gaps in time order; with `quantity` ("demand", "summation" or "received"),
+        only the readings that carry it."""
         cache: dict[int, Scaling] = {}
-        for t, seq, slot, summation, demand, sid, interval_ms, gap, received in self.conn.execute(
-                sql + " ORDER BY t_ms, seq", args):
-            scaling = None
-            if sid is not None:
-                scaling = cache.get(sid)
-                if scaling is None:
-                    scaling = cache[sid] = self._scaling(sid)
+        for t, seq, slot, summation, demand, sid, interval_ms, gap, received in self._select(
+                since_ms, until_ms, quantity):
+            scaling = None if sid is None else self._scaling_of(sid, cache)
             yield Row(t, seq, slot, summation, demand, scaling, interval_ms, gap, received)
+
+    def readings(self, since_ms: int | None, until_ms: int | None, quantity: str) -> Iterator[StoredReading]:
+        """The readings that carry `quantity`, in time order: every one has its scaling (only a gap
+        row has none, and a gap carries no quantity)."""
+        cache: dict[int, Scaling] = {}
+        for t, _seq, slot, summation, demand, sid, interval_ms, _gap, received in self._select(
+                since_ms, until_ms, quantity):
+            yield StoredReading(t, slot, summation, demand, self._scaling_of(sid, cache), interval_ms, received)
 
     @staticmethod
     def _window(since_ms, until_ms) -> tuple[list[str], list[int]]:

@@ -9,7 +9,7 @@ import pytest
 from tests.support.channel_messages import SCALING_3_10000, T0, Clock, gap, reading, status
 from tests.support.espi_schema import assert_valid
 from openseg.lan_server.espi import feed as espi_feed, interval_energy as ie
-from openseg.lan_server.state import history_store as hs
+from openseg.lan_server.state import history_source, history_store as hs
 from openseg.lan_server.http import web_resources
 from openseg.lan_server.state.readings import Readings
 
@@ -367,6 +367,24 @@ def test_history_json_tells_gaps_from_readings_alike_from_the_store_and_from_mem
             assert a == web_resources.history_json(memory_only.r, params).body
             body = json.loads(a)
             assert sum(g.get("missed", 1) for g in body["gaps"]) == len(missed)
+    finally:
+        with_store.close()
+
+
+def test_memory_gives_the_register_samples_the_store_does(tmp_path):
+    """MemorySource.register (HistorySource's) yields the same quarter hours as the store's, window edges too."""
+    (tmp_path / "store").mkdir()
+    with_store = Feed(tmp_path / "store", hours=2.0, missed={300, 301, 700})
+    memory_only = Feed(tmp_path, hours=2.0, missed={300, 301, 700}, store=False)
+    try:
+        memory = history_source.MemorySource(memory_only.r.snapshot())
+        store = history_source.StoreSource(with_store.r.snapshot(history=False), with_store.store)
+        lo = int(T0 - 5400) // ie.INTERVAL_S * ie.INTERVAL_S
+        for since, until in ((None, None), (lo, lo + 3600), (lo + 900, None)):
+            with store.consistent():
+                want = list(ie.intervals(store.register(since, until, "summation")))
+            got = list(ie.intervals(memory.register(since, until, "summation")))
+            assert got == want and len(want) > 2
     finally:
         with_store.close()
 
