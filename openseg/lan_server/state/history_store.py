@@ -494,8 +494,23 @@ class HistoryWriter:
         self.conn.close()
 
 
+class _StoredTimes:
+    """The stored columns in ms as the readings give them, in seconds."""
+    __slots__ = ()
+    t_ms: int
+    interval_ms: int | None
+
+    @property
+    def time(self) -> float:
+        return self.t_ms / 1000
+
+    @property
+    def interval_s(self) -> float | None:
+        return None if self.interval_ms is None else self.interval_ms / 1000
+
+
 @dataclass(frozen=True, slots=True)
-class Row:
+class Row(_StoredTimes):
     """One stored slot: a reading (gap None) or a gap (values None)."""
     t_ms: int
     seq: int
@@ -508,21 +523,13 @@ class Row:
     received: int | None
 
     @property
-    def time(self) -> float:
-        return self.t_ms / 1000
-
-    @property
-    def interval_s(self) -> float | None:
-        return None if self.interval_ms is None else self.interval_ms / 1000
-
-    @property
     def cause(self) -> str | None:
         """As readings.Gap names it (None for a reading)."""
         return self.gap
 
 
 @dataclass(frozen=True, slots=True)
-class StoredReading:
+class StoredReading(_StoredTimes):
     """One stored reading that carries the quantity asked for (HistoryReader.readings): a reading,
     so its scaling is known (espi.inputs.Sample)."""
     t_ms: int
@@ -532,14 +539,6 @@ class StoredReading:
     scaling: Scaling
     interval_ms: int | None
     received: int | None
-
-    @property
-    def time(self) -> float:
-        return self.t_ms / 1000
-
-    @property
-    def interval_s(self) -> float | None:
-        return None if self.interval_ms is None else self.interval_ms / 1000
 
 
 class HistoryReader:
