@@ -10,7 +10,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 from urllib.parse import urlencode
 
 from ..espi import feed as ef
@@ -569,7 +569,7 @@ def _point(time: str, text: str) -> _Point:
     return p
 
 
-def _singles(entries: Iterable[HistoryEntry], text: "_ValueText") -> tuple[list, list]:
+def _singles(entries, text: "_ValueText") -> tuple[list, list]:
     points, gaps = [], []
     for e in entries:
         cause = _lost_cause(e)
@@ -585,7 +585,7 @@ def _singles(entries: Iterable[HistoryEntry], text: "_ValueText") -> tuple[list,
     return points, gaps
 
 
-def _buckets(entries: Iterable[HistoryEntry], step: int, text: "_ValueText") -> tuple[list, list]:
+def _buckets(entries, step: int, text: "_ValueText") -> tuple[list, list]:
     """Readings and gaps gathered per `step` seconds. Demands are compared in W (a change of scaling
     inside a bucket must not compare raw counts of different units) and written out exactly."""
     points, gaps = [], []
