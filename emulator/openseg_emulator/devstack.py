@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from importlib.resources import files
 from pathlib import Path
 from typing import Callable
 
@@ -29,10 +30,14 @@ from openseg.shared_schema.text_file import TextFileError, parse_toml, read_text
 from .run_lock import Busy, RunLock
 
 BIN = Path(sys.executable).parent
-# glibc malloc settings for openseg-lan, the same as deploy/openseg-lan.service sets (a test checks
-# they agree; the unit says why): at most 2 arenas instead of 8 per CPU, one per busy worker thread,
-# and blocks of 128 KiB or more (a day's JSON, a Download My Data) mmap'ed and returned when freed.
-LAN_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
+# The environment of openseg-lan, the same as deploy/openseg-lan.service sets (a test checks they
+# agree; the unit says why). glibc malloc: at most 2 arenas instead of 8 per CPU, one per busy worker
+# thread, and blocks of 128 KiB or more (a day's JSON, a Download My Data) mmap'ed and returned when
+# freed. OPENSSL_CONF: the LAN's OpenSSL configuration, its TLS key-exchange groups (X25519, P-256,
+# P-384; openseg/lan_server/http/tls.py says why not in code), found as the package's data file without
+# importing the LAN's code (.importlinter).
+LAN_OPENSSL_CONF = str(files("openseg") / "lan_server" / "http" / "openssl.cnf")
+LAN_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "OPENSSL_CONF": LAN_OPENSSL_CONF}
 
 
 def command(name: str) -> str:

@@ -180,6 +180,10 @@ def load_installation(config_path: str):
         log.warning("users file %s has no users: nobody can log in (openseg-admin user add)",
                     lan["users_file"])
     try:
+        log.info("TLS key-exchange groups: %s", tls.groups_source())
+    except tls.TLSConfigError as exc:
+        raise StartupError(f"TLS: {exc}") from None
+    try:
         context = tls.server_context(lan["certificate"], lan["private_key"])
     except tls.TLSConfigError as exc:
         raise StartupError(f"[lan] certificate/private_key: {exc}") from None

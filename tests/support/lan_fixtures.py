@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from openseg_emulator.devstack import command, free_port, wait_until  # noqa: F401 (tests import them from here)
+from openseg_emulator.devstack import LAN_ENVIRONMENT, command, free_port, wait_until  # noqa: F401 (tests import them from here)
 
 BIN = Path(sys.executable).parent
 CURL = shutil.which("curl")
@@ -84,7 +84,8 @@ class LanServer:
         try:
             self.proc = subprocess.Popen([command("openseg-lan"), "--config", str(self.config)],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         start_new_session=True, env={**os.environ, **(env or {})})
+                                         start_new_session=True,
+                                         env={**os.environ, **LAN_ENVIRONMENT, **(env or {})})
         finally:
             log.close()
         wait_until(lambda: self._answers() or self._died(), timeout, "openseg-lan to answer HTTPS")

@@ -176,10 +176,21 @@ def test_required_hardening_directives(unit):
     assert not [k for k, vs in service.items() for v in vs if "CAP_" in v], unit
 
 
-def test_lan_malloc_settings_are_the_same_in_the_unit_and_in_make_run():
+def test_lan_environment_is_the_same_in_the_unit_and_in_make_run():
     from openseg_emulator.devstack import LAN_ENVIRONMENT
     values = [v for line in read_unit("openseg-lan.service")["Service"]["Environment"] for v in line.split()]
-    assert {k: v for k, _, v in (x.partition("=") for x in values) if k.startswith("MALLOC_")} == LAN_ENVIRONMENT
+    unit = {k: v for k, _, v in (x.partition("=") for x in values) if k != "PYTHONDONTWRITEBYTECODE"}
+    assert unit.keys() == LAN_ENVIRONMENT.keys()
+    assert {k: v for k, v in unit.items() if k.startswith("MALLOC_")} == \
+        {k: v for k, v in LAN_ENVIRONMENT.items() if k.startswith("MALLOC_")}
+    # the same OpenSSL configuration: `make run` names the package's file, the unit the copy
+    # deploy/install-gateway makes of it
+    shipped = ROOT / "openseg" / "lan_server" / "http" / "openssl.cnf"
+    assert Path(LAN_ENVIRONMENT["OPENSSL_CONF"]).resolve() == shipped.resolve()
+    installer = (ROOT / "deploy" / "install-gateway").read_text()
+    assert unit["OPENSSL_CONF"] == "/opt/openseg/openssl.cnf"
+    assert 'OPENSSL_CONF = PREFIX / "openssl.cnf"' in installer and 'PREFIX = Path("/opt/openseg")' in installer
+    assert "Groups = X25519:P-256:P-384" in shipped.read_text().splitlines()
 
 
 def test_exec_start_runs_the_installed_console_scripts():

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.channel_messages import T0, Clock, reading, status
-from tests.support.lan_fixtures import LanServer, command, wait_until
+from tests.support.lan_fixtures import LAN_ENVIRONMENT, LanServer, command, wait_until
 from openseg.lan_server.state import history_store as hs
 from openseg.lan_server.state.history_keeper import HistoryKeeper, HistoryState
 from openseg.lan_server.state.readings import Readings
@@ -170,7 +170,8 @@ def test_the_lan_serves_with_a_read_only_state_directory(tmp_path):
               f'exec "{command("openseg-lan")}" --config "{server.config}"')
     log = open(server.log_path, "ab")
     proc = subprocess.Popen([UNSHARE, "--mount", "--propagation", "private", "sh", "-c", script],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                            env={**os.environ, **LAN_ENVIRONMENT})
     log.close()
     server.proc = proc
     try:

@@ -17,7 +17,7 @@ import warnings
 import pytest
 from cheroot import errors
 
-from tests.support.lan_fixtures import fresh_lan, lan  # noqa: F401  (pytest fixtures)
+from tests.support.lan_fixtures import LanServer, fresh_lan, lan  # noqa: F401  (pytest fixtures)
 from openseg.lan_server.accounts import certs
 from openseg.lan_server.http import tls
 
@@ -251,8 +251,9 @@ def test_tls13_ccm_suites_are_refused(lan):
     assert "handshake failure" in out.stderr or "no shared cipher" in out.stderr, out.stderr
 
 
-# The server's one group is P-256 (tls.py says why); a client that offers only another is refused.
-@pytest.mark.parametrize("curve, ok", [("X25519", False), ("prime256v1", True), ("secp384r1", False),
+# The server's groups are X25519, P-256 and P-384, from OpenSSL's configuration file (OPENSSL_CONF, as
+# the unit and devstack set it; tls.py says why); a client that offers only another is refused.
+@pytest.mark.parametrize("curve, ok", [("X25519", True), ("prime256v1", True), ("secp384r1", True),
                                        ("secp521r1", False), ("brainpoolP256r1", False)])
 def test_key_exchange_groups_tls13(lan, curve, ok):
     ctx = client_context(minimum=ssl.TLSVersion.TLSv1_3, curve=curve)
@@ -272,12 +273,49 @@ def test_key_exchange_groups_tls12(lan):
 
 
 @pytest.mark.skipif(OPENSSL is None, reason="openssl command-line tool not installed")
-@pytest.mark.parametrize("offered, expected", [("P-521:P-256", "prime256v1"), ("P-521:X25519:P-256", "prime256v1")])
+@pytest.mark.parametrize("offered, expected", [("P-521:P-256", "prime256v1"), ("P-521:X25519:P-256", "X25519")])
 def test_tls12_never_negotiates_an_unlisted_group(lan, offered, expected):
     out = subprocess.run([OPENSSL, "s_client", "-connect", f"127.0.0.1:{lan.port}", "-tls1_2", "-groups", offered],
                          input="", capture_output=True, text=True, timeout=30)
     temp_key = [line for line in out.stdout.splitlines() if "Server Temp Key" in line]
     assert temp_key and expected in temp_key[0], out.stdout
+
+
+def s_client_tls13_key(port: int, offered: str) -> str | None:
+    """The key `openssl s_client -tls1_3 -groups offered` agrees on with the server, None if refused."""
+    out = subprocess.run([OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-groups", offered],
+                         input="", capture_output=True, text=True, timeout=30)
+    temp_key = [line.removeprefix("Server Temp Key: ") for line in out.stdout.splitlines()
+                if line.startswith("Server Temp Key: ")]
+    return temp_key[0] if temp_key else None
+
+
+GROUPS_BEYOND_THE_LIST = ("X448", "P-521", "ffdhe2048")      # in OpenSSL 3's default list, not in ours
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl command-line tool not installed")
+def test_tls13_groups_beyond_the_configured_list_are_refused_and_x25519_preferred(lan):
+    assert {g: s_client_tls13_key(lan.port, g) for g in GROUPS_BEYOND_THE_LIST} == dict.fromkeys(GROUPS_BEYOND_THE_LIST)
+    # the client's first choice is X448 (its key share); the server asks for X25519 instead
+    assert s_client_tls13_key(lan.port, "X448:P-521:P-384:X25519") == "X25519, 253 bits"
+    assert s_client_tls13_key(lan.port, "P-384") == "ECDH, secp384r1, 384 bits"
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl command-line tool not installed")
+def test_without_the_openssl_conf_openssl_defaults_apply(tmp_path):
+    # control: the configuration file, not the code, keeps them out (SECURITY.md §6); an empty one
+    # leaves OpenSSL's default list, which has them all
+    server = LanServer(tmp_path)
+    server.start(env={"OPENSSL_CONF": os.devnull})
+    try:
+        keys = {g: s_client_tls13_key(server.port, g) for g in GROUPS_BEYOND_THE_LIST}
+    finally:
+        server.stop()
+    assert None not in keys.values(), keys
+
+
+def test_groups_source_without_openssl_conf():
+    assert tls.groups_source({}) == "OpenSSL's defaults (OPENSSL_CONF is not set)"
 
 
 @pytest.mark.skipif(OPENSSL is None, reason="openssl command-line tool not installed")

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.support.lan_fixtures import (DEFAULT, LanServer, basic_auth, command, fresh_lan, lan,  # noqa: F401
+from tests.support.lan_fixtures import (DEFAULT, LAN_ENVIRONMENT, LanServer, basic_auth, command, fresh_lan, lan,  # noqa: F401
                                         run_admin, wait_until)
 from openseg.lan_server.accounts import certs
 from openseg.lan_server import main as lan_main
@@ -244,9 +244,9 @@ def test_stops_cleanly_on_signals(fresh_lan, sig):
         socket.create_connection(("127.0.0.1", lan.port), timeout=2).close()
 
 
-def run_lan(config: str, timeout: float = 30) -> subprocess.CompletedProcess:
+def run_lan(config: str, timeout: float = 30, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([command("openseg-lan"), "--config", config], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -292,6 +292,18 @@ def test_missing_config_file_and_port_in_use(installation, tmp_path):
         finally:
             cfg.unlink()
     assert out.returncode == 2 and "[lan] port" in out.stderr
+
+
+def test_unreadable_openssl_conf_exits_2_naming_it(installation, tmp_path):
+    # OpenSSL itself would quietly fall back to its default groups
+    out = run_lan(str(installation / "gateway.toml"), env={"OPENSSL_CONF": str(tmp_path / "none.cnf")})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == f"openseg-lan: TLS: OPENSSL_CONF={tmp_path / 'none.cnf'}: cannot read: " \
+                         f"No such file or directory\n"
+
+
+def test_start_up_log_names_where_the_tls_groups_come_from(lan, tmp_path):
+    assert f"TLS key-exchange groups: OPENSSL_CONF={LAN_ENVIRONMENT['OPENSSL_CONF']}" in lan.log_text()
 
 
 class NotifySocket:

@@ -355,6 +355,21 @@ def test_install_prints_the_login_and_installs_what_it_says(gateway, proof):
     proof(f"install-gateway printed the login once; both units enabled and active; HTTPS (verified against "
           f"{CAFILE}) serves a reading: {current['demand_w']} W at {current['time']}")
     proof(f"after install: {renewal_timer_state(gateway)}")
+    assert gateway.path("/opt/openseg/openssl.cnf").read_text() == \
+        (ROOT / "openseg/lan_server/http/openssl.cnf").read_text()
+    groups = {group: tls13_group(gateway, group) for group in ("X448:X25519", "P-384", "X448", "P-521", "ffdhe2048")}
+    assert groups == {"X448:X25519": "X25519, 253 bits", "P-384": "ECDH, secp384r1, 384 bits", "X448": None,
+                      "P-521": None, "ffdhe2048": None}, groups
+    proof(f"the booted LAN's TLS 1.3 key exchange, per group the client offers (None: refused): {groups}")
+
+
+def tls13_group(gateway, offered: str) -> str | None:
+    """The key the installed LAN agrees on with `openssl s_client -groups offered`, or None if it refuses."""
+    out = gateway.run("openssl", "s_client", "-connect", "127.0.0.1:8443", "-tls1_3", "-groups", offered,
+                      input="", check=False).stdout
+    temp_key = [line.removeprefix("Server Temp Key: ") for line in out.splitlines()
+                if line.startswith("Server Temp Key: ")]
+    return temp_key[0] if temp_key else None
 
 
 def renewal_timer_state(gateway) -> str:

@@ -2,11 +2,13 @@
 
 Policy: TLS 1.2 and 1.3 only; TLS 1.2 suites are ECDHE with AES-GCM or ChaCha20-Poly1305 (forward
 secret, AEAD); TLS 1.3 suites are OpenSSL's defaults, which are exactly those AEADs (checked at start,
-since Python cannot set them); no compression, no renegotiation; one key-exchange group, P-256
-(GROUP). Python 3.11 sets only one group (set_ecdh_curve); OpenSSL 3's default list adds P-521 and X448,
-which Mozilla's intermediate profile rejects (tests/system/test_tls_scan.py); reaching OpenSSL's SSL_CTX
-through CPython's object layout to set a list would turn a CPython change into a silent fallback. Every
-TLS client supports P-256, and in TLS 1.2 it is the certificate's curve anyway.
+since Python cannot set them); no compression, no renegotiation. The key-exchange groups (X25519,
+P-256, P-384) are not set here: Python 3.11 sets only one (set_ecdh_curve, which would override the
+list), so OpenSSL reads them from its own configuration file, openssl.cnf beside this module, which
+OPENSSL_CONF names wherever openseg-lan is started (the systemd unit, devstack). Without OPENSSL_CONF
+the process gets OpenSSL 3's default groups: all strong, but adding P-521, X448 and ffdhe, outside
+Mozilla's intermediate profile (tests/system/test_tls_scan.py). `groups_source` says which, for the
+start-up log.
 
 Why a custom adapter: cheroot's BuiltinSSLAdapter.wrap() runs the TLS handshake inside the accept
 loop (do_handshake_on_connect=True), so one client that opens a TCP connection and never sends a
@@ -20,6 +22,7 @@ writer serve it unchanged.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -34,11 +37,24 @@ TLS12_CIPHERS = ":".join([
     "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305",
 ])
 TLS13_SUITES = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
-GROUP = "prime256v1"       # P-256
 
 
 class TLSConfigError(ValueError):
     pass
+
+
+def groups_source(environ=os.environ) -> str:
+    """Where OpenSSL takes the key-exchange groups from, for the start-up log. Raises TLSConfigError
+    when OPENSSL_CONF names a file that cannot be read: OpenSSL would quietly use its defaults."""
+    path = environ.get("OPENSSL_CONF")
+    if not path:
+        return "OpenSSL's defaults (OPENSSL_CONF is not set)"
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise TLSConfigError(f"OPENSSL_CONF={path}: cannot read: {exc.strerror}") from None
+    return f"OPENSSL_CONF={path}"
 
 
 def server_context(certificate: str, private_key: str) -> ssl.SSLContext:
@@ -52,7 +68,6 @@ def server_context(certificate: str, private_key: str) -> ssl.SSLContext:
     tls13 = {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3"}
     if not tls13 <= TLS13_SUITES:
         raise TLSConfigError(f"OpenSSL enables TLS 1.3 suites outside policy: {sorted(tls13 - TLS13_SUITES)}")
-    ctx.set_ecdh_curve(GROUP)
     ctx.sslsocket_class = HandshakeFirstSocket
     ctx.set_alpn_protocols(["http/1.1"])
     for path in (certificate, private_key):
