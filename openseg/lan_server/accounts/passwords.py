@@ -1,12 +1,15 @@
 """LAN user passwords: scrypt hashes, verification and generation.
 
 scrypt is memory-hard and in the standard library (hashlib), so no extra dependency. The parameters
-(N=2^15, r=8, p=3: 32 MiB per hash, ~0.2 s on a desktop core, ~1 s on a small ARM board) are one of
-OWASP's equivalent scrypt settings; the server caches verified credentials (auth.py), so a correct
-client pays this once per cache lifetime, not per request. Parameters are stored in each hash, so
-they can be raised later without invalidating existing users.
+(N=2^14, r=8, p=6: 16 MiB per hash, ~0.3 s on a desktop core, ~1 s on a small ARM board) are above
+OWASP's equivalent scrypt settings, whose row for 16 MiB is p=5 (Password Storage Cheat Sheet, from
+tobtu.com's "minimum password settings": N*p >= 600000/r * 0.95). They were N=2^15, p=3 (32 MiB): the
+same CPU work (N*p*r), half the memory, because a guess's hash is the LAN's largest allocation and a
+Pi Zero 2 W has 512 MB for everything (issue 16). The server caches verified credentials (auth.py),
+so a correct client pays this once while it keeps using the server, not per request. Parameters are
+stored in each hash, so older hashes keep working and new ones can be raised later.
 
-Hash format: scrypt$ln=15,r=8,p=3$<salt base64>$<key base64>
+Hash format: scrypt$ln=14,r=8,p=6$<salt base64>$<key base64>
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import hmac
 import re
 import secrets
 
-LOG2_N, R, P = 15, 8, 3
+LOG2_N, R, P = 14, 8, 6
 SALT_BYTES, KEY_BYTES = 16, 32
 # Bounds for parameters read back from a users file, so a corrupt or hostile file cannot make the
 # server allocate gigabytes or spin for minutes on one login.

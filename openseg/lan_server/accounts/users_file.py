@@ -2,7 +2,7 @@
 
     [users."alice"]
     subscription = "9f3c2a71d04be865"
-    password_hash = "scrypt$ln=15,r=8,p=3$...$..."
+    password_hash = "scrypt$ln=14,r=8,p=6$...$..."
 
 `openseg-admin` is the only writer: it takes a lock, rewrites the whole file to a temporary file and
 renames it over the old one, so the server never reads a half-written file. The server reads it

@@ -18,7 +18,7 @@ Order of checks for a request, and why:
    Link-local IPv6 addresses are never grouped: fe80::/64 is on every interface and means nothing.
 3. The KDF runs for unknown users too (against a dummy hash), so timing does not reveal which
    names exist, and at most `kdf_concurrency` at a time, so a burst of guesses cannot make the
-   gateway allocate 32 MiB per worker thread. Concurrent requests with the same credentials share
+   gateway allocate 16 MiB per worker thread. Concurrent requests with the same credentials share
    one run when it succeeds (SharedVerify); a failed guess always costs its own full run.
 """
 from __future__ import annotations
@@ -196,7 +196,7 @@ class VerifiedCache:
 
 class SharedVerify:
     """Concurrent logins with the same credentials share one KDF run: a page's first tick sends two
-    requests at once, and both would otherwise pay scrypt (CPU and 32 MiB each). Only a success is
+    requests at once, and both would otherwise pay scrypt (CPU and 16 MiB each). Only a success is
     shared. A caller whose shared run failed runs the KDF itself, so every wrong guess costs the
     guesser a full KDF, however many copies of it arrive together."""
 
@@ -271,7 +271,7 @@ class KnownClients:
 def _dummy_hash() -> str:
     """What an unknown user's guess is checked against: a hash with the same parameters as real ones
     and a random salt and key, so checking costs a full KDF and matches nothing (a 2^-256 chance).
-    Made without running the KDF: none at start-up (32 MiB and a quarter second on a small board)."""
+    Made without running the KDF: none at start-up (16 MiB and about a second on a small board)."""
     b64 = lambda n: base64.b64encode(secrets.token_bytes(n)).decode("ascii")  # noqa: E731
     return (f"scrypt$ln={passwords.LOG2_N},r={passwords.R},p={passwords.P}$"
             f"{b64(passwords.SALT_BYTES)}${b64(passwords.KEY_BYTES)}")

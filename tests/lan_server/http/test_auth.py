@@ -37,10 +37,22 @@ def basic(user: str, password: str) -> str:
 def test_hash_verify_roundtrip_and_default_parameters():
     stored = passwords.hash_password("correct horse battery")
     assert stored.startswith(f"scrypt$ln={passwords.LOG2_N},r={passwords.R},p={passwords.P}$")
-    assert passwords.LOG2_N >= 15 and passwords.R >= 8       # >= 32 MiB per hash: memory-hard
+    n = 1 << passwords.LOG2_N
+    assert 128 * passwords.R * n >= 16 << 20                  # >= 16 MiB per hash: memory-hard
+    # tobtu.com's minimum scrypt settings, the source of OWASP's table: N >= 600000/r/p * 0.95
+    assert n * passwords.R * passwords.P >= 600_000 * 0.95
+    # the CPU work of the parameters used before (N=2^15, r=8, p=3), so a guess costs no less
+    assert n * passwords.R * passwords.P >= (1 << 15) * 8 * 3
     assert passwords.verify_password("correct horse battery", stored)
     assert not passwords.verify_password("correct horse batterz", stored)
     assert not passwords.verify_password("", stored)
+
+
+def test_hashes_made_with_the_earlier_parameters_still_verify():
+    stored = passwords.hash_password("correct horse battery", ln=15, r=8, p=3)      # 32 MiB, before issue 16
+    assert stored.startswith("scrypt$ln=15,r=8,p=3$")
+    assert passwords.verify_password("correct horse battery", stored)
+    assert not passwords.verify_password("correct horse batterz", stored)
 
 
 def test_same_password_hashes_differently():
