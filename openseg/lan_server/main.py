@@ -152,6 +152,21 @@ def _warn_if_expiring(cert_path: str, config_path: str) -> None:
         log.warning("TLS certificate %s expires on %s (%s)", cert_path, expires.date(), renew)
 
 
+MALLOC_SETTINGS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")
+
+
+def _log_malloc_settings(environ=os.environ) -> None:
+    """Say whether glibc runs with the unit's malloc settings: without them freed memory stays with
+    the process (an arena per busy thread, and a login's 16 MiB hash kept once glibc has raised its
+    mmap threshold), so the LAN's memory figures (bench/RESULTS.md) do not hold."""
+    unset = [name for name in MALLOC_SETTINGS if not environ.get(name)]
+    if unset:
+        log.warning("glibc malloc: %s not set, so freed memory stays with the process; the unit and "
+                    "`make run` set MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072", " and ".join(unset))
+    else:
+        log.info("glibc malloc: %s", " ".join(f"{name}={environ[name]}" for name in MALLOC_SETTINGS))
+
+
 def _check_port_free(host: str, port: int) -> None:
     family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -236,6 +251,7 @@ def run(config_path: str) -> int:
         raise StartupError(f"[channel] socket_path: cannot bind {channel['socket_path']}: "
                            f"{exc.strerror or exc}") from None
 
+    _log_malloc_settings()          # after every check that can refuse to start: errors stay one line
     app = LanApp(authenticator=Authenticator(users), readings=readings,
                  channel_counters=receiver.counters, lan_started=time.time(),
                  time_zone=lan["time_zone"], default_base_url=default_base_url(lan["bind"], lan["port"]),

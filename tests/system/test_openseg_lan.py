@@ -4,6 +4,7 @@ signals, sockets it opens, logs, sd_notify)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -304,6 +305,19 @@ def test_unreadable_openssl_conf_exits_2_naming_it(installation, tmp_path):
 
 def test_start_up_log_names_where_the_tls_groups_come_from(lan, tmp_path):
     assert f"TLS key-exchange groups: OPENSSL_CONF={LAN_ENVIRONMENT['OPENSSL_CONF']}" in lan.log_text()
+
+
+def test_start_up_log_names_the_malloc_settings(lan):
+    assert (f"glibc malloc: MALLOC_ARENA_MAX={LAN_ENVIRONMENT['MALLOC_ARENA_MAX']} "
+            f"MALLOC_MMAP_THRESHOLD_={LAN_ENVIRONMENT['MALLOC_MMAP_THRESHOLD_']}") in lan.log_text()
+
+
+@pytest.mark.parametrize("environ, unset", [({}, "MALLOC_ARENA_MAX and MALLOC_MMAP_THRESHOLD_ not set"),
+                                            ({"MALLOC_ARENA_MAX": "2"}, "MALLOC_MMAP_THRESHOLD_ not set")])
+def test_without_the_malloc_settings_the_log_warns(environ, unset, caplog):
+    with caplog.at_level(logging.INFO, logger="openseg.lan"):
+        lan_main._log_malloc_settings(environ)
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and unset in caplog.records[0].getMessage()
 
 
 class NotifySocket:

@@ -3,11 +3,16 @@
 scrypt is memory-hard and in the standard library (hashlib), so no extra dependency. The parameters
 (N=2^14, r=8, p=6: 16 MiB per hash, ~0.3 s on a desktop core, ~1 s on a small ARM board) are above
 OWASP's equivalent scrypt settings, whose row for 16 MiB is p=5 (Password Storage Cheat Sheet, from
-tobtu.com's "minimum password settings": N*p >= 600000/r * 0.95). They were N=2^15, p=3 (32 MiB): the
-same CPU work (N*p*r), half the memory, because a guess's hash is the LAN's largest allocation and a
-Pi Zero 2 W has 512 MB for everything (issue 16). The server caches verified credentials (auth.py),
-so a correct client pays this once while it keeps using the server, not per request. Parameters are
-stored in each hash, so older hashes keep working and new ones can be raised later.
+tobtu.com's "minimum password settings": N*p >= 600000/r * 0.95, a GPU memory-bandwidth model). They
+were N=2^15, p=3 (32 MiB): the same CPU work (N*r*p) and the same cost in that model, half the memory,
+so half the memory x time an attacker with custom hardware pays; acceptable for generated passwords
+(~115 bits), and chosen ones are at least 10 characters. The reason: a guess's hash was the LAN's
+largest allocation, and a Pi Zero 2 W has 512 MB for everything (issue 16). The server caches verified
+credentials (auth.py), so a correct client pays this once while it keeps using the server, not per
+request. Parameters are stored in each hash, so older hashes keep working and new ones can be raised.
+
+The freed 16 MiB goes back to the system only with the unit's MALLOC_MMAP_THRESHOLD_: glibc's default
+raises its mmap threshold after such a free (up to 32 MiB) and then keeps the buffer in an arena.
 
 Hash format: scrypt$ln=14,r=8,p=6$<salt base64>$<key base64>
 """
@@ -18,12 +23,37 @@ import hashlib
 import hmac
 import re
 import secrets
+from typing import NamedTuple
+
+
+class Parameters(NamedTuple):
+    ln: int         # log2 of N, the CPU/memory cost
+    r: int          # block size
+    p: int          # parallelisation: lanes run one after another in OpenSSL, reusing the memory
+
+    @property
+    def memory(self) -> int:
+        """Bytes one hash needs (128 * r * N)."""
+        return (128 * self.r) << self.ln
+
+    @property
+    def work(self) -> int:
+        """The CPU work of one hash, in units of a 128-byte block mix (N * r * p)."""
+        return (self.r * self.p) << self.ln
+
+    def __str__(self) -> str:
+        return f"ln={self.ln},r={self.r},p={self.p}"
+
 
 LOG2_N, R, P = 14, 8, 6
+CURRENT = Parameters(LOG2_N, R, P)
 SALT_BYTES, KEY_BYTES = 16, 32
 # Bounds for parameters read back from a users file, so a corrupt or hostile file cannot make the
-# server allocate gigabytes or spin for minutes on one login.
+# server allocate more than a small board can give or spin for seconds on one login: at most OWASP's
+# 64 MiB row in memory, at most 4 x its costliest row (N=2^17, r=8, p=1) in work.
 _LN_RANGE, _R_RANGE, _P_RANGE = (10, 20), (1, 16), (1, 16)
+MAX_MEMORY = 64 << 20
+MAX_WORK = 4 * ((8 * 1) << 17)
 
 MIN_PASSWORD_LEN = 10       # for passwords a person chooses (--password-stdin)
 MAX_PASSWORD_LEN = 1024
@@ -74,6 +104,13 @@ def parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes]:
     for name, value, (lo, hi) in (("ln", ln, _LN_RANGE), ("r", r, _R_RANGE), ("p", p, _P_RANGE)):
         if not lo <= value <= hi:
             raise HashFormatError(f"scrypt parameter {name}={value} outside {lo}-{hi}")
+    cost = Parameters(ln, r, p)
+    if cost.memory > MAX_MEMORY:
+        raise HashFormatError(f"scrypt parameters {cost} need {cost.memory >> 20} MiB, more than "
+                              f"{MAX_MEMORY >> 20} MiB")
+    if cost.work > MAX_WORK:
+        raise HashFormatError(f"scrypt parameters {cost} are {cost.work / CURRENT.work:.0f} times the "
+                              f"work of {CURRENT}, more than {MAX_WORK / CURRENT.work:.0f} times")
     try:
         salt = base64.b64decode(m.group(4), validate=True)
         key = base64.b64decode(m.group(5), validate=True)
@@ -82,6 +119,12 @@ def parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes]:
     if len(salt) < 8 or len(key) < 16:
         raise HashFormatError("salt or key too short")
     return ln, r, p, salt, key
+
+
+def parameters(stored: str) -> Parameters:
+    """The parameters of a stored hash (which must already be valid)."""
+    ln, r, p, _salt, _key = parse_hash(stored)
+    return Parameters(ln, r, p)
 
 
 def verify_password(password: str, stored: str) -> bool:

@@ -12,6 +12,7 @@ safe in URLs, HTTP headers, log lines and TOML without any escaping.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import logging
@@ -175,6 +176,7 @@ class UsersStore:
         self._lock = threading.Lock()
         self._stamp = self._stat()
         self._users = load(path)          # at start, a bad file is fatal (raises UsersFileError)
+        _note_older_hashes(self._users)
         self._next_check = clock() + check_interval_s
 
     def _stat(self):
@@ -204,6 +206,7 @@ class UsersStore:
                 return
             self._users = users
             log.info("users file reloaded: %d user(s)", len(users))
+            _note_older_hashes(users)
 
     def get(self, name: str) -> User | None:
         self._maybe_reload()
@@ -212,3 +215,22 @@ class UsersStore:
     def __len__(self) -> int:
         self._maybe_reload()
         return len(self._users)
+
+    def hash_parameters(self) -> passwords.Parameters:
+        """The scrypt parameters most users' hashes have (the costliest among equals; new hashes'
+        without users): what a guess at a name nobody has is checked with, so that it takes the
+        time a known name takes."""
+        self._maybe_reload()
+        counts = collections.Counter(passwords.parameters(u.password_hash) for u in self._users.values())
+        return max(counts, key=lambda cost: (counts[cost], cost.work), default=passwords.CURRENT)
+
+
+def _note_older_hashes(users: dict[str, User]) -> None:
+    """Say which users keep hashes made with other parameters than new ones (before issue 16:
+    N=2^15, p=3, 32 MiB per check), and how to re-hash them without changing the password."""
+    other = sorted(name for name, user in users.items()
+                   if passwords.parameters(user.password_hash) != passwords.CURRENT)
+    if other:
+        log.warning("user(s) %s have password hashes with other scrypt parameters than new ones (%s, "
+                    "%d MiB): `openseg-admin user passwd NAME --password-stdin` re-hashes the same password",
+                    ", ".join(other), passwords.CURRENT, passwords.CURRENT.memory >> 20)

@@ -16,8 +16,8 @@ Order of checks for a request, and why:
      addresses guessing one user). These limits stop strangers only; a known client is not counted
      in them and is not refused by them.
    Link-local IPv6 addresses are never grouped: fe80::/64 is on every interface and means nothing.
-3. The KDF runs for unknown users too (against a dummy hash), so timing does not reveal which
-   names exist, and at most `kdf_concurrency` at a time, so a burst of guesses cannot make the
+3. The KDF runs for unknown users too (against a dummy hash with the parameters the users file's
+   hashes have), so timing does not reveal which names exist, and at most `kdf_concurrency` at a time, so a burst of guesses cannot make the
    gateway allocate 16 MiB per worker thread. Concurrent requests with the same credentials share
    one run when it succeeds (SharedVerify); a failed guess always costs its own full run.
 """
@@ -268,13 +268,13 @@ class KnownClients:
                 self._seen.popitem(last=False)
 
 
-def _dummy_hash() -> str:
-    """What an unknown user's guess is checked against: a hash with the same parameters as real ones
-    and a random salt and key, so checking costs a full KDF and matches nothing (a 2^-256 chance).
-    Made without running the KDF: none at start-up (16 MiB and about a second on a small board)."""
+def _dummy_hash(cost: passwords.Parameters) -> str:
+    """What an unknown user's guess is checked against: a hash with the parameters real ones have
+    (`UsersStore.hash_parameters`) and a random salt and key, so checking costs what a known name's
+    check costs and matches nothing (a 2^-256 chance). Made without running the KDF: none at start-up
+    (16 MiB and about a second on a small board)."""
     b64 = lambda n: base64.b64encode(secrets.token_bytes(n)).decode("ascii")  # noqa: E731
-    return (f"scrypt$ln={passwords.LOG2_N},r={passwords.R},p={passwords.P}$"
-            f"{b64(passwords.SALT_BYTES)}${b64(passwords.KEY_BYTES)}")
+    return f"scrypt${cost}${b64(passwords.SALT_BYTES)}${b64(passwords.KEY_BYTES)}"
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,14 @@ class Authenticator:
         self.known = KnownClients(known_ttl_s, clock=clock)
         self.cache = VerifiedCache(cache_ttl_s, clock=clock)
         self.shared_verify = SharedVerify(verify, threading.BoundedSemaphore(kdf_concurrency))
-        self._dummy_hash = _dummy_hash()
+        self._dummies: dict[passwords.Parameters, str] = {}
+
+    def dummy_hash(self) -> str:
+        """The hash a guess at an unknown name is checked against, with the users file's parameters
+        (one per set of parameters, kept: made once, no KDF)."""
+        cost = self.users.hash_parameters()
+        dummy = self._dummies.get(cost)
+        return dummy if dummy is not None else self._dummies.setdefault(cost, _dummy_hash(cost))
 
     def throttles_for(self, name: str, remote_addr: str) -> list[tuple[Throttle, str]]:
         """The (throttle, key) pairs an attempt by `name` from `remote_addr` is counted in, in order."""
@@ -350,7 +357,7 @@ class Authenticator:
         if not taken:
             return Decision(retry_after_s=wait)
 
-        stored = user.password_hash if user else self._dummy_hash
+        stored = user.password_hash if user else self.dummy_hash()
         good = self.shared_verify((stored, self.cache.digest(name, password)), password, stored)
         if good and user is not None:
             for throttle, key, stamp in taken:

@@ -8,6 +8,8 @@ cache at once.
 from __future__ import annotations
 
 import base64
+import hashlib
+import logging
 import os
 import threading
 import time
@@ -38,14 +40,33 @@ def test_hash_verify_roundtrip_and_default_parameters():
     stored = passwords.hash_password("correct horse battery")
     assert stored.startswith(f"scrypt$ln={passwords.LOG2_N},r={passwords.R},p={passwords.P}$")
     n = 1 << passwords.LOG2_N
-    assert 128 * passwords.R * n >= 16 << 20                  # >= 16 MiB per hash: memory-hard
+    assert 128 * passwords.R * n == 16 << 20         # 16 MiB per hash: memory-hard, and issue 16's bound
     # tobtu.com's minimum scrypt settings, the source of OWASP's table: N >= 600000/r/p * 0.95
     assert n * passwords.R * passwords.P >= 600_000 * 0.95
     # the CPU work of the parameters used before (N=2^15, r=8, p=3), so a guess costs no less
     assert n * passwords.R * passwords.P >= (1 << 15) * 8 * 3
+    assert passwords.CURRENT == (passwords.LOG2_N, passwords.R, passwords.P)
+    assert passwords.CURRENT.memory == 128 * passwords.R * n and passwords.CURRENT.work == n * passwords.R * passwords.P
     assert passwords.verify_password("correct horse battery", stored)
     assert not passwords.verify_password("correct horse batterz", stored)
     assert not passwords.verify_password("", stored)
+
+
+@pytest.mark.parametrize("cost", [passwords.CURRENT, passwords.Parameters(15, 8, 3)])
+def test_the_stored_key_is_scrypt_with_the_stored_parameters(cost):
+    """A known answer from hashlib.scrypt called here with the parameters the hash names: the KDF
+    really runs with them (a p or N that the header claims but the call drops would fail this)."""
+    stored = passwords.hash_password("correct horse battery", ln=cost.ln, r=cost.r, p=cost.p)
+    _, params, salt, key = stored.split("$")
+    assert params == str(cost)
+    expected = hashlib.scrypt(b"correct horse battery", salt=base64.b64decode(salt), n=2 ** cost.ln,
+                              r=cost.r, p=cost.p, maxmem=1 << 30, dklen=32)
+    assert base64.b64decode(key) == expected
+
+
+def test_owasps_rows_up_to_64_mib_are_accepted_from_a_users_file():
+    for ln, p in ((16, 2), (15, 3), (14, 5), (13, 10)):
+        assert passwords.parse_hash(f"scrypt$ln={ln},r=8,p={p}$c2FsdHNhbHRzYWx0$" + "A" * 44)[:3] == (ln, 8, p)
 
 
 def test_hashes_made_with_the_earlier_parameters_still_verify():
@@ -63,6 +84,9 @@ def test_same_password_hashes_differently():
     "", "plain", "scrypt$ln=15,r=8,p=1$c2FsdHNhbHQ=",                          # missing key
     "scrypt$ln=40,r=8,p=1$c2FsdHNhbHRzYWx0$" + "A" * 44,                      # absurd memory
     "scrypt$ln=15,r=99,p=1$c2FsdHNhbHRzYWx0$" + "A" * 44,
+    "scrypt$ln=20,r=8,p=1$c2FsdHNhbHRzYWx0$" + "A" * 44,                      # 1 GiB
+    "scrypt$ln=17,r=8,p=1$c2FsdHNhbHRzYWx0$" + "A" * 44,                      # 128 MiB
+    "scrypt$ln=16,r=8,p=16$c2FsdHNhbHRzYWx0$" + "A" * 44,                     # 64 MiB, 16x the work
     "scrypt$ln=15,r=8,p=1$!!!$" + "A" * 44,
     "bcrypt$ln=15,r=8,p=1$c2FsdHNhbHRzYWx0$" + "A" * 44,
 ])
@@ -211,7 +235,9 @@ def test_unknown_user_costs_a_kdf_too(store):
     assert not auth.check("10.0.0.1", basic("mallory", "whatever1")).ok
     assert not auth.check("10.0.0.1", basic("bad name!", "whatever1")).ok
     assert len(verify.calls) == 2
-    assert all(c == auth._dummy_hash for c in verify.calls)
+    assert all(c == auth.dummy_hash() for c in verify.calls)
+    # the users' own parameters (FAST here), so a guess at a name nobody has takes a known name's time
+    assert passwords.parameters(verify.calls[0]) == passwords.Parameters(**FAST)
 
 
 def test_address_throttle_before_kdf_and_other_address_gets_in(store):
@@ -538,6 +564,53 @@ def test_no_kdf_at_start_and_the_dummy_hash_matches_nothing(store):
     verify = CountingVerify()
     auth = Authenticator(store, verify=verify)
     assert verify.calls == []
-    passwords.parse_hash(auth._dummy_hash)                       # a well-formed hash, full parameters
-    assert auth._dummy_hash.startswith(f"scrypt$ln={passwords.LOG2_N},r={passwords.R},p={passwords.P}$")
-    assert not passwords.verify_password("", auth._dummy_hash)
+    dummy = auth.dummy_hash()
+    assert verify.calls == []                                    # made without the KDF
+    passwords.parse_hash(dummy)                                  # a well-formed hash
+    assert dummy.startswith(f"scrypt$ln={FAST['ln']},r={FAST['r']},p={FAST['p']}$")
+    assert auth.dummy_hash() == dummy                            # one per set of parameters, kept
+    assert not passwords.verify_password("", dummy)
+
+
+def test_the_dummy_hash_follows_the_users_files_parameters(tmp_path):
+    """An unknown name costs what a known one costs: the parameters most users have (the costliest
+    among equals), new hashes' parameters with no users, and a reload changes it."""
+    path = tmp_path / "users.toml"
+    clock = Clock()
+    old = passwords.hash_password("alice-password", ln=15, r=8, p=3)              # before issue 16
+    path.write_text(users_file.render({"alice": User("alice", "s1", old)}))
+    store = UsersStore(str(path), clock=clock)
+    auth = Authenticator(store)
+    assert auth.dummy_hash().startswith("scrypt$ln=15,r=8,p=3$")
+    users = {"alice": User("alice", "s1", old),
+             "bob": User("bob", "s2", passwords.hash_password("bob-password", **FAST)),
+             "carol": User("carol", "s3", passwords.hash_password("carol-password", **FAST))}
+    path.write_text(users_file.render(users))
+    clock.t += 2
+    assert auth.dummy_hash().startswith(f"scrypt$ln={FAST['ln']},r={FAST['r']},p={FAST['p']}$")
+    del users["carol"]                                           # one each: the costlier
+    path.write_text(users_file.render(users))
+    clock.t += 2
+    assert auth.dummy_hash().startswith("scrypt$ln=15,r=8,p=3$")
+    path.write_text(users_file.render({}))
+    clock.t += 2
+    assert auth.dummy_hash().startswith(f"scrypt${passwords.CURRENT}$")
+
+
+def test_users_with_older_hashes_are_named_in_the_log(tmp_path, caplog):
+    path = tmp_path / "users.toml"
+    users = {"alice": User("alice", "s1", passwords.hash_password("alice-password", ln=15, r=8, p=3)),
+             "bob": User("bob", "s2", passwords.hash_password("bob-password"))}
+    path.write_text(users_file.render(users))
+    with caplog.at_level(logging.WARNING, logger="openseg.lan.users"):
+        UsersStore(str(path))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "user(s) alice have" in lines[0] and "bob" not in lines[0]
+    assert "--password-stdin" in lines[0]
+    caplog.clear()
+    users["alice"] = User("alice", "s1", passwords.hash_password("alice-password"))
+    path.write_text(users_file.render(users))
+    with caplog.at_level(logging.WARNING, logger="openseg.lan.users"):
+        UsersStore(str(path))
+    assert caplog.records == []
+
