@@ -256,7 +256,7 @@ def bench_memory(seconds: float) -> dict:
     half = [x for x in samples if x[0] >= seconds / 2]
     def at(t):
         return min(samples, key=lambda x: abs(x[0] - t))
-    # Growth is judged on medians over a window (a tenth of the run, 10 min in the hour) at half time
+    # Growth is judged on medians over a window (a sixth of the run, 10 min in the hour) at half time
     # and at the end: a single 10-s sample can fall on a transient (a wrong password's 16 MiB hash, a
     # Download My Data answer) and would hide growth or invent it.
     window = seconds / 6
