@@ -202,6 +202,7 @@ def bench_request(n: int) -> dict:
     from tests.support.channel_messages import reading, status
     from openseg.lan_server import main as lan_main
     from openseg.lan_server.accounts import passwords, users_file
+    from openseg.lan_server.http.access_log import AccessLog
     from openseg.lan_server.http.app import LanApp
     from openseg.lan_server.http.auth import Authenticator
     from openseg.lan_server.state.readings import Readings
@@ -212,9 +213,8 @@ def bench_request(n: int) -> dict:
     users.write_text(users_file.render({"alice": User("alice", "sub1", passwords.hash_password("alice-pw-123"))}))
     lan_main.setup_logging()
     devnull = open(os.devnull, "w")
-    for name in ("openseg", "openseg.lan.access"):          # the access log has its own handler
-        for h in logging.getLogger(name).handlers:
-            h.setStream(devnull)
+    for h in logging.getLogger("openseg").handlers:
+        h.setStream(devnull)
     store = hs.HistoryStore(str(d / hs.FILE_NAME), 35, log=lambda _: None)
     r = Readings(30.0, history=store)
     now = time.time()
@@ -223,7 +223,8 @@ def bench_request(n: int) -> dict:
         r.apply(reading(i, i, now - 350 + 7 * i))
     store.flush()
     app = LanApp(authenticator=Authenticator(UsersStore(str(users))), readings=r, channel_counters=lambda: {},
-                 lan_started=now, time_zone="Europe/Paris", default_base_url="https://gw:8443")
+                 lan_started=now, time_zone="Europe/Paris", default_base_url="https://gw:8443",
+                 access_log=AccessLog(devnull.fileno()))
     auth = "Basic " + base64.b64encode(b"alice:alice-pw-123").decode()
 
     def cost(wsgi, path: str) -> float:

@@ -33,6 +33,7 @@ from openseg.shared_schema import sd_notify
 
 from .accounts import cert_dates
 from .http import cert_names, tls
+from .http.access_log import AccessLog
 from .http.app import PROBE_HEADER, LanApp
 from .http.auth import Authenticator
 from .state.channel_receiver import ChannelReceiver
@@ -73,33 +74,6 @@ class OneLineFormatter(logging.Formatter):
         return super().format(record).replace("\r", "").replace("\n", " | ")
 
 
-class AccessLineHandler(logging.StreamHandler):
-    """The access log's handler. Every request writes one line, so its cost is every request's cost:
-    the same line OneLineFormatter makes, with the timestamp's text kept for the second it names and
-    without the per-record lock (one write and flush of a whole line, as StreamHandler does under it).
-    The access line is built from printable parts (app._printable), so it needs no line-break guard."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._second = -1
-        self._stamp = ""
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        self.emit(record)
-        return True
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            second = int(record.created)
-            if second != self._second:
-                self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-            self.stream.write(f"{self._stamp},{int(record.msecs):03d} {record.levelname} {record.name}: "
-                              f"{record.getMessage()}\n")
-            self.stream.flush()
-        except Exception:
-            self.handleError(record)
-
-
 class _NoCherryPyTimestamp(logging.Filter):
     """CherryPy prefixes its messages with its own "[24/Nov/2026:13:30:32] "; ours is enough."""
 
@@ -110,11 +84,7 @@ class _NoCherryPyTimestamp(logging.Filter):
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    # Every request writes an access-log line, so a record's cost is per-request cost. Our format uses
-    # no source location, thread or process name; not collecting them (the logging HOWTO's
-    # "Optimization" section names these switches) takes a third off each record.
-    logging._srcfile = None
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    # The access log, one line per request, does not come through here (http/access_log.py).
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter())
     for name in ("openseg", "cherrypy.error"):
@@ -123,9 +93,6 @@ def setup_logging(level: int = logging.INFO) -> None:
         logger.setLevel(level)
         logger.propagate = False
     logging.getLogger("cherrypy.error").addFilter(_NoCherryPyTimestamp())
-    access = logging.getLogger("openseg.lan.access")
-    access.handlers[:] = [AccessLineHandler(sys.stderr)]
-    access.propagate = False
 
 
 def _warn_if_readable_by_others(path: str, what: str) -> None:
@@ -255,7 +222,8 @@ def run(config_path: str) -> int:
     app = LanApp(authenticator=Authenticator(users), readings=readings,
                  channel_counters=receiver.counters, lan_started=time.time(),
                  time_zone=lan["time_zone"], default_base_url=default_base_url(lan["bind"], lan["port"]),
-                 link_hosts=cert_names.from_pem_file(lan["certificate"]), currency=lan["currency"])
+                 link_hosts=cert_names.from_pem_file(lan["certificate"]), currency=lan["currency"],
+                 access_log=AccessLog(sys.stderr.fileno()))
     configure_http(app, lan, context)
 
     stop = threading.Event()

@@ -416,21 +416,31 @@ def test_watchdog_is_withheld_while_requests_cannot_get_through(tmp_path):
         notify.close()
 
 
-def test_access_lines_are_the_lines_every_other_logger_writes():
-    """AccessLineHandler (the per-request fast path) writes exactly what OneLineFormatter on a
-    StreamHandler writes for the same record: one format for grep and journald, whichever wrote it."""
+def test_access_lines_are_the_lines_every_other_logger_writes(tmp_path):
+    """AccessLog (the per-request line, outside the logging module) writes exactly what OneLineFormatter
+    on a StreamHandler writes for the same message at the same time: one format for grep and journald,
+    whichever wrote it."""
     import io
     import logging
 
-    from openseg.lan_server.main import AccessLineHandler, OneLineFormatter
-    fast, plain = io.StringIO(), io.StringIO()
+    from openseg.lan_server.http.access_log import AccessLog
+    from openseg.lan_server.main import OneLineFormatter
+    plain = io.StringIO()
     reference = logging.StreamHandler(plain)
     reference.setFormatter(OneLineFormatter())
-    for created in (1764642000.0, 1764642000.999, 1764642001.5, 1764645600.25):
-        record = logging.makeLogRecord({"name": "openseg.lan.access", "levelno": logging.INFO,
-                                        "levelname": "INFO", "msg": '%s %s "%s %s" %d %d %.1fms',
-                                        "args": ("10.0.0.2", "alice", "GET", "/api/v1/current", 200, 151, 0.4),
-                                        "created": created, "msecs": int((created - int(created)) * 1000) + 0.0})
-        AccessLineHandler(fast).handle(record)
-        reference.handle(record)
-    assert fast.getvalue() == plain.getvalue() and fast.getvalue().count("\n") == 4
+    times = [1764642000.0, 1764642000.999, 1764642001.5, 1764645600.25]
+    fd = os.open(tmp_path / "access.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        fast = AccessLog(fd, clock=iter(times).__next__)
+        for created in times:
+            fast.line("10.0.0.2", "alice", "GET", "/api/v1/current", 200, 151, 0.4)
+            record = logging.makeLogRecord({"name": "openseg.lan.access", "levelno": logging.INFO,
+                                            "levelname": "INFO", "msg": '%s %s "%s %s" %d %d %.1fms',
+                                            "args": ("10.0.0.2", "alice", "GET", "/api/v1/current", 200, 151, 0.4),
+                                            "created": created,
+                                            "msecs": int((created - int(created)) * 1000) + 0.0})
+            reference.handle(record)
+    finally:
+        os.close(fd)
+    written = (tmp_path / "access.log").read_text()
+    assert written == plain.getvalue() and written.count("\n") == 4

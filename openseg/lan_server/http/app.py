@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
 from ..accounts.users_file import User
+from .access_log import AccessLog, printable
 from .auth import WWW_AUTHENTICATE, Authenticator
 from . import web_resources
 from .web_resources import NO_STORE, Response
 
 log = logging.getLogger("openseg.lan.http")
-access_log = logging.getLogger("openseg.lan.access")
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 ESPI_PREFIX = "/espi/1_1/resource/"
@@ -68,6 +68,7 @@ _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-
 MAX_QUERY_FIELDS = 32
 BASE_URL_CACHE = 64
 PROBE_HEADER = "X-OpenSEG-Probe"
+_PROBE_KEY = "HTTP_" + PROBE_HEADER.upper().replace("-", "_")      # its WSGI environ key
 # gzip where it pays: the page's JSON and its own files, from 1 KiB up (a day of chart data, 170 KB,
 # is ~25 KB gzipped; a current value, ~150 bytes, would grow). Not the ESPI Atom: Download My Data is
 # megabytes, read on the LAN, where a small board's CPU costs more than the bytes.
@@ -81,12 +82,6 @@ GZIP_LEVEL = 6
 
 def _text(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return Response(status, "text/plain; charset=utf-8", (message + "\n").encode(), headers or {})
-
-
-def _printable(text: str, limit: int = 200) -> str:
-    """For log lines: one line, bounded, no control characters from the client."""
-    text = text[:limit]
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _accepts_gzip(header: str) -> bool:
@@ -149,8 +144,11 @@ class LanApp:
     def __init__(self, *, authenticator: Authenticator, readings: Any,
                  channel_counters: Callable[[], dict], lan_started: float, time_zone: str,
                  default_base_url: str, static_dir: str = STATIC_DIR, resources: Resources | None = None,
-                 link_hosts: frozenset[str] = frozenset(), currency: int | None = None):
+                 link_hosts: frozenset[str] = frozenset(), currency: int | None = None,
+                 access_log: AccessLog | None = None):
         self.auth = authenticator
+        # One line per request, on standard error unless given another file descriptor.
+        self.access_log = AccessLog(2) if access_log is None else access_log
         self.readings = readings
         self.channel_counters = channel_counters
         self.lan_started = lan_started
@@ -188,7 +186,7 @@ class LanApp:
             else:
                 reply = _text(401, "authentication required", {"WWW-Authenticate": WWW_AUTHENTICATE})
         except Exception:
-            log.exception("internal error on %s %s", method, _printable(path))
+            log.exception("internal error on %s %s", method, printable(path))
             reply = _text(500, "internal error")
 
         if (len(reply.body) >= GZIP_MIN_BYTES and reply.content_type in GZIP_TYPES
@@ -197,12 +195,11 @@ class LanApp:
         headers = self._headers(reply)
         status = _STATUS_LINES.get(reply.status) or f"{reply.status} {http.HTTPStatus(reply.status).phrase}"
         start_response(status, headers)
-        probe = environ.get("HTTP_" + PROBE_HEADER.upper().replace("-", "_"), "")
+        probe = environ.get(_PROBE_KEY, "")
         if not (probe and hmac.compare_digest(probe.encode("utf-8", "surrogateescape"),
                                               self.probe_token.encode())):
-            access_log.info("%s %s \"%s %s\" %d %d %.1fms", remote, user_name, _printable(method, 16),
-                            _printable(path), reply.status, len(reply.body),
-                            (time.perf_counter() - started) * 1000)
+            self.access_log.line(remote, user_name, method, path, reply.status, len(reply.body),
+                                 (time.perf_counter() - started) * 1000)
         return [] if method == "HEAD" else [reply.body]
 
     def _headers(self, reply: Response) -> list[tuple[str, str]]:
@@ -211,7 +208,7 @@ class LanApp:
         for name, value in reply.headers.items():
             key = name.lower()
             if "\r" in value or "\n" in value or key in out or key in _SECURITY_KEYS:
-                log.error("dropped response header %s", _printable(name))
+                log.error("dropped response header %s", printable(name))
                 continue
             out[key] = (name, value)
         for name, value in NO_STORE.items():    # measurements and errors: never kept by any cache

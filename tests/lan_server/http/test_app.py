@@ -9,10 +9,12 @@ import io
 import json
 import logging
 import os
+import re
 
 import pytest
 
 from openseg.lan_server.accounts import passwords, users_file
+from openseg.lan_server.http.access_log import AccessLog
 from openseg.lan_server.http.app import CSP, STATIC_DIR, STATIC_TYPES, LanApp
 from openseg.lan_server.http.web_resources import Response as Reply
 from openseg.lan_server.http.auth import Authenticator
@@ -67,10 +69,20 @@ def app(tmp_path, static_dir):
              for n in ("alice", "bob")}
     path.write_text(users_file.render(users))
     auth = Authenticator(UsersStore(str(path)), address_limit=3, user_limit=6)
-    return LanApp(authenticator=auth, readings=object(), channel_counters=lambda: {"received": 7},
-                  lan_started=1234.5, time_zone="Europe/Paris", default_base_url="https://gw.local:8443/",
-                  static_dir=str(static_dir), resources=FakeResources(),
-                  link_hosts=frozenset({"gw.local", "gateway.lan", "fe80::1", "192.168.1.20"}))
+    fd = os.open(tmp_path / "access.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        yield LanApp(authenticator=auth, readings=object(), channel_counters=lambda: {"received": 7},
+                     lan_started=1234.5, time_zone="Europe/Paris", default_base_url="https://gw.local:8443/",
+                     static_dir=str(static_dir), resources=FakeResources(),
+                     link_hosts=frozenset({"gw.local", "gateway.lan", "fe80::1", "192.168.1.20"}),
+                     access_log=AccessLog(fd))
+    finally:
+        os.close(fd)
+
+
+def access_lines(tmp_path) -> list[str]:
+    """What the app fixture's access log holds, line by line."""
+    return (tmp_path / "access.log").read_bytes().decode("utf-8").splitlines(keepends=True)
 
 
 def call(app, path, *, user="alice", method="GET", query="", host="gw.local:8443", remote="10.0.0.1",
@@ -264,22 +276,24 @@ def test_throttled_is_429_with_retry_after(app):
     assert call(app, "/api/v1/current", remote="10.0.0.2")[0] == 200
 
 
-def test_watchdog_probe_is_answered_but_not_access_logged(app, caplog):
-    caplog.set_level(logging.INFO, logger="openseg.lan.access")
+def test_watchdog_probe_is_answered_but_not_access_logged(app, tmp_path):
     probe = {"HTTP_X_OPENSEG_PROBE": app.probe_token}
     assert call(app, "/", user=None, headers=probe)[0] == 401
-    assert not [r for r in caplog.records if r.name == "openseg.lan.access"]
+    assert access_lines(tmp_path) == []
     assert call(app, "/", user=None, headers={"HTTP_X_OPENSEG_PROBE": "guess"})[0] == 401
     assert call(app, "/", user=None, headers={"HTTP_X_OPENSEG_PROBE": "gu\xe9ss"})[0] == 401
-    assert len([r for r in caplog.records if r.name == "openseg.lan.access"]) == 2
+    assert len(access_lines(tmp_path)) == 2
 
 
-def test_access_log_is_one_line_with_user_and_status(app, caplog):
-    caplog.set_level(logging.INFO, logger="openseg.lan.access")
-    call(app, "/api/v1/current\nforged line")
-    (record,) = [r for r in caplog.records if r.name == "openseg.lan.access"]
-    line = record.getMessage()
-    assert "\n" not in line and "alice" in line and " 404 " in line
+def test_access_log_is_one_line_with_user_and_status(app, tmp_path):
+    call(app, "/api/v1/current\nforged line", method="G\rET")
+    call(app, "/api/v1/whoami", user="bob")
+    forged, whoami = access_lines(tmp_path)
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert re.fullmatch(stamp + r' INFO openseg\.lan\.access: 10\.0\.0\.1 alice "G\\rET /api/v1/current\\nforged '
+                        r'line" 405 18 \d+\.\dms\n', forged), forged
+    assert re.fullmatch(stamp + r' INFO openseg\.lan\.access: 10\.0\.0\.1 bob "GET /api/v1/whoami" 200 \d+ '
+                        r'\d+\.\dms\n', whoami), whoami
 
 
 @pytest.mark.parametrize("accept, gzipped", [("gzip, deflate, br", True), ("br;q=1.0, gzip;q=0.8", True),
