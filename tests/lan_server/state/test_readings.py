@@ -96,6 +96,19 @@ def test_scaling_change_is_dated():
     assert r.snapshot().scaling_since == clock()
 
 
+def test_readings_with_the_same_scaling_share_one_scaling_object():
+    clock = Clock()
+    r = Readings(30.0, clock=clock)
+    for seq in range(1, 4):
+        r.apply(reading(seq, seq - 1, clock.advance(7)))
+    r.apply(reading(4, 3, clock.advance(7), scaling=SCALING_1_1000))
+    r.apply(reading(5, 4, clock.advance(7), scaling=SCALING_1_1000))
+    a, b, c, d, e = r.snapshot().history
+    assert a.scaling is b.scaling is c.scaling
+    assert d.scaling is e.scaling and d.scaling != a.scaling
+    assert (a.scaling.multiplier, a.scaling.divisor, d.scaling.multiplier, d.scaling.divisor) == (3, 10000, 1, 1000)
+
+
 def test_concurrent_writer_and_readers_see_consistent_snapshots():
     r = Readings(30.0, history_s=500.0)            # real clock: entries are timed near now
     now = time.time()
