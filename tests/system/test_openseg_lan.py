@@ -444,3 +444,32 @@ def test_access_lines_are_the_lines_every_other_logger_writes(tmp_path):
         os.close(fd)
     written = (tmp_path / "access.log").read_text()
     assert written == plain.getvalue() and written.count("\n") == 4
+
+
+def test_collect_cycles_frees_old_cyclic_garbage_a_younger_collection_leaves():
+    """What supervise runs each minute: a cycle that reached the oldest generation (as a keep-alive
+    connection does) and then died is freed by it, not by the younger collections CPython runs often."""
+    import gc
+    import weakref
+
+    from openseg.lan_server.main import collect_cycles
+
+    class Connection:
+        pass
+
+    was_enabled = gc.isenabled()
+    gc.disable()            # no automatic collection in between
+    try:
+        gc.collect()
+        assert collect_cycles() is False             # nothing allocated since: nothing to do
+        conn = Connection()
+        conn.me = conn                                # a cycle, like cheroot's HTTPConnection
+        ref = weakref.ref(conn)
+        gc.collect(1)                                 # it survives a younger collection: now oldest
+        del conn
+        gc.collect(1)
+        assert ref() is not None                      # younger collections do not look at it
+        assert collect_cycles() is True and ref() is None
+    finally:
+        if was_enabled:
+            gc.enable()
