@@ -68,6 +68,13 @@ class HashFormatError(ValueError):
     pass
 
 
+class StoredHash(NamedTuple):
+    """A users file's password hash, parsed and within bounds (parse_hash)."""
+    cost: Parameters
+    salt: bytes
+    key: bytes
+
+
 def generate_password() -> str:
     return "-".join("".join(secrets.choice(_ALPHABET) for _ in range(5)) for _ in range(4))
 
@@ -83,20 +90,20 @@ def check_chosen_password(password: str) -> str | None:
     return None
 
 
-def _kdf(password: str, salt: bytes, ln: int, r: int, p: int) -> bytes:
-    n = 1 << ln
-    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
-                          maxmem=2 * 128 * r * n + (1 << 20), dklen=KEY_BYTES)
+def _kdf(password: str, salt: bytes, cost: Parameters) -> bytes:
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=1 << cost.ln, r=cost.r, p=cost.p,
+                          maxmem=2 * cost.memory + (1 << 20), dklen=KEY_BYTES)
 
 
 def hash_password(password: str, *, ln: int = LOG2_N, r: int = R, p: int = P) -> str:
+    cost = Parameters(ln, r, p)
     salt = secrets.token_bytes(SALT_BYTES)
-    key = _kdf(password, salt, ln, r, p)
+    key = _kdf(password, salt, cost)
     b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
-    return f"scrypt$ln={ln},r={r},p={p}${b64(salt)}${b64(key)}"
+    return f"scrypt${cost}${b64(salt)}${b64(key)}"
 
 
-def parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes]:
+def parse_hash(stored: str) -> StoredHash:
     m = _FORMAT.fullmatch(stored)
     if not m:
         raise HashFormatError("not an OpenSEG scrypt hash (scrypt$ln=..,r=..,p=..$salt$key)")
@@ -118,19 +125,18 @@ def parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes]:
         raise HashFormatError("salt or key is not valid base64") from None
     if len(salt) < 8 or len(key) < 16:
         raise HashFormatError("salt or key too short")
-    return ln, r, p, salt, key
+    return StoredHash(cost, salt, key)
 
 
 def parameters(stored: str) -> Parameters:
     """The parameters of a stored hash (which must already be valid)."""
-    ln, r, p, _salt, _key = parse_hash(stored)
-    return Parameters(ln, r, p)
+    return parse_hash(stored).cost
 
 
 def verify_password(password: str, stored: str) -> bool:
     """Constant-time check of `password` against a stored hash (which must already be valid)."""
-    ln, r, p, salt, key = parse_hash(stored)
+    cost, salt, key = parse_hash(stored)
     if len(password) > MAX_PASSWORD_LEN:
         # Still do the work, so an over-long guess is not a faster way to learn anything.
         password = password[:MAX_PASSWORD_LEN] + "\0"
-    return hmac.compare_digest(_kdf(password, salt, ln, r, p), key)
+    return hmac.compare_digest(_kdf(password, salt, cost), key)

@@ -176,6 +176,7 @@ class UsersStore:
         self._lock = threading.Lock()
         self._stamp = self._stat()
         self._users = load(path)          # at start, a bad file is fatal (raises UsersFileError)
+        self._common_cost = _common_parameters(self._users)
         _note_older_hashes(self._users)
         self._next_check = clock() + check_interval_s
 
@@ -204,7 +205,7 @@ class UsersStore:
                 log.error("users file not reloaded, keeping the previous %d user(s): %s",
                           len(self._users), exc)
                 return
-            self._users = users
+            self._users, self._common_cost = users, _common_parameters(users)
             log.info("users file reloaded: %d user(s)", len(users))
             _note_older_hashes(users)
 
@@ -219,10 +220,14 @@ class UsersStore:
     def hash_parameters(self) -> passwords.Parameters:
         """The scrypt parameters most users' hashes have (the costliest among equals; new hashes'
         without users): what a guess at a name nobody has is checked with, so that it takes the
-        time a known name takes."""
+        time a known name takes. Worked out when the file is read, not per guess."""
         self._maybe_reload()
-        counts = collections.Counter(passwords.parameters(u.password_hash) for u in self._users.values())
-        return max(counts, key=lambda cost: (counts[cost], cost.work), default=passwords.CURRENT)
+        return self._common_cost
+
+
+def _common_parameters(users: dict[str, User]) -> passwords.Parameters:
+    counts = collections.Counter(passwords.parameters(u.password_hash) for u in users.values())
+    return max(counts, key=lambda cost: (counts[cost], cost.work), default=passwords.CURRENT)
 
 
 def _note_older_hashes(users: dict[str, User]) -> None:
