@@ -129,8 +129,8 @@ def _log_malloc_settings(environ=os.environ) -> None:
     mmap threshold), so the LAN's memory figures (bench/RESULTS.md) do not hold."""
     unset = [name for name in MALLOC_SETTINGS if not environ.get(name)]
     if unset:
-        log.warning("glibc malloc: %s not set, so freed memory stays with the process; the unit and "
-                    "`make run` set MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072", " and ".join(unset))
+        log.warning("glibc malloc: %s not set, so freed memory stays with the process; the unit "
+                    "(deploy/openseg-lan.service) and `make run` set both", " and ".join(unset))
     else:
         log.info("glibc malloc: %s", " ".join(f"{name}={environ[name]}" for name in MALLOC_SETTINGS))
 

@@ -4,7 +4,6 @@ signals, sockets it opens, logs, sd_notify)."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import signal
@@ -312,14 +311,6 @@ def test_start_up_log_names_the_malloc_settings(lan):
             f"MALLOC_MMAP_THRESHOLD_={LAN_ENVIRONMENT['MALLOC_MMAP_THRESHOLD_']}") in lan.log_text()
 
 
-@pytest.mark.parametrize("environ, unset", [({}, "MALLOC_ARENA_MAX and MALLOC_MMAP_THRESHOLD_ not set"),
-                                            ({"MALLOC_ARENA_MAX": "2"}, "MALLOC_MMAP_THRESHOLD_ not set")])
-def test_without_the_malloc_settings_the_log_warns(environ, unset, caplog):
-    with caplog.at_level(logging.INFO, logger="openseg.lan"):
-        lan_main._log_malloc_settings(environ)
-    assert [r.levelname for r in caplog.records] == ["WARNING"] and unset in caplog.records[0].getMessage()
-
-
 class NotifySocket:
     """Stands in for systemd's notify socket."""
 
@@ -414,62 +405,3 @@ def test_watchdog_is_withheld_while_requests_cannot_get_through(tmp_path):
             s.close()
         server.stop()
         notify.close()
-
-
-def test_access_lines_are_the_lines_every_other_logger_writes(tmp_path):
-    """AccessLog (the per-request line, outside the logging module) writes exactly what OneLineFormatter
-    on a StreamHandler writes for the same message at the same time: one format for grep and journald,
-    whichever wrote it."""
-    import io
-    import logging
-
-    from openseg.lan_server.http.access_log import AccessLog
-    from openseg.lan_server.main import OneLineFormatter
-    plain = io.StringIO()
-    reference = logging.StreamHandler(plain)
-    reference.setFormatter(OneLineFormatter())
-    times = [1764642000.0, 1764642000.999, 1764642001.5, 1764645600.25]
-    fd = os.open(tmp_path / "access.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        fast = AccessLog(fd, clock=iter(times).__next__)
-        for created in times:
-            fast.line("10.0.0.2", "alice", "GET", "/api/v1/current", 200, 151, 0.4)
-            record = logging.makeLogRecord({"name": "openseg.lan.access", "levelno": logging.INFO,
-                                            "levelname": "INFO", "msg": '%s %s "%s %s" %d %d %.1fms',
-                                            "args": ("10.0.0.2", "alice", "GET", "/api/v1/current", 200, 151, 0.4),
-                                            "created": created,
-                                            "msecs": int((created - int(created)) * 1000) + 0.0})
-            reference.handle(record)
-    finally:
-        os.close(fd)
-    written = (tmp_path / "access.log").read_text()
-    assert written == plain.getvalue() and written.count("\n") == 4
-
-
-def test_collect_cycles_frees_old_cyclic_garbage_a_younger_collection_leaves():
-    """What supervise runs each minute: a cycle that reached the oldest generation (as a keep-alive
-    connection does) and then died is freed by it, not by the younger collections CPython runs often."""
-    import gc
-    import weakref
-
-    from openseg.lan_server.main import collect_cycles
-
-    class Connection:
-        pass
-
-    was_enabled = gc.isenabled()
-    gc.disable()            # no automatic collection in between
-    try:
-        gc.collect()
-        assert collect_cycles() is False             # nothing allocated since: nothing to do
-        conn = Connection()
-        conn.me = conn                                # a cycle, like cheroot's HTTPConnection
-        ref = weakref.ref(conn)
-        gc.collect(1)                                 # it survives a younger collection: now oldest
-        del conn
-        gc.collect(1)
-        assert ref() is not None                      # younger collections do not look at it
-        assert collect_cycles() is True and ref() is None
-    finally:
-        if was_enabled:
-            gc.enable()

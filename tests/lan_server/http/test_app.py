@@ -7,7 +7,6 @@ import base64
 import gzip
 import io
 import json
-import logging
 import os
 import re
 
