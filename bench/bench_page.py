@@ -22,7 +22,7 @@ Everything runs as the real console commands (emulator on a pty, openseg-han, op
            of the range's full answer, measured in the same run). "Slow requests" are answers that took
            more than 100 ms by the access log: a login that runs scrypt is one.
 3. request  the CPU one request costs openseg-lan's application (openseg.lan_server.http.app.LanApp with the
-           production logging set-up, writing its access log to /dev/null), in this process, one
+           production logging set-up and its AccessLog writing to /dev/null), in this process, one
            thread, for the current-value IntervalBlock and /api/v1/current, beside bench/bare_server.py's
            hello WSGI callable measured the same way: the part of a request that is ours. The HTTP/TLS
            stack (cheroot), the same for both servers, is run_all.py's throughput figure (1).
@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, BenchStack, cpu_s, machine, rss_kb, write_section  # noqa: E402
+from common import BenchStack, cpu_s, machine, rss_kb, write_section  # noqa: E402
 
 from bench_history import build_store  # noqa: E402
 

@@ -26,6 +26,7 @@ import ssl
 import sys
 import threading
 import time
+from typing import Callable
 
 import cherrypy
 
@@ -85,7 +86,8 @@ class _NoCherryPyTimestamp(logging.Filter):
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    # The access log, one line per request, does not come through here (http/access_log.py).
+    # The access log, one line per request, does not come through here, nor does `level` apply to it
+    # (http/access_log.py).
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter())
     for name in ("openseg", "cherrypy.error"):
@@ -133,6 +135,14 @@ def _log_malloc_settings(environ=os.environ) -> None:
                     "(deploy/openseg-lan.service) and `make run` set both", " and ".join(unset))
     else:
         log.info("glibc malloc: %s", " ".join(f"{name}={environ[name]}" for name in MALLOC_SETTINGS))
+
+
+def _access_log() -> AccessLog:
+    """The access log on standard error (the journal under systemd). Started without one (fd 2 closed,
+    so sys.stderr is None), fd 2 may be any file opened since, so the lines go nowhere instead."""
+    if sys.stderr is None:
+        return AccessLog(os.open(os.devnull, os.O_WRONLY))
+    return AccessLog(sys.stderr.fileno())
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -224,7 +234,7 @@ def run(config_path: str) -> int:
                  channel_counters=receiver.counters, lan_started=time.time(),
                  time_zone=lan["time_zone"], default_base_url=default_base_url(lan["bind"], lan["port"]),
                  link_hosts=cert_names.from_pem_file(lan["certificate"]), currency=lan["currency"],
-                 access_log=AccessLog(sys.stderr.fileno()))
+                 access_log=_access_log())
     configure_http(app, lan, context)
 
     stop = threading.Event()
@@ -241,7 +251,9 @@ def run(config_path: str) -> int:
         cherrypy.engine.start()
         # Everything made so far (modules, configuration, the worker threads) lives as long as the
         # process: out of the cyclic collector's sight, a full collection has only newer objects to
-        # walk (a few ms instead of 26), so supervise can afford one a minute.
+        # walk (a few ms instead of 26), so supervise can afford one a minute. Collected first, so no
+        # start-up garbage is frozen with it.
+        gc.collect()
         gc.freeze()
         log.info("serving %s on %s:%d (%d user(s))", default_base_url(lan["bind"], lan["port"]),
                  lan["bind"], lan["port"], len(users))
@@ -300,21 +312,22 @@ def collect_cycles() -> bool:
     return True
 
 
-def supervise(stop: threading.Event, receiver: ChannelReceiver, probe: Probe) -> int:
+def supervise(stop: threading.Event, receiver: ChannelReceiver, probe: Probe, *,
+              monotonic: Callable[[], float] = time.monotonic) -> int:
     """Wait for SIGTERM/SIGINT; collect cyclic garbage every CYCLES_EVERY_S. Under systemd's watchdog,
     every WatchdogSec/4 probe the request path and check the receiver thread; WATCHDOG=1 goes out only
     while both are fine (sd_notify.Watchdog)."""
     dog = sd_notify.Watchdog({"http", "channel"})
     every = dog.interval / 4 if dog.armed else 5.0
     reported: str | None = None
-    next_collection = time.monotonic() + CYCLES_EVERY_S
+    next_collection = monotonic() + CYCLES_EVERY_S
     while not stop.wait(every):
         if cherrypy.engine.state != cherrypy.engine.states.STARTED:
             log.error("the HTTP engine stopped unexpectedly")
             return 1
-        if time.monotonic() >= next_collection:
+        if monotonic() >= next_collection:
             collect_cycles()
-            next_collection = time.monotonic() + CYCLES_EVERY_S
+            next_collection = monotonic() + CYCLES_EVERY_S
         if not dog.armed:
             continue
         problems = []

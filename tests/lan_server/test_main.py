@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 
@@ -15,34 +14,6 @@ def test_without_the_malloc_settings_the_log_warns(environ, unset, caplog):
     with caplog.at_level(logging.INFO, logger="openseg.lan"):
         lan_main._log_malloc_settings(environ)
     assert [r.levelname for r in caplog.records] == ["WARNING"] and unset in caplog.records[0].getMessage()
-
-
-def test_access_lines_are_the_lines_every_other_logger_writes(tmp_path):
-    """AccessLog (the per-request line, outside the logging module) writes exactly what OneLineFormatter
-    on a StreamHandler writes for the same message at the same time: one format for grep and journald,
-    whichever wrote it."""
-    import io
-
-    from openseg.lan_server.http.access_log import AccessLog
-    plain = io.StringIO()
-    reference = logging.StreamHandler(plain)
-    reference.setFormatter(lan_main.OneLineFormatter())
-    times = [1764642000.0, 1764642000.999, 1764642001.5, 1764645600.25]
-    fd = os.open(tmp_path / "access.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        fast = AccessLog(fd, clock=iter(times).__next__)
-        for created in times:
-            fast.line("10.0.0.2", "alice", "GET", "/api/v1/current", 200, 151, 0.4)
-            record = logging.makeLogRecord({"name": "openseg.lan.access", "levelno": logging.INFO,
-                                            "levelname": "INFO", "msg": '%s %s "%s %s" %d %d %.1fms',
-                                            "args": ("10.0.0.2", "alice", "GET", "/api/v1/current", 200, 151, 0.4),
-                                            "created": created,
-                                            "msecs": int((created - int(created)) * 1000) + 0.0})
-            reference.handle(record)
-    finally:
-        os.close(fd)
-    written = (tmp_path / "access.log").read_text()
-    assert written == plain.getvalue() and written.count("\n") == 4
 
 
 def test_collect_cycles_frees_old_cyclic_garbage_a_younger_collection_leaves():
@@ -70,3 +41,24 @@ def test_collect_cycles_frees_old_cyclic_garbage_a_younger_collection_leaves():
     finally:
         if was_enabled:
             gc.enable()
+
+
+def test_supervise_collects_cycles_once_a_minute(monkeypatch):
+    """supervise wakes every 5 s (no watchdog here) and runs collect_cycles when a minute has passed
+    since the last, by its monotonic clock."""
+    import cherrypy
+
+    now = [0.0]
+    collections = []
+
+    class Stop:
+        """threading.Event's wait, on the test's clock: 5 s pass per wake; set after 150 s."""
+        def wait(self, timeout):
+            now[0] += timeout
+            return now[0] > 150
+
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    monkeypatch.setattr(cherrypy.engine, "state", cherrypy.engine.states.STARTED)
+    monkeypatch.setattr(lan_main, "collect_cycles", lambda: collections.append(now[0]))
+    assert lan_main.supervise(Stop(), receiver=None, probe=None, monotonic=lambda: now[0]) == 0
+    assert collections == [60.0, 120.0]

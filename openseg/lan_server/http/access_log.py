@@ -11,6 +11,8 @@ the whole line, straight away: nothing waits in a buffer for a crash to lose.
 
 Each part is made printable first (`printable`), so a client cannot start a line of its own, and a line
 stays far below PIPE_BUF (4096 bytes), so lines written by several threads at once never interleave.
+Other log lines go through sys.stderr's own buffer; a line of theirs longer than that (a traceback
+made one line) may be written in pieces, and an access line can land between two of them.
 """
 from __future__ import annotations
 
@@ -22,9 +24,13 @@ LOGGER_NAME = "openseg.lan.access"      # where the line says it comes from, as 
 
 
 def printable(text: str, limit: int = 200) -> str:
-    """For log lines: one line, bounded, no control characters from the client."""
+    """For log lines: one line, bounded, no control characters from the client, and no quote or
+    backslash of its own, so a path cannot close the quoted request and fake the fields after it, and
+    an escape in the line is always one this made."""
     text = text[:limit]
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return text.encode("unicode_escape").decode("ascii").replace('"', "\\x22")
 
 
 class AccessLog:

@@ -141,14 +141,12 @@ class Resources(Protocol):
 
 
 class LanApp:
-    def __init__(self, *, authenticator: Authenticator, readings: Any,
+    def __init__(self, *, authenticator: Authenticator, readings: Any, access_log: AccessLog,
                  channel_counters: Callable[[], dict], lan_started: float, time_zone: str,
                  default_base_url: str, static_dir: str = STATIC_DIR, resources: Resources | None = None,
-                 link_hosts: frozenset[str] = frozenset(), currency: int | None = None,
-                 access_log: AccessLog | None = None):
+                 link_hosts: frozenset[str] = frozenset(), currency: int | None = None):
         self.auth = authenticator
-        # One line per request, on standard error unless given another file descriptor.
-        self.access_log = AccessLog(2) if access_log is None else access_log
+        self.access_log = access_log        # one line per request (main: on standard error)
         self.readings = readings
         self.channel_counters = channel_counters
         self.lan_started = lan_started

@@ -15,7 +15,6 @@ from urllib.parse import urlencode
 
 from ..espi import feed as ef
 from ..espi import query as espi_query
-from ..espi import interval_energy as ie
 from . import metrics
 from ..state.history_source import answer_source, open_store, store_exponent
 from ..state.history_store import Row, file_bytes, t_ms_of
