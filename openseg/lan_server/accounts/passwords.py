@@ -90,9 +90,9 @@ def check_chosen_password(password: str) -> str | None:
     return None
 
 
-def _kdf(password: str, salt: bytes, cost: Parameters) -> bytes:
+def _kdf(password: str, salt: bytes, cost: Parameters, length: int = KEY_BYTES) -> bytes:
     return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=1 << cost.ln, r=cost.r, p=cost.p,
-                          maxmem=2 * cost.memory + (1 << 20), dklen=KEY_BYTES)
+                          maxmem=2 * cost.memory + (1 << 20), dklen=length)
 
 
 def hash_password(password: str, *, ln: int = LOG2_N, r: int = R, p: int = P) -> str:
@@ -125,6 +125,8 @@ def parse_hash(stored: str) -> StoredHash:
         raise HashFormatError("salt or key is not valid base64") from None
     if len(salt) < 8 or len(key) < 16:
         raise HashFormatError("salt or key too short")
+    if len(key) > 64:
+        raise HashFormatError("key longer than 64 bytes")
     return StoredHash(cost, salt, key)
 
 
@@ -139,4 +141,6 @@ def verify_password(password: str, stored: str) -> bool:
     if len(password) > MAX_PASSWORD_LEN:
         # Still do the work, so an over-long guess is not a faster way to learn anything.
         password = password[:MAX_PASSWORD_LEN] + "\0"
-    return hmac.compare_digest(_kdf(password, salt, cost), key)
+    # As long a key as the hash stores (16-64 bytes; ours are KEY_BYTES), so every hash the users file
+    # accepts can verify.
+    return hmac.compare_digest(_kdf(password, salt, cost, len(key)), key)

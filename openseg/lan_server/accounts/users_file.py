@@ -175,9 +175,10 @@ class UsersStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._stamp = self._stat()
-        self._users = load(path)          # at start, a bad file is fatal (raises UsersFileError)
-        self._common_cost = _common_parameters(self._users)
-        _note_older_hashes(self._users)
+        users = load(path)               # at start, a bad file is fatal (raises UsersFileError)
+        # The users and their hashes' common parameters, replaced together (one reference) on reload.
+        self._held = (users, _common_parameters(users))
+        _note_older_hashes(users)
         self._next_check = clock() + check_interval_s
 
     def _stat(self):
@@ -203,26 +204,26 @@ class UsersStore:
                 users = load(self.path)
             except UsersFileError as exc:
                 log.error("users file not reloaded, keeping the previous %d user(s): %s",
-                          len(self._users), exc)
+                          len(self._held[0]), exc)
                 return
-            self._users, self._common_cost = users, _common_parameters(users)
+            self._held = (users, _common_parameters(users))
             log.info("users file reloaded: %d user(s)", len(users))
             _note_older_hashes(users)
 
     def get(self, name: str) -> User | None:
         self._maybe_reload()
-        return self._users.get(name)
+        return self._held[0].get(name)
 
     def __len__(self) -> int:
         self._maybe_reload()
-        return len(self._users)
+        return len(self._held[0])
 
     def hash_parameters(self) -> passwords.Parameters:
         """The scrypt parameters most users' hashes have (the costliest among equals; new hashes'
         without users): what a guess at a name nobody has is checked with, so that it takes the
         time a known name takes. Worked out when the file is read, not per guess."""
         self._maybe_reload()
-        return self._common_cost
+        return self._held[1]
 
 
 def _common_parameters(users: dict[str, User]) -> passwords.Parameters:

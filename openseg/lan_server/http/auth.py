@@ -211,7 +211,7 @@ class SharedVerify:
         self._verify = verify
         self._slots = slots
         self._lock = threading.Lock()
-        self._running: dict[tuple[str, bytes], _Run] = {}     # (stored hash, credential HMAC)
+        self._running: dict[tuple[str, bytes], _Run] = {}     # (stored hash, credential MAC)
 
     def __call__(self, key: tuple[str, bytes], password: str, stored: str) -> bool:
         with self._lock:

@@ -64,6 +64,19 @@ def test_the_stored_key_is_scrypt_with_the_stored_parameters(cost):
     assert base64.b64decode(key) == expected
 
 
+@pytest.mark.parametrize("length", [16, 20, 64])
+def test_a_stored_key_of_any_accepted_length_verifies(length):
+    """parse_hash accepts keys of 16 to 64 bytes, so verification derives as many (from hashlib.scrypt
+    here, the independent reference): a hash with a shorter key than ours must not lock its user out."""
+    salt = b"saltsaltsalt"
+    key = hashlib.scrypt(b"correct horse battery", salt=salt, n=2 ** 10, r=8, p=1, dklen=length)
+    stored = f"scrypt$ln=10,r=8,p=1${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
+    assert passwords.verify_password("correct horse battery", stored)
+    assert not passwords.verify_password("correct horse batterz", stored)
+    with pytest.raises(passwords.HashFormatError, match="longer than 64"):
+        passwords.parse_hash(stored.rsplit("$", 1)[0] + "$" + base64.b64encode(bytes(65)).decode())
+
+
 def test_owasps_rows_up_to_64_mib_are_accepted_from_a_users_file():
     for ln, p in ((16, 2), (15, 3), (14, 5), (13, 10)):
         assert passwords.parse_hash(f"scrypt$ln={ln},r=8,p={p}$c2FsdHNhbHRzYWx0$" + "A" * 44).cost == (ln, 8, p)
@@ -479,6 +492,21 @@ def test_verified_cache_lives_while_used_and_expires_when_idle():
     assert not cache.hit(u, "pw2")        # a wrong password neither hits nor keeps the entry alive
     clock.t += 3.0
     assert not cache.hit(u, "pw")         # 10 s without a hit
+
+
+def test_verified_cache_mac_is_keyed_per_process_and_full_length():
+    """The cache keeps a MAC of the credentials, never the password: 32 bytes, under a key of its own
+    (another process's cache, or a reader of this one's memory, cannot match it), and no wrong
+    password among thousands matches it (a truncated MAC would let one in 1 in 2^8 * length)."""
+    clock = Clock()
+    one, other = VerifiedCache(10.0, clock=clock), VerifiedCache(10.0, clock=clock)
+    assert len(one.digest("alice", "pw")) == 32
+    assert one.digest("alice", "pw") == one.digest("alice", "pw") != other.digest("alice", "pw")
+    assert one.digest("alice", "pw") != one.digest("alice", "pw ") != one.digest("alicE", "pw")
+    u = User("alice", "sub1", "scrypt$hash-a")
+    one.add(u, "right-password")
+    assert not any(one.hit(u, f"wrong-{i}") for i in range(3000))
+    assert one.hit(u, "right-password")
 
 
 def test_verified_cache_bound_drops_the_least_recently_used():
