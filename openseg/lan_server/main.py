@@ -251,8 +251,8 @@ def run(config_path: str) -> int:
         cherrypy.engine.start()
         # Everything made so far (modules, configuration, the worker threads) lives as long as the
         # process: out of the cyclic collector's sight, a full collection has only newer objects to
-        # walk (a few ms instead of 26), so supervise can afford one a minute. Collected first, so no
-        # start-up garbage is frozen with it.
+        # walk (the start-up objects alone took 26 ms a collection, in a process that imported the
+        # LAN), so supervise can afford one a minute. Collected first, so no start-up garbage is frozen.
         gc.collect()
         gc.freeze()
         log.info("serving %s on %s:%d (%d user(s))", default_base_url(lan["bind"], lan["port"]),
@@ -304,8 +304,9 @@ def collect_cycles() -> bool:
     cheroot's connection objects are reference cycles (each HTTPConnection wraps its own bound methods
     in lru_cache), so a closed connection is freed only by a collection of the oldest generation, which
     CPython runs when the long-lived objects have grown by a quarter: under the bench's load every 15
-    minutes or more, with every connection closed meanwhile kept (bench/RESULTS.md, issue 16, the hour
-    of memory). Collecting each minute keeps one minute's."""
+    minutes or more, with every connection closed meanwhile kept. Collecting each minute keeps one
+    minute's. It bounds that garbage; it did not change the slow growth of the hour of memory
+    (bench/RESULTS.md, issue 16, notes of (5)), which has another cause."""
     if gc.get_count()[2] == 0:
         return False
     gc.collect()

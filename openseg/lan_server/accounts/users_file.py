@@ -22,7 +22,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 from openseg.shared_schema.text_file import TextFileError, parse_toml, read_text
 
@@ -162,6 +162,13 @@ def locked(path: str) -> Iterator[None]:
         os.close(fd)
 
 
+class _Held(NamedTuple):
+    """What the store holds from one reading of the file: replaced as one reference on reload, so a
+    request never sees one file's users with another's parameters."""
+    users: dict[str, User]
+    common_cost: passwords.Parameters      # _common_parameters(users)
+
+
 class UsersStore:
     """The server's view of the users file, re-read when it changes (checked at most every
     `check_interval_s`). A file that becomes unreadable or invalid is logged and the last good
@@ -176,8 +183,7 @@ class UsersStore:
         self._lock = threading.Lock()
         self._stamp = self._stat()
         users = load(path)               # at start, a bad file is fatal (raises UsersFileError)
-        # The users and their hashes' common parameters, replaced together (one reference) on reload.
-        self._held = (users, _common_parameters(users))
+        self._held = _Held(users, _common_parameters(users))
         _note_older_hashes(users)
         self._next_check = clock() + check_interval_s
 
@@ -204,26 +210,26 @@ class UsersStore:
                 users = load(self.path)
             except UsersFileError as exc:
                 log.error("users file not reloaded, keeping the previous %d user(s): %s",
-                          len(self._held[0]), exc)
+                          len(self._held.users), exc)
                 return
-            self._held = (users, _common_parameters(users))
+            self._held = _Held(users, _common_parameters(users))
             log.info("users file reloaded: %d user(s)", len(users))
             _note_older_hashes(users)
 
     def get(self, name: str) -> User | None:
         self._maybe_reload()
-        return self._held[0].get(name)
+        return self._held.users.get(name)
 
     def __len__(self) -> int:
         self._maybe_reload()
-        return len(self._held[0])
+        return len(self._held.users)
 
     def hash_parameters(self) -> passwords.Parameters:
         """The scrypt parameters most users' hashes have (the costliest among equals; new hashes'
         without users): what a guess at a name nobody has is checked with, so that it takes the
         time a known name takes. Worked out when the file is read, not per guess."""
         self._maybe_reload()
-        return self._held[1]
+        return self._held.common_cost
 
 
 def _common_parameters(users: dict[str, User]) -> passwords.Parameters:
