@@ -117,6 +117,43 @@ def test_wrap_does_no_io_and_the_handshake_runs_on_first_read(adapter):
         client_side.close()
 
 
+def test_environ_never_reads_the_session(adapter, monkeypatch):
+    """CPython 3.11 loses a duplicated SSL_SESSION (about 1 KB) on every read of SSLSocket.session
+    (gh-116810); cheroot's own get_environ read it once per connection. The adapter's environ must come
+    from a real handshake without it."""
+    reads = []
+    real = ssl.SSLSocket.session
+
+    def counted(sock):
+        reads.append(sock)
+        return real.fget(sock)
+    monkeypatch.setattr(ssl.SSLSocket, "session", property(counted, real.fset))
+    server_side, client_side = socket.socketpair()
+    server_side.settimeout(10)
+    try:
+        tls_sock, env = adapter.wrap(server_side)
+
+        def client():
+            with client_context().wrap_socket(client_side, server_hostname="localhost") as c:
+                c.sendall(b"GET / HTTP/1.1\r\n")
+                c.recv(100)
+
+        t = threading.Thread(target=client)
+        t.start()
+        assert adapter.makefile(tls_sock, "rb").readline() == b"GET / HTTP/1.1\r\n"
+        writer = adapter.makefile(tls_sock, "wb")
+        writer.write(b"ok")
+        writer.flush()
+        t.join(10)
+        assert set(env) == {"HTTPS", "SSL_PROTOCOL", "SSL_CIPHER"}
+        assert env["SSL_CIPHER"] == tls_sock.cipher()[0]
+        assert reads == []
+        assert tls_sock.session is not None and len(reads) == 1      # the counter sees a read
+    finally:
+        server_side.close()
+        client_side.close()
+
+
 def test_handshake_timeout_and_failure_end_only_that_connection(adapter, caplog):
     caplog.set_level(logging.INFO, logger="openseg.lan.tls")
     adapter.handshake_timeout_s = 0.3
