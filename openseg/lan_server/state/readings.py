@@ -9,8 +9,9 @@ register that moves further than the service can draw (interval_energy.plausible
 identity in a status report, is counted and kept as the last meter event for the status and the page.
 
 One lock guards everything here. Writers hold it for a few attribute updates; readers hold it only
-to copy references into an immutable `Snapshot` (the history deque is copied as a tuple, a C-level
-copy), and build their answers after releasing it, so a slow client never delays the receiver.
+to copy references into an immutable `Snapshot` (the recent window's columns are copied at C level,
+and turned into entries after the lock is released), and build their answers after releasing it, so a
+slow client never delays the receiver.
 """
 from __future__ import annotations
 
@@ -19,50 +20,21 @@ import dataclasses
 import math
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol, Union
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from openseg.shared_schema import messages
 from openseg.shared_schema.messages import LOST_CAUSES, Kind
 
 from ..espi.interval_energy import DEFAULT_SERVICE_W, plausible_rise
 from ..espi.scaling import Scaling, exact
+from .entries import CHANNEL_LOST, Entry, Gap, Reading
+from .recent_window import RecentWindow
 
 if TYPE_CHECKING:       # history_store imports this module
     from .history_store import HistoryState, HistoryStore
 
-CHANNEL_LOST = "channel-lost"    # a gap the LAN side records: the slot's message never arrived
 REGISTER_NAMES = {"summation": "delivered", "received": "received"}
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    seq: int
-    slot: int
-    due: float
-    time: float                  # the value's time tag: when the meter's reply arrived (HAN clock)
-    rtt_s: float
-    summation: int | None        # raw counts; None when the meter flagged the value invalid
-    demand: int | None
-    scaling: Scaling
-    interval_s: float | None     # the poll interval in force when it was taken (see Readings.apply)
-    received: int | None = None  # raw CurrentSummationReceived (energy exported); None: not reported
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    seq: int
-    slot: int
-    due: float
-    cause: str
-
-    @property
-    def time(self) -> float:
-        return self.due
-
-
-Entry = Union[Reading, Gap]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,9 +191,10 @@ class Readings:
         self.created = clock()
         self._lock = threading.Lock()
         # One entry per poll slot (a reading or a gap); at the fastest supported poll (1 s) this
-        # holds history_s seconds, at slower polls the time pruning is what bounds it.
+        # holds history_s seconds, at slower polls the time pruning is what bounds it. Allocated
+        # whole now (recent_window.py says why).
         self.max_entries = max(1, math.ceil(self.history_s))
-        self._history: deque[Entry] = deque(maxlen=self.max_entries)
+        self._history = RecentWindow(self.max_entries)
         self._latest: Reading | None = None
         self._latest_demand: Reading | None = None
         self._latest_summation: Reading | None = None
@@ -360,8 +333,7 @@ class Readings:
                 return dataclasses.replace(e, time=e.time + shift_s, due=e.due + shift_s)
             return dataclasses.replace(e, due=e.due + shift_s)
 
-        self._history = deque(sorted(map(moved, self._history), key=lambda e: e.time),
-                              maxlen=self._history.maxlen)
+        self._history.replace(sorted(map(moved, self._history.entries()), key=lambda e: e.time))
         self._latest, self._latest_demand, self._latest_summation, self._latest_received = (
             None if r is None else moved(r)
             for r in (self._latest, self._latest_demand, self._latest_summation, self._latest_received))
@@ -383,19 +355,21 @@ class Readings:
 
     def _insert(self, entry: Entry) -> None:
         history = self._history
-        if not history or history[-1].time <= entry.time:
+        last = history.last_time()
+        if last is None or last <= entry.time:
             history.append(entry)
             return
         # Only a wall-clock step backwards gets here; keep time order so readers never sort.
-        if len(history) == history.maxlen:
-            history.popleft()
-        keys = [e.time for e in history]
-        history.insert(bisect.bisect_right(keys, entry.time), entry)
+        entries = list(history.entries())
+        if len(entries) == history.capacity:
+            del entries[0]
+        entries.insert(bisect.bisect_right([e.time for e in entries], entry.time), entry)
+        history.replace(entries)
 
     def _prune(self, now: float) -> None:
         horizon = now - self.history_s
         history = self._history
-        while history and history[0].time < horizon:
+        while (first := history.first_time()) is not None and first < horizon:
             history.popleft()
 
     # -- readers (request threads) --------------------------------------------------------------
@@ -403,16 +377,19 @@ class Readings:
         now, now_mono = self._clock(), self._mono()
         with self._lock:
             self._prune(now)
-            entries = tuple(self._history) if history else ()
-            return Snapshot(
+            window = self._history.copy() if history else None
+            snap = Snapshot(
                 now=now, created=self.created, stale_after_s=self.stale_after_s,
                 silent_after_s=self.silent_after_s, history_s=self.history_s,
                 latest=self._latest, latest_demand=self._latest_demand,
                 latest_summation=self._latest_summation, latest_received=self._latest_received,
-                history=entries, report=self._report, queries=self._queries,
+                report=self._report, queries=self._queries,
                 last_message_at=self._last_message_at, scaling_since=self._scaling_since,
                 now_mono=now_mono, uptime_s=now_mono - self.created_mono,
-                power_bound_w=self.power_bound_w(), observed=self._observed)
+                power_bound_w=self.power_bound_w(), observed=self._observed, history=())
+        if window is None:
+            return snap
+        return dataclasses.replace(snap, history=window.entries())
 
     def latest_of(self, quantity: str) -> Reading | None:
         """Snapshot.latest_with without the cost of a Snapshot: the current-value answers' one read."""
