@@ -39,7 +39,9 @@ class MemorySource:
         value = RAW_VALUE[quantity]
         out = [e for e in snap.history if isinstance(e, Reading) and value(e) is not None]
         latest = snap.latest_with(quantity)
-        if latest is not None and all(r is not latest for r in out):
+        # The history's entries are copies (recent_window), so the latest is found by value: usually
+        # the last one; anywhere after the wall clock stepped back.
+        if latest is not None and not (out and out[-1] == latest) and latest not in out:
             out.append(latest)
             out.sort(key=lambda r: r.time)
         return out

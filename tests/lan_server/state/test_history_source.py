@@ -492,3 +492,20 @@ def test_the_current_value_shortcut_answers_what_the_general_path_does(fed, monk
     history_source._EXPONENTS.clear()
     assert held == {q: history_source.store_exponent(fed.store, q, fed.r.latest_of(q)) for q in ("demand", "summation")}
     assert espi(fed.r, f"Subscription/other/UsagePoint/1/MeterReading/1/IntervalBlock").status == 403
+
+
+def test_from_memory_the_latest_reading_counts_once_wherever_it_lies():
+    """History off: the series is the window plus the latest reading when the window no longer holds it.
+    The window's entries are copies (recent_window), so "holds it" is by value, not identity: the latest
+    must appear once, whether it is the newest entry, an older one (the wall clock stepped back) or gone."""
+    clock = Clock()
+    r = Readings(30.0, history_s=60.0, clock=clock)
+    for i in range(5):
+        r.apply(reading(i, i, clock.advance(7.0), summation=1000 + i))
+    series = lambda: [x.seq for x in history_source.MemorySource(r.snapshot()).readings("summation", None, None)]  # noqa: E731
+    assert series() == [0, 1, 2, 3, 4]
+    r.apply(reading(5, 5, clock() - 20.0, summation=1005))       # tagged before seq 2: the clock stepped back
+    assert r.snapshot().history[-1].seq == 4 and r.snapshot().latest.seq == 5
+    assert sorted(series()) == [0, 1, 2, 3, 4, 5] and len(series()) == 6
+    clock.advance(3600)                                           # the window empties; the latest stays
+    assert series() == [5]
