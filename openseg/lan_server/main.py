@@ -219,7 +219,7 @@ def run(config_path: str) -> int:
     else:
         history = HistoryKeeper(lan["state_dir"], retention, log=history_log)
     readings = Readings(stale_after_s=lan["stale_after_s"], history=history,
-                        service_max_w=lan["service_max_w"])
+                        service_max_w=lan["service_max_w"], poll_interval_s=cfg.han["poll_interval_s"])
     han_uid = channel["han_uid"] if channel["han_uid"] is not None else os.getuid()
     channel_log = logging.getLogger("openseg.lan.channel").info
     receiver = ChannelReceiver(channel["socket_path"], han_uid, readings, channel_log, history)

@@ -145,7 +145,8 @@ def test_environ_never_reads_the_session(adapter, monkeypatch):
         writer.write(b"ok")
         writer.flush()
         t.join(10)
-        assert set(env) == {"HTTPS", "SSL_PROTOCOL", "SSL_CIPHER"}
+        assert set(env) == {"wsgi.url_scheme", "HTTPS", "SSL_PROTOCOL", "SSL_CIPHER"}
+        assert env["wsgi.url_scheme"] == "https"
         assert env["SSL_CIPHER"] == tls_sock.cipher()[0]
         assert reads == []
         assert tls_sock.session is not None and len(reads) == 1      # the counter sees a read

@@ -203,7 +203,7 @@ class WorkerHandshakeAdapter(BuiltinSSLAdapter):
         return tls, env
 
     def get_environ(self, sock):
-        """The connection's TLS entries in the WSGI environ: protocol and cipher only.
+        """The connection's TLS entries in the WSGI environ: the scheme, protocol and cipher only.
 
         Not cheroot's own get_environ, which reads `sock.session`: in CPython 3.11 every read of
         SSLSocket.session duplicates the SSL_SESSION and never frees it (CPython gh-116810, fixed in
@@ -211,7 +211,9 @@ class WorkerHandshakeAdapter(BuiltinSSLAdapter):
         (bench/RESULTS.md, issue 16). Nothing in the gateway reads the other entries (session id,
         cipher key sizes, the server certificate's fields), which cheroot also worked out per connection."""
         cipher = sock.cipher()
-        return {"HTTPS": "on", "SSL_PROTOCOL": cipher[1], "SSL_CIPHER": cipher[0]}
+        # wsgi.url_scheme as cheroot's own sets it: over TLS it is https even when an absolute-form
+        # request line (GET http://...) made cheroot's request say otherwise.
+        return {"wsgi.url_scheme": "https", "HTTPS": "on", "SSL_PROTOCOL": cipher[1], "SSL_CIPHER": cipher[0]}
 
 
 ADAPTER_NAME = "openseg-worker-handshake"

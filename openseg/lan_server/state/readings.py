@@ -15,7 +15,6 @@ slow client never delays the receiver.
 """
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import math
 import threading
@@ -165,9 +164,9 @@ class Readings:
     def __init__(self, stale_after_s: float, history_s: float = 3 * 3600.0,
                  clock: Callable[[], float] = time.time, silent_after_s: float | None = None,
                  history: History | None = None, service_max_w: float = DEFAULT_SERVICE_W,
-                 monotonic: Callable[[], float] = time.monotonic):
-        if not stale_after_s > 0 or not history_s > 0:
-            raise ValueError("stale_after_s and history_s must be positive")
+                 monotonic: Callable[[], float] = time.monotonic, poll_interval_s: float = 1.0):
+        if not stale_after_s > 0 or not history_s > 0 or not poll_interval_s > 0:
+            raise ValueError("stale_after_s, history_s and poll_interval_s must be positive")
         self.stale_after_s = float(stale_after_s)
         self.history_s = float(history_s)
         # A live HAN sends a reading or gap every poll and a status every few tens of seconds, so
@@ -190,10 +189,11 @@ class Readings:
         self.history = history
         self.created = clock()
         self._lock = threading.Lock()
-        # One entry per poll slot (a reading or a gap); at the fastest supported poll (1 s) this
-        # holds history_s seconds, at slower polls the time pruning is what bounds it. Allocated
-        # whole now (recent_window.py says why).
-        self.max_entries = max(1, math.ceil(self.history_s))
+        # One entry per poll slot (a reading or a gap): history_s seconds at the configured poll
+        # (the HAN reads the same file). Should the HAN poll faster, the count bounds the window and it
+        # holds less time; at slower polls the time pruning is what bounds it. Allocated whole now
+        # (recent_window.py says why).
+        self.max_entries = max(1, math.ceil(self.history_s / poll_interval_s))
         self._history = RecentWindow(self.max_entries)
         self._latest: Reading | None = None
         self._latest_demand: Reading | None = None
@@ -358,13 +358,8 @@ class Readings:
         last = history.last_time()
         if last is None or last <= entry.time:
             history.append(entry)
-            return
-        # Only a wall-clock step backwards gets here; keep time order so readers never sort.
-        entries = list(history.entries())
-        if len(entries) == history.capacity:
-            del entries[0]
-        entries.insert(bisect.bisect_right([e.time for e in entries], entry.time), entry)
-        history.replace(entries)
+        else:       # a late gap run, or the wall clock stepped back: keep time order so readers never sort
+            history.insert(entry)
 
     def _prune(self, now: float) -> None:
         horizon = now - self.history_s

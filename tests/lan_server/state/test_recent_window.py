@@ -96,3 +96,40 @@ def test_the_window_takes_its_memory_when_made_and_no_more_as_it_fills():
         tracemalloc.stop()
     assert len(r) == 2000
     assert grown < 4000, f"the window grew by {grown} bytes while filling"
+
+
+def test_any_mix_of_appends_inserts_and_poplefts_matches_a_sorted_list():
+    """Against an independent reference: a plain list kept in time order with bisect (equal times: the
+    newcomer after), trimmed to capacity from the old end, over random operations that wrap the ring."""
+    import bisect
+    import random
+    rng = random.Random(16)
+    for capacity in (1, 2, 7, 50):
+        w, ref = RecentWindow(capacity), []
+        for n in range(600):
+            op = rng.random()
+            if op < 0.15 and ref:
+                w.popleft()
+                del ref[0]
+                continue
+            t = (ref[-1].time if ref else 1.7e9) + rng.choice([-30.0, -3.0, 0.0, 0.0, 1.0, 1.0, 2.5]) \
+                if op < 0.85 else rng.uniform(1.6e9, 1.8e9)
+            e = (_reading(n, time=t, due=t - 0.2) if rng.random() < 0.7
+                 else Gap(seq=n, slot=n, due=t, cause=rng.choice(["timeout", "late", CHANNEL_LOST])))
+            if len(ref) == capacity:
+                del ref[0]
+            if not ref or ref[-1].time <= e.time:
+                w.append(e)
+                ref.append(e)
+            else:
+                w.insert(e)
+                ref.insert(bisect.bisect_right([x.time for x in ref], e.time), e)
+            assert w.entries() == tuple(ref), (capacity, n)
+        assert len(w) == len(ref)
+
+
+def test_readings_size_the_window_for_the_configured_poll():
+    assert Readings(30.0, history_s=3 * 3600.0, poll_interval_s=7.0).max_entries == 1543
+    assert Readings(30.0, history_s=3 * 3600.0).max_entries == 10800          # 1-s polls, the fastest
+    with pytest.raises(ValueError):
+        Readings(30.0, poll_interval_s=0.0)
