@@ -38,6 +38,7 @@ from .http import cert_names, tls
 from .http.access_log import AccessLog
 from .http.app import PROBE_HEADER, LanApp
 from .http.auth import Authenticator
+from .http.worker_pool import LastIdleFirstPool
 from .state.channel_receiver import ChannelReceiver
 from .state.history_keeper import HistoryKeeper
 from .state.history_store import open_history
@@ -51,7 +52,8 @@ log = logging.getLogger("openseg.lan")
 # SOCKET_TIMEOUT_S between bytes), so the pool must outnumber the idle and slow clients a home LAN may
 # throw at it: 128 workers serve a real client at once beside 50 slow-header clients and 20 idle TCP
 # connections (tests/system/test_abuse_lan.py). Cost, measured: 53.7 MB RSS at rest (52.8 MB with 32), 57.5 MB
-# with all of them held.
+# with all of them held. Work goes to the worker that went idle last (http/worker_pool.py), so the
+# workers a moment's load does not need stay as they started instead of each gathering per-thread state.
 # The accept loop itself never waits on a client (tls.WorkerHandshakeAdapter).
 THREAD_POOL = 128
 SOCKET_TIMEOUT_S = 10
@@ -122,17 +124,18 @@ def _warn_if_expiring(cert_path: str, config_path: str) -> None:
         log.warning("TLS certificate %s expires on %s (%s)", cert_path, expires.date(), renew)
 
 
-MALLOC_SETTINGS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")
+MALLOC_SETTINGS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
 
 
 def _log_malloc_settings(environ=os.environ) -> None:
     """Say whether glibc runs with the unit's malloc settings: without them freed memory stays with
-    the process (an arena per busy thread, and a login's 16 MiB hash kept once glibc has raised its
-    mmap threshold), so the LAN's memory figures (bench/RESULTS.md) do not hold."""
+    the process (an arena per busy thread, a login's 16 MiB hash kept once glibc has raised its mmap
+    threshold, freed blocks cached per thread), so the LAN's memory figures (bench/RESULTS.md) do not
+    hold."""
     unset = [name for name in MALLOC_SETTINGS if not environ.get(name)]
     if unset:
         log.warning("glibc malloc: %s not set, so freed memory stays with the process; the unit "
-                    "(deploy/openseg-lan.service) and `make run` set both", " and ".join(unset))
+                    "(deploy/openseg-lan.service) and `make run` set them all", ", ".join(unset))
     else:
         log.info("glibc malloc: %s", " ".join(f"{name}={environ[name]}" for name in MALLOC_SETTINGS))
 
@@ -206,6 +209,11 @@ def configure_http(app: LanApp, lan: dict, context) -> None:
         "server.ssl_private_key": lan["private_key"],
     })
     cherrypy.tree.graft(app, "")
+    # The server made now rather than at engine start, to give it the worker pool that hands work to
+    # the last idle worker (http/worker_pool.py says why); CherryPy keeps a server it is given.
+    server = cherrypy.server
+    server.httpserver, server.bind_addr = server.httpserver_from_self()
+    server.httpserver.requests = LastIdleFirstPool(server.httpserver, THREAD_POOL)
 
 
 def run(config_path: str) -> int:
