@@ -37,7 +37,8 @@ BIN = Path(sys.executable).parent
 # P-384; openseg/lan_server/http/tls.py says why not in code), found as the package's data file without
 # importing the LAN's code (.importlinter).
 LAN_OPENSSL_CONF = str(files("openseg") / "lan_server" / "http" / "openssl.cnf")
-LAN_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "OPENSSL_CONF": LAN_OPENSSL_CONF}
+LAN_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072",
+                   "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0", "OPENSSL_CONF": LAN_OPENSSL_CONF}
 
 
 def command(name: str) -> str:

@@ -8,8 +8,10 @@ import pytest
 from openseg.lan_server import main as lan_main
 
 
-@pytest.mark.parametrize("environ, unset", [({}, "MALLOC_ARENA_MAX and MALLOC_MMAP_THRESHOLD_ not set"),
-                                            ({"MALLOC_ARENA_MAX": "2"}, "MALLOC_MMAP_THRESHOLD_ not set")])
+@pytest.mark.parametrize("environ, unset", [
+    ({}, "MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_, GLIBC_TUNABLES not set"),
+    ({"MALLOC_ARENA_MAX": "2"}, "MALLOC_MMAP_THRESHOLD_, GLIBC_TUNABLES not set"),
+    ({"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}, "GLIBC_TUNABLES not set")])
 def test_without_the_malloc_settings_the_log_warns(environ, unset, caplog):
     with caplog.at_level(logging.INFO, logger="openseg.lan"):
         lan_main._log_malloc_settings(environ)

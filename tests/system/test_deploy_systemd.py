@@ -181,8 +181,9 @@ def test_lan_environment_is_the_same_in_the_unit_and_in_make_run():
     values = [v for line in read_unit("openseg-lan.service")["Service"]["Environment"] for v in line.split()]
     unit = {k: v for k, _, v in (x.partition("=") for x in values) if k != "PYTHONDONTWRITEBYTECODE"}
     assert unit.keys() == LAN_ENVIRONMENT.keys()
-    assert {k: v for k, v in unit.items() if k.startswith("MALLOC_")} == \
-        {k: v for k, v in LAN_ENVIRONMENT.items() if k.startswith("MALLOC_")}
+    assert {k: v for k, v in unit.items() if k.startswith(("MALLOC_", "GLIBC_"))} == \
+        {k: v for k, v in LAN_ENVIRONMENT.items() if k.startswith(("MALLOC_", "GLIBC_"))}
+    assert unit["GLIBC_TUNABLES"] == "glibc.malloc.tcache_count=0"
     # the same OpenSSL configuration: `make run` names the package's file, the unit the copy
     # deploy/install-gateway makes of it
     shipped = ROOT / "openseg" / "lan_server" / "http" / "openssl.cnf"

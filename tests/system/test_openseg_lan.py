@@ -308,7 +308,8 @@ def test_start_up_log_names_where_the_tls_groups_come_from(lan, tmp_path):
 
 def test_start_up_log_names_the_malloc_settings(lan):
     assert (f"glibc malloc: MALLOC_ARENA_MAX={LAN_ENVIRONMENT['MALLOC_ARENA_MAX']} "
-            f"MALLOC_MMAP_THRESHOLD_={LAN_ENVIRONMENT['MALLOC_MMAP_THRESHOLD_']}") in lan.log_text()
+            f"MALLOC_MMAP_THRESHOLD_={LAN_ENVIRONMENT['MALLOC_MMAP_THRESHOLD_']} "
+            f"GLIBC_TUNABLES={LAN_ENVIRONMENT['GLIBC_TUNABLES']}") in lan.log_text()
 
 
 class NotifySocket:
