@@ -89,6 +89,17 @@ def adapter(identity):
     return a
 
 
+def _client_sends_a_line(client_side: socket.socket) -> threading.Thread:
+    """A real TLS client on the other end of the pair: handshakes, sends one line, waits for the answer."""
+    def client():
+        with client_context().wrap_socket(client_side, server_hostname="localhost") as c:
+            c.sendall(b"GET / HTTP/1.1\r\n")
+            c.recv(100)
+    t = threading.Thread(target=client)
+    t.start()
+    return t
+
+
 def test_wrap_does_no_io_and_the_handshake_runs_on_first_read(adapter):
     server_side, client_side = socket.socketpair()
     server_side.settimeout(10)
@@ -99,14 +110,7 @@ def test_wrap_does_no_io_and_the_handshake_runs_on_first_read(adapter):
         assert env == {}
         reader = adapter.makefile(tls_sock, "rb")
         writer = adapter.makefile(tls_sock, "wb")
-
-        def client():
-            with client_context().wrap_socket(client_side, server_hostname="localhost") as c:
-                c.sendall(b"GET / HTTP/1.1\r\n")
-                c.recv(100)
-
-        t = threading.Thread(target=client)
-        t.start()
+        t = _client_sends_a_line(client_side)
         assert reader.readline() == b"GET / HTTP/1.1\r\n"       # handshake happened in this thread
         assert env["SSL_PROTOCOL"] in ("TLSv1.3", "TLSv1.2") and env["HTTPS"] == "on"
         writer.write(b"ok")
@@ -132,14 +136,7 @@ def test_environ_never_reads_the_session(adapter, monkeypatch):
     server_side.settimeout(10)
     try:
         tls_sock, env = adapter.wrap(server_side)
-
-        def client():
-            with client_context().wrap_socket(client_side, server_hostname="localhost") as c:
-                c.sendall(b"GET / HTTP/1.1\r\n")
-                c.recv(100)
-
-        t = threading.Thread(target=client)
-        t.start()
+        t = _client_sends_a_line(client_side)
         assert adapter.makefile(tls_sock, "rb").readline() == b"GET / HTTP/1.1\r\n"
         writer = adapter.makefile(tls_sock, "wb")
         writer.write(b"ok")
