@@ -241,11 +241,12 @@ def run(config_path: str) -> int:
                            f"{exc.strerror or exc}") from None
 
     _log_malloc_settings()          # after every check that can refuse to start: errors stay one line
+    access_log = _access_log()
     app = LanApp(authenticator=Authenticator(users), readings=readings,
                  channel_counters=receiver.counters, lan_started=time.time(),
                  time_zone=lan["time_zone"], default_base_url=default_base_url(lan["bind"], lan["port"]),
                  link_hosts=cert_names.from_pem_file(lan["certificate"]), currency=lan["currency"],
-                 access_log=_access_log())
+                 access_log=access_log)
     configure_http(app, lan, context)
 
     stop = threading.Event()
@@ -273,6 +274,7 @@ def run(config_path: str) -> int:
     finally:
         sd_notify.notify("STOPPING=1")
         cherrypy.engine.exit()
+        access_log.close()          # the workers have stopped: every line is queued; write them
         receiver.stop()
         if history is not None:
             history.close()         # the receiver thread has ended: this thread may write now

@@ -92,7 +92,8 @@ def test_make_run_is_one_per_folder_quiet_on_any_port_and_its_meter_carries_on()
                    "three readings")
         # Quiet: nothing more on the console while readings arrive and pages are served.
         assert first.text() == banner
-        assert "GET /api/v1/history" in (folder / "logs" / "lan.log").read_text()
+        wait_until(lambda: "GET /api/v1/history" in (folder / "logs" / "lan.log").read_text(), 10,
+                   "the history requests' access lines")
 
         # A second run on the same folder: names the first, exits, touches nothing.
         before = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)

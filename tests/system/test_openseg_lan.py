@@ -175,6 +175,8 @@ def test_plain_http_on_the_https_port(lan):
 
 def test_log_lines_are_one_event_each(lan):
     lan.request("/api/v1/current")
+    wait_until(lambda: f'{lan.username} "GET /api/v1/current" 200' in lan.log_text(), 10,
+               "the request's access line (written within a tenth of a second)")
     lines = lan.log_text().splitlines()
     assert lines
     pattern = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: .*")
@@ -354,6 +356,21 @@ def test_warns_when_the_certificate_is_about_to_expire(tmp_path):
                      server.log_text()), server.log_text()
 
 
+def test_access_lines_of_the_last_requests_are_written_at_stop(tmp_path):
+    """The access log's writer holds lines for up to a tenth of a second; a SIGTERM right after a
+    burst of requests still finds every one of them in the log (main closes the access log)."""
+    server = LanServer(tmp_path)
+    server.start()
+    try:
+        paths = [f"/api/v1/current?n={i}" for i in range(20)]
+        for path in paths:
+            server.request(path)
+    finally:
+        assert server.stop() == 0
+    text = server.log_text()
+    assert text.count('"GET /api/v1/current" 200') == len(paths), text[-2000:]
+
+
 def test_sd_notify_ready_watchdog_stopping(tmp_path):
     notify = NotifySocket(str(tmp_path / "notify.sock"))
     server = LanServer(tmp_path)
@@ -361,10 +378,15 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path):
         server.start(env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "2000000"})
         first = notify.next(20)
         assert first.startswith("READY=1\n") and "STATUS=serving HTTPS" in first
+        # Access lines reach the log in order, within a tenth of a second (http/access_log.py): once a
+        # request's own line is there, so is every line before it.
+        assert server.request("/api/v1/status")[0] == 200
+        wait_until(lambda: '"GET /api/v1/status" 200' in server.log_text(), 10, "the status request's line")
         unauthenticated = server.log_text().count('"GET /" 401')      # the fixture's readiness checks
         pings = [notify.next(5) for _ in range(3)]               # probe + receiver fine: pings every ~0.5 s
         assert pings == ["WATCHDOG=1"] * 3
         assert server.request("/api/v1/current")[0] == 200
+        wait_until(lambda: '"GET /api/v1/current" 200' in server.log_text(), 10, "the current request's line")
         assert server.log_text().count('"GET /" 401') == unauthenticated    # probes are not logged
     finally:
         assert server.stop() == 0

@@ -3,24 +3,37 @@ under systemd), in the format every other log line has (main.OneLineFormatter):
 
     2026-12-02 08:31:05,123 INFO openseg.lan.access: 10.0.0.2 alice "GET /api/v1/current" 200 151 0.4ms
 
-Every request writes one, so its cost is every request's cost, and issue 16 bounds the access log and
+Every request makes one, so its cost is every request's cost, and issue 16 bounds the access log and
 the current-value answer together at about 0.11 ms of CPU. It therefore does not go through the logging
 module: a LogRecord, the logger's dispatch and the text stream's buffering cost 0.02 ms a line in the
-live server under load (bench/RESULTS.md, issue 16). Here a line is one f-string and one write(2) of
-the whole line, straight away: nothing waits in a buffer for a crash to lose.
+live server under load (bench/RESULTS.md, issue 16). A request thread formats its line (one f-string)
+and queues it; one writer thread writes what is queued.
 
-Each part is made printable first (`printable`), so a client cannot start a line of its own, and a line
-stays far below PIPE_BUF (4096 bytes), so lines written by several threads at once never interleave.
-Other log lines go through sys.stderr's own buffer; a line of theirs longer than that (a traceback
-made one line) may be written in pieces, and an access line can land between two of them.
+Why a writer thread: write(2) lets go of the interpreter lock, and under load another worker takes it,
+so each line written by the worker itself cost it a wait for the lock and two context switches (on the
+bench's machine about 1.5 more switches a request, bench/RESULTS.md, issue 16). The writer waits for the
+first line, gathers what the next FLUSH_EVERY_S brings and writes it whole lines at a time, at most
+PIPE_BUF (4096) bytes a write, so no line is ever cut by a write of another thread and one write carries
+dozens of lines under load. A line therefore reaches the journal within FLUSH_EVERY_S of its request;
+`close()` (at shutdown) writes everything queued. What a crash or SIGKILL loses is at most that last
+tenth of a second of lines. If standard error stops taking lines (a journal that hangs), the queue stops
+at MAX_QUEUED lines (about 1 MB); lines beyond it are counted, not kept, and a WARNING line in the same
+format says how many once writing works again.
+
+Each part is made printable first (`printable`), so a client cannot start a line of its own.
 """
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from typing import Callable
 
 LOGGER_NAME = "openseg.lan.access"      # where the line says it comes from, as a logger's name would
+FLUSH_EVERY_S = 0.1
+MAX_QUEUED = 10_000                     # lines waiting for a standard error that does not take them
+PIPE_BUF = 4096                         # POSIX: a pipe write this size or less is never interleaved
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -34,26 +47,110 @@ def printable(text: str, limit: int = 200) -> str:
 
 
 class AccessLog:
-    def __init__(self, fd: int, *, clock: Callable[[], float] = time.time):
+    """Lines in, written by the writer thread started here. `flush()` waits until every line queued
+    before it is written; `close()` writes the rest and stops the writer (later lines are dropped)."""
+
+    def __init__(self, fd: int, *, clock: Callable[[], float] = time.time, flush_every_s: float = FLUSH_EVERY_S):
         self.fd = fd
         self._clock = clock
+        self._flush_every_s = flush_every_s
         self._stamp = (-1, "")      # (second, its text): the same second for many lines, formatted once
+        self._queue: queue.SimpleQueue[bytes | threading.Event | None] = queue.SimpleQueue()
+        self._closed = False
+        self.dropped = 0            # lines not queued because MAX_QUEUED were waiting
+        self._dropped_lock = threading.Lock()
+        self._reported = 0          # of them, how many a WARNING line has told of
+        self._writer = threading.Thread(target=self._write_queued, name="access-log", daemon=True)
+        self._writer.start()
 
     def line(self, remote: str, user: str, method: str, path: str, status: int, size: int,
              took_ms: float) -> None:
+        if self._closed:
+            return
+        if self._queue.qsize() >= MAX_QUEUED:
+            with self._dropped_lock:
+                self.dropped += 1
+            return
         now = self._clock()
         second = int(now)
         held, stamp = self._stamp
         if second != held:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
             self._stamp = (second, stamp)
-        data = (f"{stamp},{int((now - second) * 1000):03d} INFO {LOGGER_NAME}: {printable(remote, 64)} "
-                f"{printable(user, 64)} \"{printable(method, 16)} {printable(path)}\" {status} {size} "
-                f"{took_ms:.1f}ms\n").encode("utf-8", "backslashreplace")
+        self._queue.put(
+            f"{stamp},{int((now - second) * 1000):03d} INFO {LOGGER_NAME}: {printable(remote, 64)} "
+            f"{printable(user, 64)} \"{printable(method, 16)} {printable(path)}\" {status} {size} "
+            f"{took_ms:.1f}ms\n".encode("utf-8", "backslashreplace"))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every line queued before this call is written (or dropped, if it cannot be)."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._writer.join()
+
+    def __enter__(self) -> "AccessLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the writer thread ---------------------------------------------------------------------------
+    def _write_queued(self) -> None:
+        while True:
+            first = self._queue.get()               # waits without the interpreter lock
+            if isinstance(first, bytes):
+                time.sleep(self._flush_every_s)     # what the next moment brings goes in the same writes
+            lines, markers, last = [], [], False
+            item = first
+            while True:
+                if item is None:
+                    last = True
+                elif isinstance(item, bytes):
+                    lines.append(item)
+                else:
+                    markers.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if self.dropped != self._reported:
+                lines.append(self._dropped_line())
+            self._write_lines(lines)
+            for marker in markers:
+                marker.set()
+            if last:
+                return
+
+    def _dropped_line(self) -> bytes:
+        dropped, self._reported = self.dropped - self._reported, self.dropped
+        now = self._clock()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(now)))
+        return (f"{stamp},{int((now - int(now)) * 1000):03d} WARNING {LOGGER_NAME}: {dropped} access "
+                f"line(s) dropped: standard error did not take them\n").encode()
+
+    def _write_lines(self, lines: list[bytes]) -> None:
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) > PIPE_BUF:
+                self._write(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self._write(b"".join(chunk))
+
+    def _write(self, data: bytes) -> None:
         try:
             while data:                 # a signal can cut a write short; the rest follows
                 data = data[os.write(self.fd, data):]
         except OSError:
-            # The journal is gone (or stderr closed): like the logging module, drop the line; there
+            # The journal is gone (or stderr closed): like the logging module, drop the lines; there
             # is nowhere left to report it.
             pass

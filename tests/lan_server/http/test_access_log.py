@@ -1,15 +1,18 @@
-"""The access log (openseg/lan_server/http/access_log.py): the line every other logger would write, on
-one write of its own, which a client cannot forge and a failing or short write cannot break."""
+"""The access log (openseg/lan_server/http/access_log.py): the line every other logger would write,
+which a client cannot forge; written by one writer thread in whole lines, many to a write, which a
+failing, short or stalled write cannot break."""
 from __future__ import annotations
 
 import io
 import logging
 import os
 import re
+import threading
 import time
 
 import pytest
 
+from openseg.lan_server.http import access_log
 from openseg.lan_server.http.access_log import AccessLog
 from openseg.lan_server.main import OneLineFormatter
 
@@ -32,14 +35,14 @@ def test_access_lines_are_the_lines_every_other_logger_writes(log_file, monkeypa
     reference = logging.StreamHandler(plain)
     reference.setFormatter(OneLineFormatter())
     times = [1764642000.0, 1764642000.9996, 1764642001.5, 1764645600.25]
-    fast = AccessLog(fd, clock=iter(times).__next__)
-    for created in times:
-        fast.line("10.0.0.2", "alice", "GET", "/api/v1/current", 200, 151, 0.4)
-        monkeypatch.setattr(time, "time", lambda: created)
-        reference.handle(logging.LogRecord("openseg.lan.access", logging.INFO, __file__, 1,
-                                           '%s %s "%s %s" %d %d %.1fms',
-                                           ("10.0.0.2", "alice", "GET", "/api/v1/current", 200, 151, 0.4), None))
-        monkeypatch.undo()
+    with AccessLog(fd, clock=iter(times).__next__) as fast:
+        for created in times:
+            fast.line("10.0.0.2", "alice", "GET", "/api/v1/current", 200, 151, 0.4)
+            monkeypatch.setattr(time, "time", lambda: created)
+            reference.handle(logging.LogRecord("openseg.lan.access", logging.INFO, __file__, 1,
+                                               '%s %s "%s %s" %d %d %.1fms',
+                                               ("10.0.0.2", "alice", "GET", "/api/v1/current", 200, 151, 0.4), None))
+            monkeypatch.undo()
     assert path.read_text() == plain.getvalue() and plain.getvalue().count("\n") == 4
     assert ",999 INFO" in plain.getvalue()
 
@@ -52,7 +55,8 @@ def test_access_lines_are_the_lines_every_other_logger_writes(log_file, monkeypa
 ])
 def test_a_client_cannot_forge_a_line_or_its_fields(log_file, path, shown):
     fd, file = log_file
-    AccessLog(fd).line("10.0.0.2", "alice", "GET", path, 404, 23, 0.3)
+    with AccessLog(fd) as log:
+        log.line("10.0.0.2", "alice", "GET", path, 404, 23, 0.3)
     text = file.read_text()
     m = LINE.fullmatch(text)
     assert m and m.group(4) == shown and m.group(5) == "404" and text.count("\n") == 1
@@ -62,7 +66,8 @@ def test_a_short_write_is_finished(log_file, monkeypatch):
     fd, file = log_file
     real = os.write
     monkeypatch.setattr(os, "write", lambda f, data: real(f, data[:7]))     # a signal cut each write short
-    AccessLog(fd, clock=lambda: 1764642000.5).line("10.0.0.2", "alice", "GET", "/api/v1/current", 200, 151, 0.4)
+    with AccessLog(fd, clock=lambda: 1764642000.5) as log:
+        log.line("10.0.0.2", "alice", "GET", "/api/v1/current", 200, 151, 0.4)
     monkeypatch.undo()
     assert LINE.fullmatch(file.read_text())
 
@@ -73,7 +78,91 @@ def test_a_log_that_cannot_be_written_does_not_break_the_request():
     r, w = os.pipe()
     os.close(r)
     try:
-        AccessLog(w).line("10.0.0.2", "alice", "GET", "/", 200, 1, 0.1)      # EPIPE
+        with AccessLog(w) as log:
+            log.line("10.0.0.2", "alice", "GET", "/", 200, 1, 0.1)      # EPIPE
+        assert not log._writer.is_alive()
     finally:
         os.close(w)
-    AccessLog(w).line("10.0.0.2", "alice", "GET", "/", 200, 1, 0.1)          # EBADF: closed
+    with AccessLog(w) as log:
+        log.line("10.0.0.2", "alice", "GET", "/", 200, 1, 0.1)          # EBADF: closed
+        assert log.flush(timeout=10)
+        log.line("10.0.0.2", "alice", "GET", "/", 200, 1, 0.1)          # the writer still takes lines
+        assert log.flush(timeout=10)
+
+
+def test_lines_of_many_threads_come_whole_many_to_a_write_and_none_is_lost(log_file, monkeypatch):
+    """The point of the writer thread: far fewer write(2) calls than lines (a write lets go of the
+    interpreter lock, and under load each cost the worker a wait for it), each write whole lines of at
+    most PIPE_BUF bytes, and every line there once flush() returns."""
+    fd, file = log_file
+    real, writes = os.write, []
+
+    def counted(f, data):
+        writes.append(len(data))
+        return real(f, data)
+    monkeypatch.setattr(os, "write", counted)
+    with AccessLog(fd) as log:
+        def requests(worker):
+            for i in range(500):
+                log.line("10.0.0.2", "alice", "GET", f"/w{worker}/{i}", 200, 151, 0.4)
+        threads = [threading.Thread(target=requests, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert log.flush(timeout=10)
+        lines = file.read_text().splitlines(keepends=True)
+        assert sorted(LINE.fullmatch(x).group(4) for x in lines) == sorted(
+            f"/w{w}/{i}" for w in range(8) for i in range(500))
+    assert max(writes) <= access_log.PIPE_BUF
+    assert len(writes) < len(lines) / 20
+    assert sum(writes) == file.stat().st_size
+
+
+def test_a_line_reaches_the_log_by_itself_within_the_flush_interval(log_file):
+    """No later request, no flush(): the writer writes a lone line on its own."""
+    fd, file = log_file
+    with AccessLog(fd, flush_every_s=0.05) as log:
+        log.line("10.0.0.2", "alice", "GET", "/lone", 200, 1, 0.1)
+        deadline = time.monotonic() + 10
+        while not file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert LINE.fullmatch(file.read_text()).group(4) == "/lone"
+
+
+def test_a_stalled_log_keeps_a_bounded_queue_and_says_what_it_dropped(log_file, monkeypatch):
+    """Standard error that stops taking lines (a hung journal): requests go on, at most MAX_QUEUED
+    lines wait, the rest are counted, and a WARNING line tells how many once writing works again."""
+    fd, file = log_file
+    monkeypatch.setattr(access_log, "MAX_QUEUED", 50)
+    real, stalled = os.write, threading.Event()
+
+    def stalling(f, data):
+        stalled.wait()
+        return real(f, data)
+    monkeypatch.setattr(os, "write", stalling)
+    with AccessLog(fd, flush_every_s=0.0) as log:
+        log.line("10.0.0.2", "alice", "GET", "/first", 200, 1, 0.1)
+        deadline = time.monotonic() + 10
+        while log._queue.qsize() and time.monotonic() < deadline:      # the writer holds /first
+            time.sleep(0.01)
+        for i in range(80):
+            log.line("10.0.0.2", "alice", "GET", f"/{i}", 200, 1, 0.1)
+        assert log.dropped == 30
+        stalled.set()
+        assert log.flush(timeout=10)
+    lines = file.read_text().splitlines(keepends=True)
+    assert [LINE.fullmatch(x).group(4) for x in lines[:51]] == ["/first"] + [f"/{i}" for i in range(50)]
+    assert re.fullmatch(r"\S+ \S+ WARNING openseg\.lan\.access: 30 access line\(s\) dropped: standard error "
+                        r"did not take them\n", lines[51])
+    assert len(lines) == 52
+
+
+def test_after_close_lines_are_dropped_and_nothing_waits(log_file):
+    fd, file = log_file
+    log = AccessLog(fd)
+    log.line("10.0.0.2", "alice", "GET", "/before", 200, 1, 0.1)
+    log.close()
+    log.line("10.0.0.2", "alice", "GET", "/after", 200, 1, 0.1)
+    assert not log._writer.is_alive() and log._queue.qsize() == 0
+    assert [LINE.fullmatch(x).group(4) for x in file.read_text().splitlines(keepends=True)] == ["/before"]

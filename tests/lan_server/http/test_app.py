@@ -70,17 +70,19 @@ def app(tmp_path, static_dir):
     auth = Authenticator(UsersStore(str(path)), address_limit=3, user_limit=6)
     fd = os.open(tmp_path / "access.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        yield LanApp(authenticator=auth, readings=object(), channel_counters=lambda: {"received": 7},
-                     lan_started=1234.5, time_zone="Europe/Paris", default_base_url="https://gw.local:8443/",
-                     static_dir=str(static_dir), resources=FakeResources(),
-                     link_hosts=frozenset({"gw.local", "gateway.lan", "fe80::1", "192.168.1.20"}),
-                     access_log=AccessLog(fd))
+        with AccessLog(fd) as access_log:
+            yield LanApp(authenticator=auth, readings=object(), channel_counters=lambda: {"received": 7},
+                         lan_started=1234.5, time_zone="Europe/Paris", default_base_url="https://gw.local:8443/",
+                         static_dir=str(static_dir), resources=FakeResources(),
+                         link_hosts=frozenset({"gw.local", "gateway.lan", "fe80::1", "192.168.1.20"}),
+                         access_log=access_log)
     finally:
         os.close(fd)
 
 
-def access_lines(tmp_path) -> list[str]:
-    """What the app fixture's access log holds, line by line."""
+def access_lines(app, tmp_path) -> list[str]:
+    """What the app fixture's access log holds, line by line, once its writer has written them."""
+    assert app.access_log.flush(timeout=10)
     return (tmp_path / "access.log").read_bytes().decode("utf-8").splitlines(keepends=True)
 
 
@@ -278,16 +280,16 @@ def test_throttled_is_429_with_retry_after(app):
 def test_watchdog_probe_is_answered_but_not_access_logged(app, tmp_path):
     probe = {"HTTP_X_OPENSEG_PROBE": app.probe_token}
     assert call(app, "/", user=None, headers=probe)[0] == 401
-    assert access_lines(tmp_path) == []
+    assert access_lines(app, tmp_path) == []
     assert call(app, "/", user=None, headers={"HTTP_X_OPENSEG_PROBE": "guess"})[0] == 401
     assert call(app, "/", user=None, headers={"HTTP_X_OPENSEG_PROBE": "gu\xe9ss"})[0] == 401
-    assert len(access_lines(tmp_path)) == 2
+    assert len(access_lines(app, tmp_path)) == 2
 
 
 def test_access_log_is_one_line_with_user_and_status(app, tmp_path):
     call(app, "/api/v1/current\nforged line", method="G\rET")
     call(app, "/api/v1/whoami", user="bob")
-    forged, whoami = access_lines(tmp_path)
+    forged, whoami = access_lines(app, tmp_path)
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
     assert re.fullmatch(stamp + r' INFO openseg\.lan\.access: 10\.0\.0\.1 alice "G\\rET /api/v1/current\\nforged '
                         r'line" 405 18 \d+\.\dms\n', forged), forged
