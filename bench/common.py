@@ -184,17 +184,18 @@ def capture_reply(port: int, cafile: str, path: str, headers: dict) -> dict:
 
 class BareServer:
     """bench/bare_server.py: a CherryPy HTTPS server with the LAN server's TLS and HTTP settings,
-    replaying `reply` (capture_reply) to every request, or "hello" without one."""
+    replaying `reply` (capture_reply) to every request, or "hello" without one; with `busy_us`, after
+    that many microseconds of Python CPU a request."""
 
-    def __init__(self, stack: BenchStack, reply: dict | None = None):
+    def __init__(self, stack: BenchStack, reply: dict | None = None, busy_us: float = 0.0):
         from openseg_emulator.devstack import free_port
         self.port = free_port()
         tls = stack.gateway_dir / "tls"
-        args = []
+        args = ["--busy-us", str(busy_us)] if busy_us > 0 else []
         if reply is not None:
             reply_file = stack.log_dir / "bare-reply.json"
             reply_file.write_text(json.dumps(reply))
-            args = ["--reply", str(reply_file)]
+            args += ["--reply", str(reply_file)]
         self.proc = subprocess.Popen([PYTHON, str(BENCH / "bare_server.py"), "--port", str(self.port),
                                       "--certificate", str(tls / "cert.pem"), "--private-key", str(tls / "key.pem"),
                                       *args],

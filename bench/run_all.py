@@ -13,6 +13,9 @@ Each figure is measured in one run beside its reference:
                (same headers and body, recorded in the run: bench/bare_server.py --reply) to the same
                requests, alternating rounds; also a new TLS connection per request. The LAN process's CPU
                per answer beside the bare server's is the LAN's own work (issue 16: at most +0.11 ms).
+               A third server, keep-alive only: the bare one spending first, as pure Python, the CPU the
+               LAN application takes for this answer in a loop (bench_page.bench_request, in this run;
+               bare_server.py --busy-us), so the report shows what that much work costs in this server.
 2. latency     the same request at a steady 20 per second (open loop: latency counts from when each
                request was due), keep-alive and new connection per request; the bare server alongside.
 3. poll        |send time - due time| of every poll at a 1 s interval, idle and while (1)'s load and
@@ -46,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (HEADING, REPO, Abuse, BareServer, BenchStack, capture_reply, closed_loop, cpu_s, machine, ms,  # noqa: E402
                     open_loop, pct, rss_kb, write_section)
 
+from bench_page import bench_request  # noqa: E402
 from tests.system.test_faults_witness import poll_reads, read_frames  # noqa: E402
 
 ALL = ("startup", "throughput", "latency", "poll", "memory")
@@ -111,23 +115,27 @@ def _t(iso: str) -> float:
 
 
 # ---- 1. throughput, 2. latency ---------------------------------------------------------------------
-def bench_throughput(s: BenchStack, bare: BareServer, d: Durations) -> dict:
+def bench_throughput(s: BenchStack, bare: BareServer, busy: BareServer, d: Durations) -> dict:
+    """The LAN against the bare server, and (keep-alive) against the bare server that first spends
+    the LAN application's own CPU for this answer, measured in a loop in this run, as pure Python
+    (`busy`): what that much work costs a request in this server under load."""
     hdr = {"Authorization": s.auth_header()}
     ib = s.interval_block_path()
     out = {}
     for label, clients, new in (("keep-alive, 4 clients", 4, False), ("keep-alive, 8 clients", 8, False),
                                 ("new connection per request, 4 clients", 4, True)):
-        lan, ref = [], []
-        cpu = {"lan": 0.0, "bare": 0.0}
+        servers = {"bare": (bare.proc.pid, bare.port), "lan": (s.lan.pid, s.port)}
+        if not new:
+            servers["busy"] = (busy.proc.pid, busy.port)
+        rounds: dict[str, list[dict]] = {k: [] for k in servers}
+        cpu = {k: 0.0 for k in servers}
         for _ in range(d.tp_rounds):
-            c0 = cpu_s(bare.proc.pid)
-            ref.append(closed_loop(bare.port, s.cafile, ib, hdr, clients, d.tp_round_s, new))
-            cpu["bare"] += cpu_s(bare.proc.pid) - c0
-            c0 = cpu_s(s.lan.pid)
-            lan.append(closed_loop(s.port, s.cafile, ib, hdr, clients, d.tp_round_s, new))
-            cpu["lan"] += cpu_s(s.lan.pid) - c0
-        out[label] = {"lan": _merge(lan), "bare": _merge(ref)}
-        for k in ("lan", "bare"):
+            for k, (pid, port) in servers.items():
+                c0 = cpu_s(pid)
+                rounds[k].append(closed_loop(port, s.cafile, ib, hdr, clients, d.tp_round_s, new))
+                cpu[k] += cpu_s(pid) - c0
+        out[label] = {k: _merge(v) for k, v in rounds.items()}
+        for k in servers:
             # The server process's CPU per answer (its reading, 1 s of idle work aside, is the
             # figure least moved by other load on the machine).
             out[label][k]["cpu_ms"] = cpu[k] * 1000 / max(1, out[label][k]["requests"])
@@ -319,6 +327,13 @@ def report(r: dict, d: Durations, started: str, took: float) -> str:
                         f"{'≤ +0.11 ms' if 'keep-alive' in label else '—'} | "
                         f"{('yes' if lan['cpu_ms'] - bare['cpu_ms'] <= 0.11 else '**no**') if 'keep-alive' in label else '—'} "
                         f"| {fmt_s(lan['seconds'])} each |")
+            if "busy" in x:
+                busy, us = x["busy"], r["throughput_app_us"]
+                rows.append(f"| 1 | bare server + {us:.1f} µs of Python a request (the LAN application's CPU for "
+                            f"this answer in a loop, this run), {label} | {busy['rate']:.0f} req/s, "
+                            f"{busy['cpu_ms']:.3f} ms CPU a request | bare, same answer {bare['rate']:.0f} req/s, "
+                            f"{bare['cpu_ms']:.3f} ms | {busy['rate'] / bare['rate']:.2f} | — | — | "
+                            f"{fmt_s(busy['seconds'])} each |")
     if "latency" in r:
         for label, x in r["latency"].items():
             lan, bare = x["lan"], x["bare"]
@@ -425,8 +440,9 @@ def main() -> int:
     if only & {"throughput", "latency", "poll"}:
         with BenchStack(interval=1.0, relay=True, emulator_args=["--pace-baud", "9600"]) as s:
             s.wait_reading()
-            bare = BareServer(s, reply=capture_reply(s.port, s.cafile, s.interval_block_path(),
-                                                     {"Authorization": s.auth_header()}))
+            reply = capture_reply(s.port, s.cafile, s.interval_block_path(), {"Authorization": s.auth_header()})
+            bare = BareServer(s, reply=reply)
+            busy = None
             try:
                 if "poll" in only:
                     log(f"poll timing, idle, {fmt_s(d.idle_s)}")
@@ -434,7 +450,10 @@ def main() -> int:
                     time.sleep(d.idle_s)
                     idle = poll_window(s, a, time.time())
                 if "throughput" in only:
-                    r["throughput"] = bench_throughput(s, bare, d)
+                    app_us = bench_request(20000 if not d.quick else 2000)["intervalblock_ms"] * 1000
+                    busy = BareServer(s, reply=reply, busy_us=app_us)
+                    r["throughput"] = bench_throughput(s, bare, busy, d)
+                    r["throughput_app_us"] = app_us
                 if "latency" in only:
                     r["latency"] = bench_latency(s, bare, d)
                 if "poll" in only:
@@ -445,6 +464,8 @@ def main() -> int:
                     r["poll"] = {"idle": summarize_poll(idle), "loaded": summarize_poll(busy), "load": load}
             finally:
                 bare.stop()
+                if busy is not None:
+                    busy.stop()
     if "memory" in only:
         log(f"memory, {fmt_s(d.memory_s)}")
         r["memory"] = bench_memory(d.memory_s)
