@@ -538,7 +538,7 @@ def history_json(readings: Readings, params: Mapping[str, Any]) -> Response:
         points, gaps = (_buckets(entries, q.step, text) if q.step else _singles(entries, text))
     if q.limit is not None and len(points) > q.limit:
         points = points[:q.limit]
-        last = points[-1].time
+        last = _point_time(points[-1])
         gaps = [g for g in gaps if g["due"] < last]
     body = {"minutes": q.minutes, "from": iso_ms(since), "to": iso_ms(snap.now),
             "poll_interval_s": snap.poll_interval_s, "points": points, "gaps": gaps}
@@ -557,15 +557,15 @@ def _lost_cause(e: HistoryEntry) -> str | None:
     return e.cause if isinstance(e, (Gap, Row)) else None
 
 
-class _Point(_Raw):
-    """A point written out, with its time string kept for `limit`."""
-    time: str
+# A point is its JSON text alone, "time" first. It once carried its time string as an attribute too,
+# which gave each point a __dict__: 900 bytes a point held while the answer was built, 3.2 MB for the
+# hour at 1-s polls, and the allocators kept that high-water mark (bench/RESULTS.md, issue 16).
+_TIME_AT = len('{"time":"')
 
 
-def _point(time: str, text: str) -> _Point:
-    p = _Point(text)
-    p.time = time
-    return p
+def _point_time(point: str) -> str:
+    """The time of a point, read back from its text (for `limit`)."""
+    return point[_TIME_AT:point.index('"', _TIME_AT)]
 
 
 def _singles(entries, text: "_ValueText") -> tuple[list, list]:
@@ -575,10 +575,10 @@ def _singles(entries, text: "_ValueText") -> tuple[list, list]:
         if cause is None:
             # Written out directly: the 24-hour view is ~12 000 points at the production poll.
             t = iso_ms(e.time)
-            points.append(_point(t, f'{{"time":"{t}","slot":{e.slot},'
-                                    f'"demand_w":{text(e.demand, e.scaling)},'
-                                    f'"summation_wh":{text(e.summation, e.scaling)},'
-                                    f'"received_wh":{text(e.received, e.scaling)}}}'))
+            points.append(_Raw(f'{{"time":"{t}","slot":{e.slot},'
+                               f'"demand_w":{text(e.demand, e.scaling)},'
+                               f'"summation_wh":{text(e.summation, e.scaling)},'
+                               f'"received_wh":{text(e.received, e.scaling)}}}'))
         else:
             gaps.append({"slot": e.slot, "due": iso_ms(e.time), "cause": cause})
     return points, gaps
@@ -598,10 +598,10 @@ def _buckets(entries, step: int, text: "_ValueText") -> tuple[list, list]:
             return
         t = iso_ms(bucket)
         if n:
-            points.append(_point(t, f'{{"time":"{t}","readings":{n},'
-                                    f'"demand_min_w":{lo[1] if lo else "null"},'
-                                    f'"demand_max_w":{hi[1] if hi else "null"},'
-                                    f'"summation_wh":{last},"received_wh":{last_received}}}'))
+            points.append(_Raw(f'{{"time":"{t}","readings":{n},'
+                               f'"demand_min_w":{lo[1] if lo else "null"},'
+                               f'"demand_max_w":{hi[1] if hi else "null"},'
+                               f'"summation_wh":{last},"received_wh":{last_received}}}'))
         if missed:
             cause = max(missed, key=missed.get)
             gaps.append({"due": t, "missed": sum(missed.values()), "cause": cause})
