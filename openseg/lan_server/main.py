@@ -274,10 +274,12 @@ def run(config_path: str) -> int:
     finally:
         sd_notify.notify("STOPPING=1")
         cherrypy.engine.exit()
-        access_log.close()          # the workers have stopped: every line is queued; write them
         receiver.stop()
         if history is not None:
             history.close()         # the receiver thread has ended: this thread may write now
+        # The workers have stopped (or cheroot gave up on them after SHUTDOWN_TIMEOUT_S): write the
+        # access lines still queued, waiting at most a moment for a standard error that blocks.
+        access_log.close()
         log.info("stopped")
 
 

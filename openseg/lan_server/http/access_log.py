@@ -10,15 +10,19 @@ live server under load (bench/RESULTS.md, issue 16). A request thread formats it
 and queues it; one writer thread writes what is queued.
 
 Why a writer thread: write(2) lets go of the interpreter lock, and under load another worker takes it,
-so each line written by the worker itself cost it a wait for the lock and two context switches (on the
-bench's machine about 1.5 more switches a request, bench/RESULTS.md, issue 16). The writer waits for the
-first line, gathers what the next FLUSH_EVERY_S brings and writes it whole lines at a time, at most
-PIPE_BUF (4096) bytes a write, so no line is ever cut by a write of another thread and one write carries
-dozens of lines under load. A line therefore reaches the journal within FLUSH_EVERY_S of its request;
-`close()` (at shutdown) writes everything queued. What a crash or SIGKILL loses is at most that last
-tenth of a second of lines. If standard error stops taking lines (a journal that hangs), the queue stops
-at MAX_QUEUED lines (about 1 MB); lines beyond it are counted, not kept, and a WARNING line in the same
-format says how many once writing works again.
+so each line written by the worker itself cost it a wait for the lock and more context switches (paired
+runs on the bench's load: 6.8 and 6.5 voluntary switches a request against 7.9 and 6.7, and 0.253 and
+0.241 ms of CPU against 0.286 and 0.267; bench/RESULTS.md, issue 16). The writer waits for the first
+line, gathers what the next FLUSH_EVERY_S brings and writes it whole lines at a time, at most PIPE_BUF
+(4096) bytes a write, so one write carries dozens of lines under load and, on a pipe, no write of
+another thread cuts one of them. (Other log lines go through sys.stderr's own buffer; one longer than
+that, a traceback made one line, may be written in pieces, and access lines can land between them.)
+While the writer keeps up, a line reaches the journal within FLUSH_EVERY_S of its request, and a crash
+or SIGKILL loses at most that last tenth of a second of lines; `close()` (at shutdown) writes what is
+queued. If standard error stops taking lines (a journal that hangs), at most MAX_QUEUED lines wait
+(about 1 MB of ordinary lines, 16 MB if every one were a 200-character path escaped whole); lines
+beyond them are counted, not kept, and a WARNING line in the same format says how many once writing
+works again. The writer never dies of an error: a batch it cannot write is counted the same way.
 
 Each part is made printable first (`printable`), so a client cannot start a line of its own.
 """
@@ -33,6 +37,7 @@ from typing import Callable
 LOGGER_NAME = "openseg.lan.access"      # where the line says it comes from, as a logger's name would
 FLUSH_EVERY_S = 0.1
 MAX_QUEUED = 10_000                     # lines waiting for a standard error that does not take them
+CLOSE_TIMEOUT_S = 2.0
 PIPE_BUF = 4096                         # POSIX: a pipe write this size or less is never interleaved
 
 
@@ -83,16 +88,21 @@ class AccessLog:
             f"{took_ms:.1f}ms\n".encode("utf-8", "backslashreplace"))
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every line queued before this call is written (or dropped, if it cannot be)."""
+        """Wait until every line queued before this call is written (or counted as dropped). False:
+        not within `timeout`, or closed (nothing will be written any more)."""
+        if self._closed or not self._writer.is_alive():
+            return False
         done = threading.Event()
         self._queue.put(done)
         return done.wait(timeout)
 
-    def close(self) -> None:
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Write what is queued and stop the writer; later lines are dropped. Waits at most `timeout`
+        (a standard error that blocks must not hold up the rest of a shutdown)."""
         if not self._closed:
             self._closed = True
             self._queue.put(None)
-            self._writer.join()
+            self._writer.join(timeout)
 
     def __enter__(self) -> "AccessLog":
         return self
@@ -119,20 +129,28 @@ class AccessLog:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if self.dropped != self._reported:
-                lines.append(self._dropped_line())
-            self._write_lines(lines)
-            for marker in markers:
-                marker.set()
+            batch, dropped = len(lines), 0
+            try:
+                with self._dropped_lock:
+                    dropped, self._reported = self.dropped - self._reported, self.dropped
+                if dropped:
+                    lines.append(self._dropped_line(dropped))
+                self._write_lines(lines)
+            except Exception:       # the writer outlives any one batch: counted, told of next time
+                with self._dropped_lock:
+                    self.dropped += batch
+                    self._reported -= dropped
+            finally:
+                for marker in markers:
+                    marker.set()
             if last:
                 return
 
-    def _dropped_line(self) -> bytes:
-        dropped, self._reported = self.dropped - self._reported, self.dropped
+    def _dropped_line(self, dropped: int) -> bytes:
         now = self._clock()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(now)))
         return (f"{stamp},{int((now - int(now)) * 1000):03d} WARNING {LOGGER_NAME}: {dropped} access "
-                f"line(s) dropped: standard error did not take them\n").encode()
+                f"line(s) dropped: standard error did not take them as fast as they came\n").encode()
 
     def _write_lines(self, lines: list[bytes]) -> None:
         chunk: list[bytes] = []

@@ -16,6 +16,8 @@ from openseg.lan_server.http import access_log
 from openseg.lan_server.http.access_log import AccessLog
 from openseg.lan_server.main import OneLineFormatter
 
+WARNING = (r"\S+ \S+ WARNING openseg\.lan\.access: {} access line\(s\) dropped: standard error did not "
+           r"take them as fast as they came\n")
 LINE = re.compile(r'\S+ \S+ INFO openseg\.lan\.access: (\S+) (\S+) "(\S+) ([^"]*)" (\d+) (\d+) ([\d.]+)ms\n')
 
 
@@ -153,9 +155,28 @@ def test_a_stalled_log_keeps_a_bounded_queue_and_says_what_it_dropped(log_file, 
         assert log.flush(timeout=10)
     lines = file.read_text().splitlines(keepends=True)
     assert [LINE.fullmatch(x).group(4) for x in lines[:51]] == ["/first"] + [f"/{i}" for i in range(50)]
-    assert re.fullmatch(r"\S+ \S+ WARNING openseg\.lan\.access: 30 access line\(s\) dropped: standard error "
-                        r"did not take them\n", lines[51])
+    assert re.fullmatch(WARNING.format(30), lines[51])
     assert len(lines) == 52
+
+    # A second stall: its own count, not the total so far.
+    stalled.clear()
+    with AccessLog(fd, flush_every_s=0.0) as log2:
+        log2.line("10.0.0.2", "alice", "GET", "/first", 200, 1, 0.1)
+        deadline = time.monotonic() + 10
+        while log2._queue.qsize() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for round_ in (60, 55):
+            for i in range(round_):
+                log2.line("10.0.0.2", "alice", "GET", f"/{i}", 200, 1, 0.1)
+            stalled.set()
+            assert log2.flush(timeout=10)
+            stalled.clear()
+            log2.line("10.0.0.2", "alice", "GET", "/holds", 200, 1, 0.1)
+            while log2._queue.qsize() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        stalled.set()
+    warnings = [x for x in file.read_text().splitlines(keepends=True) if "WARNING" in x]
+    assert [int(w.split(": ")[1].split()[0]) for w in warnings] == [30, 10, 5], warnings
 
 
 def test_after_close_lines_are_dropped_and_nothing_waits(log_file):
@@ -166,3 +187,64 @@ def test_after_close_lines_are_dropped_and_nothing_waits(log_file):
     log.line("10.0.0.2", "alice", "GET", "/after", 200, 1, 0.1)
     assert not log._writer.is_alive() and log._queue.qsize() == 0
     assert [LINE.fullmatch(x).group(4) for x in file.read_text().splitlines(keepends=True)] == ["/before"]
+
+
+def test_the_writer_gathers_what_comes_in_its_interval_into_one_write(log_file, monkeypatch):
+    """Lines arriving while the writer waits out its interval go out together: one write, not one each."""
+    fd, file = log_file
+    real, writes = os.write, []
+    monkeypatch.setattr(os, "write", lambda f, data: writes.append(data) or real(f, data))
+    with AccessLog(fd, flush_every_s=0.5) as log:
+        log.line("10.0.0.2", "alice", "GET", "/0", 200, 1, 0.1)
+        deadline = time.monotonic() + 10
+        while log._queue.qsize() and time.monotonic() < deadline:      # the writer took /0, waits
+            time.sleep(0.005)
+        for i in range(1, 20):
+            log.line("10.0.0.2", "alice", "GET", f"/{i}", 200, 1, 0.1)
+        assert log.flush(timeout=10)
+    assert len(writes) == 1 and writes[0].count(b"\n") == 20
+
+
+def test_a_batch_that_fails_is_counted_and_the_writer_goes_on(log_file):
+    """Any error in a batch (here the clock of its WARNING line) costs that batch, counted and told of
+    later; flush() still returns and later lines are written."""
+    fd, file = log_file
+    fail = threading.Event()
+
+    def clock():
+        if fail.is_set() and threading.current_thread().name == "access-log":
+            fail.clear()
+            raise RuntimeError("clock")
+        return 1764642000.5
+    with AccessLog(fd, clock=clock, flush_every_s=0.0) as log:
+        log.line("10.0.0.2", "alice", "GET", "/ok", 200, 1, 0.1)
+        assert log.flush(timeout=10)
+        with log._dropped_lock:
+            log.dropped += 2                    # as if two lines had found the queue full
+        fail.set()                              # the WARNING line for them fails, with this batch
+        log.line("10.0.0.2", "alice", "GET", "/lost", 200, 1, 0.1)
+        assert log.flush(timeout=10) and log._writer.is_alive()
+        assert log.dropped == 3
+        log.line("10.0.0.2", "alice", "GET", "/after", 200, 1, 0.1)
+        assert log.flush(timeout=10)
+    lines = file.read_text().splitlines(keepends=True)
+    assert [LINE.fullmatch(x).group(4) for x in lines if "INFO" in x] == ["/ok", "/after"]
+    assert [re.fullmatch(WARNING.format(3), x) is not None for x in lines if "WARNING" in x] == [True]
+
+
+def test_flush_after_close_and_close_of_a_blocked_log_return(tmp_path):
+    r, w = os.pipe()
+    os.set_blocking(w, True)
+    try:
+        log = AccessLog(w, flush_every_s=0.0)
+        for i in range(2000):                    # more than the pipe holds, and nobody reads it
+            log.line("10.0.0.2", "alice", "GET", f"/{i:0100d}", 200, 1, 0.1)
+        started = time.monotonic()
+        log.close(timeout=0.5)
+        assert time.monotonic() - started < 5
+        assert log.flush(timeout=None) is False
+    finally:
+        os.close(r)                              # the blocked write fails (EPIPE); the writer ends
+        log._writer.join(10)
+        os.close(w)
+    assert not log._writer.is_alive()

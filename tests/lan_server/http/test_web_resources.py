@@ -254,6 +254,25 @@ def test_history_limit_gives_the_earliest_points():
     assert body(web_resources.history_json(r, {"limit": "2", "after": after}))["points"] == whole["points"][10:12]
 
 
+def test_history_limit_keeps_only_the_gaps_before_its_last_point():
+    """Against a reference: the first N points of the whole answer, and exactly its gaps due before
+    the last of them, for single readings and for buckets (a bucket's gap is due at the bucket's time)."""
+    clock = Clock()
+    r = Readings(30.0, clock=clock)
+    _day(clock, r, lost={0, 1, 30, 31, 60, 100, 101, 102, 200})
+    for params in ({}, {"step": "60"}, {"step": "300"}):
+        whole = body(web_resources.history_json(r, params))
+        count = len(whole["points"])
+        shorter = 0
+        for n in sorted({1, count // 3, count // 2, count - 1}):
+            js = body(web_resources.history_json(r, {**params, "limit": str(n)}))
+            last = web_resources._iso_time(js["points"][-1]["time"])
+            assert js["points"] == whole["points"][:n]
+            assert js["gaps"] == [g for g in whole["gaps"] if web_resources._iso_time(g["due"]) < last], (params, n)
+            shorter += len(js["gaps"]) < len(whole["gaps"])
+        assert count > 4 and shorter >= 2, (params, count, shorter)
+
+
 def test_responses_are_never_cached():
     r = Readings(30.0, clock=Clock())
     for resp in (web_resources.current_json(r), web_resources.status_json(r, {}, T0),
