@@ -49,12 +49,13 @@ def replay(reply: dict):
 
 
 def busy(app, us: float):
-    """`app` after `us` microseconds of interpreter work (a loop reading the clock)."""
+    """`app` after `us` microseconds of this thread's CPU spent in the interpreter (a loop reading the
+    thread's CPU clock, so time the thread spends preempted does not count)."""
     seconds = us / 1e6
 
     def busy_app(environ, start_response):
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
             pass
         return app(environ, start_response)
     return busy_app
