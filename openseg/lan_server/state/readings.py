@@ -372,8 +372,10 @@ class Readings:
         now, now_mono = self._clock(), self._mono()
         with self._lock:
             self._prune(now)
+            # Under the lock only what must be read together; the entries are made from the copy
+            # after it, so a snapshot with history is built once and holds the lock no longer.
             window = self._history.copy() if history else None
-            snap = Snapshot(
+            held = dict(
                 now=now, created=self.created, stale_after_s=self.stale_after_s,
                 silent_after_s=self.silent_after_s, history_s=self.history_s,
                 latest=self._latest, latest_demand=self._latest_demand,
@@ -381,10 +383,8 @@ class Readings:
                 report=self._report, queries=self._queries,
                 last_message_at=self._last_message_at, scaling_since=self._scaling_since,
                 now_mono=now_mono, uptime_s=now_mono - self.created_mono,
-                power_bound_w=self.power_bound_w(), observed=self._observed, history=())
-        if window is None:
-            return snap
-        return dataclasses.replace(snap, history=window.entries())
+                power_bound_w=self.power_bound_w(), observed=self._observed)
+        return Snapshot(**held, history=() if window is None else window.entries())
 
     def latest_of(self, quantity: str) -> Reading | None:
         """Snapshot.latest_with without the cost of a Snapshot: the current-value answers' one read."""
