@@ -24,8 +24,7 @@ import secrets
 import time
 import urllib.parse
 import zlib
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 from ..accounts.users_file import User
 from .access_log import AccessLog, printable
@@ -67,6 +66,7 @@ _STATIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
 MAX_QUERY_FIELDS = 32
 BASE_URL_CACHE = 64
+PREPARED_ANSWERS = 64
 PROBE_HEADER = "X-OpenSEG-Probe"
 _PROBE_KEY = "HTTP_" + PROBE_HEADER.upper().replace("-", "_")      # its WSGI environ key
 # gzip where it pays: the page's JSON and its own files, from 1 KiB up (a day of chart data, 170 KB,
@@ -121,9 +121,9 @@ def parse_query(query: str) -> dict[str, str]:
     return params
 
 
-@dataclass(frozen=True)
-class Request:
-    """An authenticated GET or HEAD, as a route handler sees it."""
+class Request(NamedTuple):
+    """An authenticated GET or HEAD, as a route handler sees it. (A named tuple: made on every request,
+    at a fraction of a frozen dataclass's cost.)"""
     environ: dict
     rest: str                   # the path after a prefix route's prefix; "" for an exact route
     params: dict[str, str]
@@ -165,6 +165,8 @@ class LanApp:
         # time was a twentieth of a request's cost. Bounded: emptied when full (any client can send
         # any Host).
         self._base_urls: dict[str, str] = {}
+        # id(answer) -> (answer, status line, headers): see _prepared.
+        self._wire: dict[int, tuple[Response, str, list[tuple[str, str]]]] = {}
 
     # -- WSGI entry ------------------------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
@@ -190,8 +192,7 @@ class LanApp:
         if (len(reply.body) >= GZIP_MIN_BYTES and reply.content_type in GZIP_TYPES
                 and _accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))):
             reply = _gzipped(reply)
-        headers = self._headers(reply)
-        status = _STATUS_LINES.get(reply.status) or f"{reply.status} {http.HTTPStatus(reply.status).phrase}"
+        status, headers = self._prepared(reply)
         start_response(status, headers)
         probe = environ.get(_PROBE_KEY, "")
         if not (probe and hmac.compare_digest(probe.encode("utf-8", "surrogateescape"),
@@ -199,6 +200,24 @@ class LanApp:
             self.access_log.line(remote, user_name, method, path, reply.status, len(reply.body),
                                  (time.perf_counter() - started) * 1000)
         return [] if method == "HEAD" else [reply.body]
+
+    def _prepared(self, reply: Response) -> tuple[str, list[tuple[str, str]]]:
+        """The status line and header list for `reply`. Kept for a shared (memoised) answer (a current
+        value: the same Response for every request until the next reading), so the hottest
+        answer is not re-assembled each request: every microsecond held under the interpreter lock
+        costs several in a loaded server (bench/RESULTS.md, issue 16). Keyed by identity; the entry
+        holds the answer, so its id cannot be reused while it is kept. Bounded: emptied when full."""
+        held = self._wire.get(id(reply))
+        if held is not None and held[0] is reply:
+            return held[1], held[2]
+        status = _STATUS_LINES.get(reply.status) or f"{reply.status} {http.HTTPStatus(reply.status).phrase}"
+        headers = self._headers(reply)
+        if not reply.shared:
+            return status, headers
+        if len(self._wire) >= PREPARED_ANSWERS:
+            self._wire.clear()
+        self._wire[id(reply)] = (reply, status, headers)
+        return status, headers
 
     def _headers(self, reply: Response) -> list[tuple[str, str]]:
         out = {"content-type": ("Content-Type", reply.content_type),

@@ -9,6 +9,7 @@ import enum
 import functools
 import json
 import math
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Union
 from urllib.parse import urlencode
@@ -28,12 +29,14 @@ TEXT_TYPE = "text/plain; charset=utf-8"
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Response:
+    """An answer. Frozen, and compared by identity: a memoised one is shared by every request it answers."""
     status: int
     content_type: str
     body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    shared: bool = False    # memoised: this same object answers many requests (the app keeps its wire form)
 
 
 def _text(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -273,12 +276,21 @@ def _current_value_paths(subscription: str) -> dict[str, ef.MeterReadingDef]:
             for mr in ef.METER_READINGS.values() if mr.quantity != "interval"}
 
 
+# (subscription, path, base URL) -> (latest reading, the store's maxima, the answer): the answer stands
+# while both are the same objects (each new reading is a new object, and the maxima are replaced when a
+# value outgrows them), so the request that hits it hashes, builds and allocates nothing. Holding them
+# keeps their ids from being reused. Bounded: emptied when full (a client can vary the path's slashes).
+CURRENT_ANSWERS = 64
+_current_answers: dict[tuple[str, str, str], tuple[Reading, object, Response]] = {}
+
+
 def _current_value(readings: Readings, path: str, subscription: str, base_url: str) -> Response | None:
     """ESPI_ANSWERS' INTERVAL_BLOCKS answer for the parameterless IntervalBlock collection of
     MeterReading 1 or 2 with history on, straight from the latest reading: the same document
     `_interval_blocks` would build (the same memoised builder), without routing, snapshot, query
-    parsing or Context. None: take the table's path (another resource, history off, or no value yet:
-    the 503 is `_interval_blocks`')."""
+    parsing or Context, and the same Response object for every request until the reading or the
+    store's maxima change (`shared`: the app keeps its wire form too). None: take the table's path
+    (another resource, history off, or no value yet: the 503 is `_interval_blocks`')."""
     mr = _current_value_paths(subscription).get(path.strip("/"))
     store = open_store(readings)
     if mr is None or store is None:
@@ -286,9 +298,18 @@ def _current_value(readings: Readings, path: str, subscription: str, base_url: s
     latest = readings.latest_of(mr.quantity)
     if latest is None:
         return None
+    maxima = store.maxima()
+    key = (subscription, path, base_url)
+    held = _current_answers.get(key)
+    if held is not None and held[0] is latest and held[1] is maxima:
+        return held[2]
     body = ef.current_value_document(subscription, base_url, "", mr, latest,
                                      store_exponent(store, mr.register, latest))
-    return Response(200, ATOM_TYPE, body, dict(NO_STORE))
+    reply = Response(200, ATOM_TYPE, body, types.MappingProxyType(NO_STORE), shared=True)
+    if len(_current_answers) >= CURRENT_ANSWERS:
+        _current_answers.clear()
+    _current_answers[key] = (latest, maxima, reply)
+    return reply
 
 
 def _route(segs: list[str]) -> EspiRoute | None:

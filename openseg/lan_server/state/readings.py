@@ -389,8 +389,13 @@ class Readings:
     def latest_of(self, quantity: str) -> Reading | None:
         """Snapshot.latest_with without the cost of a Snapshot: the current-value answers' one read."""
         with self._lock:
-            return {"demand": self._latest_demand, "summation": self._latest_summation,
-                    "received": self._latest_received}[quantity]
+            if quantity == "demand":
+                return self._latest_demand
+            if quantity == "summation":
+                return self._latest_summation
+            if quantity == "received":
+                return self._latest_received
+        raise KeyError(quantity)
 
     def __len__(self) -> int:
         with self._lock:

@@ -316,3 +316,45 @@ def test_json_and_page_files_are_gzipped_when_asked_and_large(app, accept, gzipp
     app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed>" + b" " * 5000 + b"</feed>", {})
     assert "content-encoding" not in call(app, "/espi/1_1/resource/Batch/Subscription/sub-alice",
                                           headers=headers)[1]
+
+
+def test_a_shared_answers_headers_are_prepared_once_and_nothing_else_is_kept(app):
+    """LanApp._prepared: the status line and headers of a `shared` answer (a memoised current value) are
+    assembled once and handed out again while that answer stands, with every security header; an
+    answer that is not shared is assembled per request and not held (Download My Data is megabytes);
+    held answers are bounded, so an old one is let go."""
+    import gc
+    import weakref
+    from openseg.lan_server.http.app import PREPARED_ANSWERS
+
+    def lists(reply, n=2):
+        app.resources.espi_reply = reply
+        got = []
+        env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/espi/1_1/resource/x", "QUERY_STRING": "",
+               "REMOTE_ADDR": "10.0.0.1", "HTTP_HOST": "gw.local:8443",
+               "HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"alice:alice-password").decode()}
+        for _ in range(n):
+            app(dict(env), lambda status, headers, exc_info=None: got.append((status, headers)))
+        return got
+
+    shared = Reply(200, "application/atom+xml", b"<feed>1</feed>", {"Cache-Control": "no-store"}, shared=True)
+    (s1, h1), (s2, h2) = lists(shared)
+    assert h1 is h2 and s1 == s2 == "200 OK"
+    names = {k.lower() for k, _ in h1}
+    assert SECURITY <= names and dict(h1)["Content-Length"] == "14"
+    # Not shared: the same headers, a list of their own each time, and the answer is not held.
+    single = Reply(200, "application/atom+xml", b"<feed>1</feed>", {"Cache-Control": "no-store"})
+    (_, g1), (_, g2) = lists(single)
+    assert g1 == g2 == h1 and g1 is not g2
+    gone = weakref.ref(single)
+    app.resources.espi_reply = single = None
+    gc.collect()
+    assert gone() is None
+    # Held shared answers are bounded: after PREPARED_ANSWERS others, the first is let go.
+    first = weakref.ref(shared)
+    shared = None
+    for i in range(PREPARED_ANSWERS):
+        lists(Reply(200, "application/atom+xml", f"<feed>{i}</feed>".encode(), {}, shared=True), n=1)
+    app.resources.espi_reply = None
+    gc.collect()
+    assert first() is None

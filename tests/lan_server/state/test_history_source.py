@@ -494,6 +494,52 @@ def test_the_current_value_shortcut_answers_what_the_general_path_does(fed, monk
     assert espi(fed.r, f"Subscription/other/UsagePoint/1/MeterReading/1/IntervalBlock").status == 403
 
 
+def test_the_current_value_answer_is_one_object_until_the_reading_or_the_maxima_change(fed):
+    """The shortcut's answer is shared by every request while it stands (LanApp keeps its wire form by
+    identity), so it must be replaced whenever what it says could change: a new reading, new maxima
+    (a larger value changes the exponent), another base URL or subscription; and no request can change
+    it (frozen, read-only headers)."""
+    path = f"{MR}/1/IntervalBlock"
+    first = espi(fed.r, path)
+    assert first.shared and espi(fed.r, path) is first and espi(fed.r, "/" + path) is not first
+    with pytest.raises(TypeError):
+        first.headers["Cache-Control"] = "public"
+    with pytest.raises(AttributeError):
+        first.body = b""
+    other = web_resources.espi(fed.r, path=path, params={}, subscription=SUB, base_url="https://other:8443",
+                               time_zone=ZONE)
+    assert other is not first and b"https://other:8443/" in other.body
+    # A new reading inside the maxima (the store keeps the same maxima object): a new answer all the same.
+    before = fed.store.maxima()
+    fed.r.apply(reading(10**6, 10**6, fed.clock.advance(7.0), demand=1234, summation=1))
+    fed.store.flush()
+    assert fed.store.maxima() is before
+    second = espi(fed.r, path)
+    assert second is not first and second.body != first.body and espi(fed.r, path) is second
+    # New maxima alone: a demand-only reading past them leaves the latest summation the same object,
+    # yet MeterReading 2's answer is worked out again (its exponent comes from the maxima): the same
+    # document, in a new answer.
+    energy = f"{MR}/2/IntervalBlock"
+    third, before = espi(fed.r, energy), fed.store.maxima()
+    fed.r.apply(reading(10**6 + 1, 10**6 + 1, fed.clock.advance(7.0), demand=9_000_000, summation=None))
+    fed.store.flush()
+    assert fed.store.maxima() is not before
+    fourth = espi(fed.r, energy)
+    assert fourth is not third and fourth.body == third.body and espi(fed.r, energy) is fourth
+    assert espi(fed.r, path) is not second
+    # Not shared: answers built per request.
+    assert not espi(fed.r, f"{MR}/3/IntervalBlock").shared
+    # Held answers are bounded (a client can vary the path): after CURRENT_ANSWERS others, one is let go.
+    import gc
+    import weakref
+    held = weakref.ref(espi(fed.r, path))
+    second = third = fourth = None
+    for i in range(web_resources.CURRENT_ANSWERS):
+        espi(fed.r, "/" * (i + 1) + path)
+    gc.collect()
+    assert held() is None
+
+
 def test_from_memory_the_latest_reading_counts_once_wherever_it_lies():
     """History off: the series is the window plus the latest reading when the window no longer holds it.
     The window's entries are copies (recent_window), so "holds it" is by value, not identity: the latest
