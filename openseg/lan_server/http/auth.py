@@ -1,7 +1,8 @@
 """HTTP Basic authentication for the LAN server: who is asking, and may they ask now.
 
 Order of checks for a request, and why:
-1. A cache of *verified* credentials (a keyed BLAKE2b MAC under a per-process key, never the password), kept
+1. A cache of *verified* Authorization headers (a keyed BLAKE2b MAC under a per-process key, never the
+   header or the password), kept
    while it is used, answers a client that already logged in, in microseconds, so a page polling
    every few seconds runs the KDF once, when it opens. It is consulted before the throttles, so a
    device that knows the password keeps working while someone else is being throttled for guessing.
@@ -27,7 +28,6 @@ import base64
 import binascii
 import collections
 import hashlib
-import hmac
 import ipaddress
 import logging
 import math
@@ -142,14 +142,31 @@ class Throttle:
             self._attempts.popitem(last=False)      # least recently failed
 
 
+class _Verified:
+    """One verified Authorization header: who it logged in as, the hash it was checked against, and
+    until when it stands unless used again."""
+    __slots__ = ("name", "password_hash", "expires")
+
+    def __init__(self, name: str, password_hash: str, expires: float):
+        self.name, self.password_hash, self.expires = name, password_hash, expires
+
+
 class VerifiedCache:
-    """Credentials that passed the KDF. Stores MAC(process key, name, password) and the hash they
-    were verified against, so a password change or removal takes effect at once.
+    """Authorization headers that passed the KDF, by MAC(process key, header), never the header or the
+    password, with the user and the hash they were verified against (the caller compares it with the
+    users file's current hash, so a password change or removal takes effect at once).
+
+    Keyed by the whole header, so a request that hits does not parse it: every request of an open
+    page comes here, and in the loaded server the check's every microsecond costs several (parsing
+    the header and the name-and-password MAC, 1.9 us a request in a loop, cost the server about as
+    much as the rest of the answer; bench/RESULTS.md, issue 16). A header verifies as one user only
+    (its name is in it), and any other spelling of the same credentials is another key, verified on its
+    own the first time.
 
     The MAC is keyed BLAKE2b (RFC 7693's keyed mode, a PRF like HMAC), from CPython's own hashlib
-    code. Every request computes one. HMAC-SHA256 goes through OpenSSL 3.0, whose one-shot HMAC looks
-    up HMAC and SHA-256 by name on each call: in the live server under load it cost 25 us of CPU per
-    request (3 us in a loop on its own), keyed BLAKE2b a few (bench/RESULTS.md, issue 16).
+    code. HMAC-SHA256 goes through OpenSSL 3.0, whose one-shot HMAC looks up HMAC and SHA-256 by name
+    on each call: in the live server under load it cost 25 us of CPU per request (3 us in a loop on
+    its own), keyed BLAKE2b a few (bench/RESULTS.md, issue 16).
 
     An entry lives while it is used: each hit moves its expiry to `ttl_s` after that use, so a page
     polling every few seconds never runs the KDF again (a fixed lifetime made every open page pay two
@@ -162,41 +179,46 @@ class VerifiedCache:
         self._max = max_entries
         self._keyed = hashlib.blake2b(key=secrets.token_bytes(32), digest_size=32)
         self._lock = threading.Lock()
-        self._entries: collections.OrderedDict[str, tuple[bytes, str, float]] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[bytes, _Verified] = collections.OrderedDict()
 
-    def digest(self, name: str, password: str) -> bytes:
+    def mac(self, text: str) -> bytes:
         mac = self._keyed.copy()        # the key's block already hashed: a third less per request
-        mac.update(f"{name}\0{password}".encode("utf-8", "surrogatepass"))
+        mac.update(text.encode("utf-8", "surrogatepass"))
         return mac.digest()
 
-    def hit(self, user: User, password: str) -> bool:
-        entry = self._entries.get(user.name)
-        if entry is None:
-            return False
-        digest, pw_hash, expires = entry
-        now = self._clock()
-        if not (now < expires and pw_hash == user.password_hash
-                and hmac.compare_digest(digest, self.digest(user.name, password))):
-            return False
-        with self._lock:
-            if self._entries.get(user.name) is entry:       # not replaced meanwhile
-                self._entries[user.name] = (digest, pw_hash, now + self.ttl_s)
-                self._entries.move_to_end(user.name)
-        return True
+    def digest(self, name: str, password: str) -> bytes:
+        """The MAC of a name and password (SharedVerify's key for one login's KDF run)."""
+        return self.mac(f"{name}\0{password}")
 
-    def add(self, user: User, password: str) -> None:
+    def hit(self, authorization: str) -> tuple[str, str] | None:
+        """(user name, password hash) `authorization` was verified as, if it was used within `ttl_s`;
+        the use keeps it another `ttl_s`. None: not verified (or no longer)."""
+        key = self.mac(authorization)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        now = self._clock()
+        if now >= entry.expires:
+            return None
+        with self._lock:
+            if self._entries.get(key) is entry:             # not dropped or replaced meanwhile
+                entry.expires = now + self.ttl_s
+                self._entries.move_to_end(key)
+        return entry.name, entry.password_hash
+
+    def add(self, authorization: str, user: User) -> None:
         if self.ttl_s <= 0:
             return
+        key = self.mac(authorization)
         now = self._clock()
         with self._lock:
-            self._entries.pop(user.name, None)
+            self._entries.pop(key, None)
             if len(self._entries) >= self._max:
-                for name in [n for n, e in self._entries.items() if e[2] <= now]:
-                    del self._entries[name]
+                for old in [k for k, e in self._entries.items() if e.expires <= now]:
+                    del self._entries[old]
                 while len(self._entries) >= self._max:
                     self._entries.popitem(last=False)       # the least recently used
-            self._entries[user.name] = (self.digest(user.name, password), user.password_hash,
-                                        now + self.ttl_s)
+            self._entries[key] = _Verified(user.name, user.password_hash, now + self.ttl_s)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -353,13 +375,17 @@ class Authenticator:
         return 0, taken
 
     def check(self, remote_addr: str, authorization: str | None) -> Decision:
+        if authorization:
+            held = self.cache.hit(authorization)
+            if held is not None:
+                user = self.users.get(held[0])
+                if user is not None and user.password_hash == held[1]:
+                    return Decision(user=user)
         creds = parse_basic(authorization)
         if creds is None:
             return Decision()
         name, password = creds
         user = self.users.get(name)
-        if user is not None and self.cache.hit(user, password):
-            return Decision(user=user)
 
         wait, taken = self._admit(self.throttles_for(name, remote_addr))
         if not taken:
@@ -371,7 +397,7 @@ class Authenticator:
             for throttle, key, stamp in taken:
                 throttle.forgive(key, stamp)
             self.known.add(user.name, client_key(remote_addr))
-            self.cache.add(user, password)
+            self.cache.add(authorization, user)
             return Decision(user=user)
         log.warning("login failed: user %s from %s", name if NAME_RE.fullmatch(name) else "(invalid name)",
                     remote_addr)

@@ -181,17 +181,26 @@ def test_throttle_memory_is_bounded():
 
 
 def test_verified_cache():
+    """Hits only the exact header that was verified, tells who it was verified as and against which
+    hash (the Authenticator compares that with the users file's), and keeps neither the header nor the
+    password."""
     clock = Clock()
     cache = VerifiedCache(10.0, clock=clock)
     u = User("alice", "sub1", "scrypt$hash-a")
-    assert not cache.hit(u, "pw")
-    cache.add(u, "pw")
-    assert cache.hit(u, "pw")
-    assert not cache.hit(u, "pw2")
-    assert not cache.hit(User("alice", "sub1", "scrypt$hash-b"), "pw")     # password was changed
+    right = basic("alice", "a-long-secret")
+    assert cache.hit(right) is None
+    cache.add(right, u)
+    assert cache.hit(right) == ("alice", "scrypt$hash-a")
+    assert cache.hit(basic("alice", "a-long-secreT")) is None
+    assert cache.hit(right.replace("Basic", "basic")) is None   # another spelling: verified on its own
     clock.t += 10.0
-    assert not cache.hit(u, "pw")
-    assert "pw" not in repr(cache._entries)
+    assert cache.hit(right) is None
+    held = repr([(k, vars_of(e)) for k, e in cache._entries.items()])
+    assert "a-long-secret" not in held and right.split()[1] not in held
+
+
+def vars_of(entry):
+    return {name: getattr(entry, name) for name in entry.__slots__}
 
 
 # -- authenticator -----------------------------------------------------------------------------------
@@ -468,6 +477,18 @@ def test_password_change_invalidates_cache_immediately(tmp_path):
     assert auth.check("10.0.0.1", basic("alice", "new-password")).ok
 
 
+def test_removed_user_is_refused_at_once_though_their_header_was_verified(tmp_path):
+    path = tmp_path / "users.toml"
+    hashed = passwords.hash_password("pw-of-alice", **FAST)
+    path.write_text(users_file.render({"alice": User("alice", "s1", hashed), "bob": User("bob", "s2", hashed)}))
+    clock = Clock()
+    auth = Authenticator(UsersStore(str(path), clock=clock), clock=clock, address_limit=3, user_limit=6)
+    assert auth.check("10.0.0.1", basic("alice", "pw-of-alice")).user.name == "alice"
+    users_file.write_atomic(str(path), users_file.render({"bob": User("bob", "s2", hashed)}))
+    clock.t += 1.0
+    assert not auth.check("10.0.0.1", basic("alice", "pw-of-alice")).ok
+
+
 def test_write_atomic_mode_and_no_leftovers(tmp_path):
     path = tmp_path / "users.toml"
     old = os.umask(0)
@@ -484,42 +505,44 @@ def test_verified_cache_lives_while_used_and_expires_when_idle():
     clock = Clock()
     cache = VerifiedCache(10.0, clock=clock)
     u = User("alice", "sub1", "scrypt$hash-a")
-    cache.add(u, "pw")
+    cache.add(basic("alice", "pw"), u)
     for _ in range(20):                   # a page polling every 7 s: far past the first 10 s
         clock.t += 7.0
-        assert cache.hit(u, "pw")
+        assert cache.hit(basic("alice", "pw"))
     clock.t += 7.0
-    assert not cache.hit(u, "pw2")        # a wrong password neither hits nor keeps the entry alive
+    assert not cache.hit(basic("alice", "pw2"))   # a wrong password neither hits nor keeps the entry alive
     clock.t += 3.0
-    assert not cache.hit(u, "pw")         # 10 s without a hit
+    assert not cache.hit(basic("alice", "pw"))    # 10 s without a hit
 
 
 def test_verified_cache_mac_is_keyed_per_process_and_full_length():
-    """The cache keeps a MAC of the credentials, never the password: 32 bytes, under a key of its own
-    (another process's cache, or a reader of this one's memory, cannot match it), and no wrong
+    """The cache keeps a MAC of the header, never the header or the password: 32 bytes, under a key of
+    its own (another process's cache, or a reader of this one's memory, cannot match it), and no wrong
     password among thousands matches it (a truncated MAC would let one in 1 in 2^8 * length)."""
     clock = Clock()
     one, other = VerifiedCache(10.0, clock=clock), VerifiedCache(10.0, clock=clock)
-    assert len(one.digest("alice", "pw")) == 32
+    assert len(one.mac("Basic x")) == 32 and len(one.digest("alice", "pw")) == 32
     assert one.digest("alice", "pw") == one.digest("alice", "pw") != other.digest("alice", "pw")
     assert one.digest("alice", "pw") != one.digest("alice", "pw ") != one.digest("alicE", "pw")
+    assert one.mac("Basic x") == one.mac("Basic x") != other.mac("Basic x")
     u = User("alice", "sub1", "scrypt$hash-a")
-    one.add(u, "right-password")
-    assert not any(one.hit(u, f"wrong-{i}") for i in range(3000))
-    assert one.hit(u, "right-password")
+    one.add(basic("alice", "right-password"), u)
+    assert not any(one.hit(basic("alice", f"wrong-{i}")) for i in range(3000))
+    assert one.hit(basic("alice", "right-password"))
+    assert not other.hit(basic("alice", "right-password"))
 
 
 def test_verified_cache_bound_drops_the_least_recently_used():
     clock = Clock()
     cache = VerifiedCache(100.0, clock=clock, max_entries=2)
     a, b, c = (User(n, "sub1", f"scrypt$hash-{n}") for n in "abc")
-    cache.add(a, "pw")
-    cache.add(b, "pw")
+    cache.add(basic("a", "pw"), a)
+    cache.add(basic("b", "pw"), b)
     clock.t += 1
-    assert cache.hit(a, "pw")             # a is now the more recently used
-    cache.add(c, "pw")
+    assert cache.hit(basic("a", "pw"))    # a is now the more recently used
+    cache.add(basic("c", "pw"), c)
     assert len(cache) == 2
-    assert cache.hit(a, "pw") and cache.hit(c, "pw") and not cache.hit(b, "pw")
+    assert cache.hit(basic("a", "pw")) and cache.hit(basic("c", "pw")) and not cache.hit(basic("b", "pw"))
 
 
 class GatedVerify:
