@@ -568,7 +568,7 @@ def _updated(ctx: Context, window: Window, static: float | None = None) -> float
 @functools.lru_cache(maxsize=64)
 def current_value_document(subscription: str, base_url: str, query_string: str, mr: MeterReadingDef, latest: Sample,
                             p: int) -> bytes:
-    """The parameterless IntervalBlock answer of MeterReading 1 or 2. It depends on exactly these
+    """The parameterless IntervalBlock answer of a register or demand MeterReading (1, 2 or 5). It depends on exactly these
     arguments (nothing else reaches it: no snapshot, no store), so it is built once per reading and per
     base URL instead of once per request: at load, building it with lxml among the server's threads was
     half the LAN process's CPU (bench/RESULTS.md). Bounded: 64 small documents."""

@@ -193,7 +193,7 @@ class LanApp:
                 and _accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))):
             reply = _gzipped(reply)
         status, headers = self._prepared(reply)
-        start_response(status, headers)
+        start_response(status, list(headers))     # a copy: PEP 3333 lets the server change the list
         probe = environ.get(_PROBE_KEY, "")
         if not (probe and hmac.compare_digest(probe.encode("utf-8", "surrogateescape"),
                                               self.probe_token.encode())):

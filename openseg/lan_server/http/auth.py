@@ -45,12 +45,16 @@ WWW_AUTHENTICATE = f'Basic realm="{REALM}", charset="UTF-8"'
 log = logging.getLogger("openseg.lan.auth")
 
 
+MAX_TOKEN = 4096                            # base64 characters of a Basic credential we read at all
+MAX_HEADER = len("Basic ") + MAX_TOKEN      # the longest header that can be in the verified cache
+
+
 def parse_basic(header: str | None) -> tuple[str, str] | None:
     """(user, password) from an `Authorization: Basic ...` header, or None if absent/malformed."""
     if not header:
         return None
     scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "basic" or not token or len(token) > 4096:
+    if scheme.lower() != "basic" or not token or len(token) > MAX_TOKEN:
         return None
     try:
         # base64.b64decode(validate=True) without its Python wrapper: this runs on every request.
@@ -61,6 +65,14 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
     if not sep:
         return None
     return user, password
+
+
+def basic_header(name: str, password: str) -> str:
+    """The one spelling of a Basic credential the verified cache keeps (RFC 7617's: "Basic", one
+    space, padded base64 with zero trailing bits). parse_basic accepts others, so a client holding a
+    password could otherwise send endless spellings of it, each a cache miss and a KDF run."""
+    token = binascii.b2a_base64(f"{name}:{password}".encode("utf-8"), newline=False)
+    return "Basic " + token.decode("ascii")
 
 
 def client_key(address: str) -> str:
@@ -160,8 +172,9 @@ class VerifiedCache:
     page comes here, and in the loaded server the check's every microsecond costs several (parsing
     the header and the name-and-password MAC, 1.9 us a request in a loop, cost the server about as
     much as the rest of the answer; bench/RESULTS.md, issue 16). A header verifies as one user only
-    (its name is in it), and any other spelling of the same credentials is another key, verified on its
-    own the first time.
+    (its name is in it). Only the canonical spelling is added (`basic_header`); the Authenticator
+    looks another spelling up by its canonical form, so the spellings of one credential share one
+    entry and one KDF run.
 
     The MAC is keyed BLAKE2b (RFC 7693's keyed mode, a PRF like HMAC), from CPython's own hashlib
     code. HMAC-SHA256 goes through OpenSSL 3.0, whose one-shot HMAC looks up HMAC and SHA-256 by name
@@ -171,7 +184,7 @@ class VerifiedCache:
     An entry lives while it is used: each hit moves its expiry to `ttl_s` after that use, so a page
     polling every few seconds never runs the KDF again (a fixed lifetime made every open page pay two
     scrypt runs every five minutes). The bound is on idleness (`ttl_s` without a hit) and on the
-    number of entries (`max_entries`, least recently used out first), never on a correct client."""
+    number of entries (`max_entries`, least recently used out first)."""
 
     def __init__(self, ttl_s: float, *, clock: Callable[[], float] = time.monotonic, max_entries: int = 256):
         self.ttl_s = ttl_s
@@ -374,17 +387,30 @@ class Authenticator:
             taken.append((throttle, key, stamp))
         return 0, taken
 
+    def _verified(self, authorization: str) -> User | None:
+        """The user `authorization` was verified as, if that still stands: the entry is in use and the
+        users file still has that user with that hash."""
+        held = self.cache.hit(authorization) if len(authorization) <= MAX_HEADER else None
+        if held is None:
+            return None
+        user = self.users.get(held[0])
+        return user if user is not None and user.password_hash == held[1] else None
+
     def check(self, remote_addr: str, authorization: str | None) -> Decision:
         if authorization:
-            held = self.cache.hit(authorization)
-            if held is not None:
-                user = self.users.get(held[0])
-                if user is not None and user.password_hash == held[1]:
-                    return Decision(user=user)
+            user = self._verified(authorization)
+            if user is not None:
+                return Decision(user=user)
         creds = parse_basic(authorization)
         if creds is None:
             return Decision()
         name, password = creds
+        canonical = basic_header(name, password)
+        if canonical != authorization:
+            # "basic", extra spaces or padding: the same credentials, answered from their entry.
+            user = self._verified(canonical)
+            if user is not None:
+                return Decision(user=user)
         user = self.users.get(name)
 
         wait, taken = self._admit(self.throttles_for(name, remote_addr))
@@ -397,7 +423,7 @@ class Authenticator:
             for throttle, key, stamp in taken:
                 throttle.forgive(key, stamp)
             self.known.add(user.name, client_key(remote_addr))
-            self.cache.add(authorization, user)
+            self.cache.add(canonical, user)
             return Decision(user=user)
         log.warning("login failed: user %s from %s", name if NAME_RE.fullmatch(name) else "(invalid name)",
                     remote_addr)

@@ -141,7 +141,7 @@ def espi(readings: Readings, *, path: str, params: Mapping[str, str], subscripti
     (403), no such resource (404), bad parameter (400), no value yet for a current-value request
     (503), otherwise 200 with an Atom feed (collections) or entry (single resources), built by the
     resource's entry in ESPI_ANSWERS. One shortcut comes first: the parameterless IntervalBlock
-    collection of MeterReading 1 or 2, the most requested answer, is ESPI_ANSWERS' INTERVAL_BLOCKS
+    collection of a register or demand MeterReading (1, 2 or 5), the most requested answer, is ESPI_ANSWERS' INTERVAL_BLOCKS
     document served straight from the latest reading (`_current_value`)."""
     if not params:
         fast = _current_value(readings, path, subscription, base_url)
@@ -276,17 +276,19 @@ def _current_value_paths(subscription: str) -> dict[str, ef.MeterReadingDef]:
             for mr in ef.METER_READINGS.values() if mr.quantity != "interval"}
 
 
-# (subscription, path, base URL) -> (latest reading, the store's maxima, the answer): the answer stands
-# while both are the same objects (each new reading is a new object, and the maxima are replaced when a
-# value outgrows them), so the request that hits it hashes, builds and allocates nothing. Holding them
-# keeps their ids from being reused. Bounded: emptied when full (a client can vary the path's slashes).
+# (subscription, MeterReading id, base URL) -> (latest reading, the store's maxima, the answer): the
+# answer stands while both are the same objects (each new reading is a new object, and the maxima are
+# replaced when a value outgrows them), so the request that hits it builds and allocates nothing.
+# Holding them keeps their ids from being reused. Bounded: emptied when full (the base URL follows the
+# Host a client names).
 CURRENT_ANSWERS = 64
 _current_answers: dict[tuple[str, str, str], tuple[Reading, object, Response]] = {}
+_SHARED_HEADERS = types.MappingProxyType(dict(NO_STORE))    # read-only: one answer serves every request
 
 
 def _current_value(readings: Readings, path: str, subscription: str, base_url: str) -> Response | None:
     """ESPI_ANSWERS' INTERVAL_BLOCKS answer for the parameterless IntervalBlock collection of
-    MeterReading 1 or 2 with history on, straight from the latest reading: the same document
+    a register or demand MeterReading (1, 2 or 5) with history on, straight from the latest reading: the same document
     `_interval_blocks` would build (the same memoised builder), without routing, snapshot, query
     parsing or Context, and the same Response object for every request until the reading or the
     store's maxima change (`shared`: the app keeps its wire form too). None: take the table's path
@@ -299,13 +301,13 @@ def _current_value(readings: Readings, path: str, subscription: str, base_url: s
     if latest is None:
         return None
     maxima = store.maxima()
-    key = (subscription, path, base_url)
+    key = (subscription, mr.id, base_url)
     held = _current_answers.get(key)
     if held is not None and held[0] is latest and held[1] is maxima:
         return held[2]
     body = ef.current_value_document(subscription, base_url, "", mr, latest,
                                      store_exponent(store, mr.register, latest))
-    reply = Response(200, ATOM_TYPE, body, types.MappingProxyType(NO_STORE), shared=True)
+    reply = Response(200, ATOM_TYPE, body, _SHARED_HEADERS, shared=True)
     if len(_current_answers) >= CURRENT_ANSWERS:
         _current_answers.clear()
     _current_answers[key] = (latest, maxima, reply)

@@ -339,13 +339,19 @@ def test_a_shared_answers_headers_are_prepared_once_and_nothing_else_is_kept(app
 
     shared = Reply(200, "application/atom+xml", b"<feed>1</feed>", {"Cache-Control": "no-store"}, shared=True)
     (s1, h1), (s2, h2) = lists(shared)
-    assert h1 is h2 and s1 == s2 == "200 OK"
+    assert app._prepared(shared)[1] is app._prepared(shared)[1]         # assembled once
+    assert h1 == h2 and s1 == s2 == "200 OK"
+    # The server is handed a copy each time (PEP 3333 lets it change the list): a change stays there.
+    assert h1 is not h2
+    h1.append(("X-Changed-By-The-Server", "1"))
+    ((_, h3),) = lists(shared, n=1)
+    assert h3 == h2
     names = {k.lower() for k, _ in h1}
-    assert SECURITY <= names and dict(h1)["Content-Length"] == "14"
+    assert SECURITY <= names and dict(h2)["Content-Length"] == "14"
     # Not shared: the same headers, a list of their own each time, and the answer is not held.
     single = Reply(200, "application/atom+xml", b"<feed>1</feed>", {"Cache-Control": "no-store"})
     (_, g1), (_, g2) = lists(single)
-    assert g1 == g2 == h1 and g1 is not g2
+    assert g1 == g2 == h2 and g1 is not g2
     gone = weakref.ref(single)
     app.resources.espi_reply = single = None
     gc.collect()

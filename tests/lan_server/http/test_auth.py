@@ -17,7 +17,8 @@ import time
 import pytest
 
 from openseg.lan_server.accounts import passwords, users_file
-from openseg.lan_server.http.auth import Authenticator, Throttle, VerifiedCache, client_key, parse_basic, prefix_key
+from openseg.lan_server.http.auth import (Authenticator, Throttle, VerifiedCache, basic_header, client_key, parse_basic,
+                                         prefix_key)
 from openseg.lan_server.accounts.users_file import User, UsersFileError, UsersStore
 
 FAST = dict(ln=10, r=8, p=1)       # cheap parameters for tests that hash many times
@@ -192,7 +193,7 @@ def test_verified_cache():
     cache.add(right, u)
     assert cache.hit(right) == ("alice", "scrypt$hash-a")
     assert cache.hit(basic("alice", "a-long-secreT")) is None
-    assert cache.hit(right.replace("Basic", "basic")) is None   # another spelling: verified on its own
+    assert cache.hit(right.replace("Basic", "basic")) is None   # the exact header; see the next test
     clock.t += 10.0
     assert cache.hit(right) is None
     held = repr([(k, vars_of(e)) for k, e in cache._entries.items()])
@@ -250,6 +251,38 @@ def test_right_password_then_cached(store):
     clock.t += 31
     assert auth.check("10.0.0.1", basic("alice", "alice-password")).ok
     assert len(verify.calls) == 2                         # cache entry expired
+
+
+def spellings(user: str, password: str) -> list[str]:
+    """Other headers parse_basic reads as the same credentials: scheme case, spaces, and non-zero
+    trailing bits before the padding (RFC 4648 lets a decoder accept them; binascii does)."""
+    token = basic(user, password).split()[1]
+    assert token.endswith("=") and not token.endswith("==")   # one pad: the last digit has 2 spare bits
+    b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    digit = b64.index(token[-2])
+    out = ["basic " + token, "BASIC " + token, "Basic  " + token, " Basic " + token + " "]
+    out += ["Basic " + token[:-2] + b64[digit | bits] + "=" for bits in (1, 2, 3)]
+    assert all(parse_basic(h) == (user, password) for h in out)
+    return out
+
+
+def test_every_spelling_of_one_credential_shares_one_entry_and_one_kdf_run(store):
+    """Endless spellings of a known password must not each run the KDF (a success is forgiven by the
+    throttles, so nothing else would stop them) nor push other users' entries out of the cache."""
+    auth, verify, _ = make_auth(store)
+    other = spellings("alice", "alice-password")
+    assert auth.check("10.0.0.1", other[0]).ok
+    assert len(verify.calls) == 1 and len(auth.cache) == 1
+    for header in other[1:] + [basic("alice", "alice-password")] + other:
+        assert auth.check("10.0.0.1", header).user.name == "alice"
+    assert len(verify.calls) == 1 and len(auth.cache) == 1
+    assert auth.cache.hit(basic("alice", "alice-password")) is not None   # the entry is the canonical one
+    assert basic_header("zoë", "pässword:x") == basic("zoë", "pässword:x")
+    # A wrong password in any spelling is still a full-price guess.
+    wrong = spellings("alice", "alice-passwore")
+    for header in wrong[:2]:
+        assert not auth.check("10.0.0.1", header).ok
+    assert len(verify.calls) == 3 and len(auth.cache) == 1
 
 
 def test_unknown_user_costs_a_kdf_too(store):

@@ -467,8 +467,9 @@ def test_current_value_answers_borrow_no_read_connection(fed):
 
 
 def test_the_current_value_shortcut_answers_what_the_general_path_does(fed, monkeypatch):
-    """web_resources._current_value (history on, MeterReading 1 or 2, no parameters) against the
-    general route, byte for byte, also after a larger value changes the exponent."""
+    """web_resources._current_value (history on, MeterReading 1, 2 or 5, no parameters) against the
+    general route, byte for byte, also after a larger value changes the exponent, and for the received
+    register both while the meter reports it and after a reading without it."""
     def both(mr):
         path = f"{MR}/{mr}/IntervalBlock"
         fast = espi(fed.r, path)
@@ -486,6 +487,15 @@ def test_the_current_value_shortcut_answers_what_the_general_path_does(fed, monk
     for mr in ("1", "2"):
         (value,) = [v for _, _, v, _ in values(both(mr))]
         assert value > 0
+    fed.r.apply(reading(10**6 + 1, 10**6 + 1, fed.clock.advance(7.0), received=4_321_000,
+                        scaling=SCALING_3_10000))
+    fed.store.flush()
+    assert espi(fed.r, f"{MR}/5/IntervalBlock").shared          # the shortcut answered it
+    (value,) = [v for _, _, v, _ in values(both("5"))]
+    assert value > 0
+    fed.r.apply(reading(10**6 + 2, 10**6 + 2, fed.clock.advance(7.0), scaling=SCALING_3_10000))
+    fed.store.flush()
+    both("5")
     # The memoised exponent is the one worked out afresh.
     from openseg.lan_server.state import history_source
     held = {q: history_source.store_exponent(fed.store, q, fed.r.latest_of(q)) for q in ("demand", "summation")}
@@ -501,7 +511,7 @@ def test_the_current_value_answer_is_one_object_until_the_reading_or_the_maxima_
     it (frozen, read-only headers)."""
     path = f"{MR}/1/IntervalBlock"
     first = espi(fed.r, path)
-    assert first.shared and espi(fed.r, path) is first and espi(fed.r, "/" + path) is not first
+    assert first.shared and espi(fed.r, path) is first and espi(fed.r, "/" + path + "/") is first
     with pytest.raises(TypeError):
         first.headers["Cache-Control"] = "public"
     with pytest.raises(AttributeError):
@@ -529,13 +539,15 @@ def test_the_current_value_answer_is_one_object_until_the_reading_or_the_maxima_
     assert espi(fed.r, path) is not second
     # Not shared: answers built per request.
     assert not espi(fed.r, f"{MR}/3/IntervalBlock").shared
-    # Held answers are bounded (a client can vary the path): after CURRENT_ANSWERS others, one is let go.
+    # Held answers are bounded (a client can vary the Host, so the base URL): after CURRENT_ANSWERS
+    # others, one is let go.
     import gc
     import weakref
     held = weakref.ref(espi(fed.r, path))
     second = third = fourth = None
     for i in range(web_resources.CURRENT_ANSWERS):
-        espi(fed.r, "/" * (i + 1) + path)
+        assert web_resources.espi(fed.r, path=path, params={}, subscription=SUB, base_url=f"https://h{i}:8443",
+                                  time_zone=ZONE).shared
     gc.collect()
     assert held() is None
 
