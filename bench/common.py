@@ -92,14 +92,58 @@ class BenchStack(Stack):
     """devstack.Stack in a short /tmp folder; with relay=True the HAN sends through bench/relay.py."""
 
     def __init__(self, *, interval: float = 1.0, relay: bool = False, emulator_args=(), lan: dict | None = None,
-                 han: dict | None = None):
+                 han: dict | None = None, history_h: float = 0.0):
         self.tmp = Path(tempfile.mkdtemp(prefix="ob-", dir="/tmp"))
+        self.history_h = history_h
         super().__init__(self.tmp, poll_interval_s=interval, emulator_args=["--seed", "1", *emulator_args],
                          han_overrides={"status_every_s": 5.0, **(han or {})}, lan_overrides=lan or {})
         self.use_relay = relay
         self.relay: subprocess.Popen | None = None
         self.relay_sock = self.tmp / "relay.sock"
         self.relay_log = self.tmp / "relay.jsonl"
+
+    def _init_gateway(self) -> None:
+        super()._init_gateway()
+        if self.history_h:
+            self.seed_history(self.history_h)
+
+    def seed_history(self, hours: float) -> int:
+        """The LAN's history store as a gateway that has polled every `poll_interval_s` for `hours` has
+        it, ending now, at the emulator's scaling and below its register: the answers the load asks for
+        (the last hour, a Download My Data page of MAX_READINGS) are at their steady size from the first
+        minute. From an empty store they grow all hour, and with them the high-water mark they leave
+        in the allocators, which is not growth of the gateway (bench/RESULTS.md, issue 16). Rows made."""
+        from openseg.lan_server.state import history_store as hs
+        from openseg.lan_server.state.readings import Readings
+        from openseg.shared_schema import config
+        from tests.support.channel_messages import reading, status
+
+        cfg = config.load(str(self.config_path))
+        os.makedirs(cfg.lan["state_dir"], mode=0o700, exist_ok=True)
+        step = self.poll_interval_s
+        rows = int(hours * 3600 / step)
+        now = time.time()
+        t = [now - rows * step]
+        store = hs.HistoryStore(hs.store_path(cfg.lan["state_dir"]), cfg.lan["history_retention_days"],
+                                clock=lambda: t[0], log=lambda _: None)
+        try:
+            r = Readings(30.0, clock=lambda: t[0], history=store, poll_interval_s=step)
+            r.apply(status(0, t[0], started=t[0], poll_interval_s=step))
+            # divisor 1000, kWh: one count a Wh; the emulator starts at 12345.678 kWh (its --start-kwh).
+            scaling = {"multiplier": 1, "divisor": 1000, "unit": 0, "summation_formatting": 0x33,
+                       "demand_formatting": 0x23}
+            raw = 12_345_678 - int(3 * 3500 * rows * step / 3600)
+            for k in range(rows):
+                t[0] = now - (rows - k) * step
+                w = 150 + (k * 7919) % 2800
+                raw += int(w * step / 3600)
+                r.apply(reading(k + 1, k, t[0], summation=raw, demand=w, scaling=scaling))
+                if k % 500 == 499:
+                    store.flush()
+            store.flush()
+        finally:
+            store.close()
+        return rows
 
     def __exit__(self, *exc) -> None:
         try:
