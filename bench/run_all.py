@@ -233,7 +233,7 @@ def loaded(s: BenchStack, seconds: float) -> dict:
 
 
 # ---- 5. memory -------------------------------------------------------------------------------------
-SEEDED_HISTORY_H = 6.0         # 21600 rows at 1 s: a full Download My Data page and a full last hour
+SEEDED_HISTORY_H = 6.0         # 21600 rows at 1 s: the last hour's answer whole from the start
 
 
 def bench_memory(seconds: float) -> dict:
