@@ -28,7 +28,8 @@ from openseg.shared_schema.text_file import TextFileError, parse_toml, read_text
 
 from . import passwords
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+NAME_MAX_LEN = 32
+NAME_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX_LEN - 1}}}")
 SUBSCRIPTION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 NAME_RULE = "1-32 characters: letters, digits, '.', '_', '-', starting with a letter or digit"
 SUBSCRIPTION_RULE = "1-64 characters: letters, digits, '_', '-', starting with a letter or digit"

@@ -37,7 +37,7 @@ import time
 from typing import Callable, NamedTuple
 
 from ..accounts import passwords
-from ..accounts.users_file import NAME_RE, User, UsersStore
+from ..accounts.users_file import NAME_MAX_LEN, NAME_RE, User, UsersStore
 
 REALM = "OpenSEG"
 WWW_AUTHENTICATE = f'Basic realm="{REALM}", charset="UTF-8"'
@@ -45,7 +45,9 @@ WWW_AUTHENTICATE = f'Basic realm="{REALM}", charset="UTF-8"'
 log = logging.getLogger("openseg.lan.auth")
 
 
-MAX_TOKEN = 4096                            # base64 characters of a Basic credential we read at all
+# The longest credential a users file can hold, in base64: a name, ":" and a password of MAX_PASSWORD_LEN
+# characters of up to 4 UTF-8 bytes each. Anything longer is refused unread.
+MAX_TOKEN = 4 * -(-(NAME_MAX_LEN + 1 + 4 * passwords.MAX_PASSWORD_LEN) // 3)
 MAX_HEADER = len("Basic ") + MAX_TOKEN      # the longest header that can be in the verified cache
 
 

@@ -17,9 +17,9 @@ import time
 import pytest
 
 from openseg.lan_server.accounts import passwords, users_file
-from openseg.lan_server.http.auth import (Authenticator, Throttle, VerifiedCache, basic_header, client_key, parse_basic,
-                                         prefix_key)
-from openseg.lan_server.accounts.users_file import User, UsersFileError, UsersStore
+from openseg.lan_server.http.auth import (MAX_HEADER, MAX_TOKEN, Authenticator, Throttle, VerifiedCache, basic_header,
+                                         client_key, parse_basic, prefix_key)
+from openseg.lan_server.accounts.users_file import NAME_RE, User, UsersFileError, UsersStore
 
 FAST = dict(ln=10, r=8, p=1)       # cheap parameters for tests that hash many times
 
@@ -698,3 +698,41 @@ def test_users_with_older_hashes_are_named_in_the_log(tmp_path, caplog):
         UsersStore(str(path))
     assert caplog.records == []
 
+
+
+def test_a_changed_password_is_refused_at_once_in_every_spelling(tmp_path):
+    """A non-canonical spelling is answered from the canonical entry only while the users file still
+    has the hash it was verified against (from helper-25's review: a check of the user alone let the
+    old password in, spelled "basic", after a change)."""
+    path = tmp_path / "users.toml"
+    path.write_text(users_file.render({"alice": User("alice", "s1", passwords.hash_password("old-password-1", **FAST))}))
+    clock = Clock()
+    auth = Authenticator(UsersStore(str(path), clock=clock), clock=clock, address_limit=5, user_limit=10)
+    assert auth.check("10.0.0.1", basic("alice", "old-password-1")).ok
+    users_file.write_atomic(str(path), users_file.render(
+        {"alice": User("alice", "s1", passwords.hash_password("new-password-1", **FAST))}))
+    clock.t += 1.0
+    for header in spellings("alice", "old-password-1")[:2] + [basic("alice", "old-password-1")]:
+        assert not auth.check("10.0.0.1", header).ok
+    assert auth.check("10.0.0.1", basic("alice", "new-password-1").replace("Basic", "basic")).ok
+
+
+def test_the_longest_credential_a_users_file_holds_logs_in_once_and_stays_cached(tmp_path):
+    """A 32-character name and a password of MAX_PASSWORD_LEN characters of 4 UTF-8 bytes each, which
+    the admin tool accepts, is exactly the longest header read (a shorter bound locked that user out,
+    or made every request of theirs a KDF run); a longer one is refused unread."""
+    name, password = "n" * 32, "\U0001F600" * passwords.MAX_PASSWORD_LEN
+    assert NAME_RE.fullmatch(name) and passwords.check_chosen_password(password) is None
+    header = basic(name, password)
+    assert len(header) == MAX_HEADER
+    path = tmp_path / "users.toml"
+    path.write_text(users_file.render({name: User(name, "s1", passwords.hash_password(password, **FAST))}))
+    verify = CountingVerify()
+    auth = Authenticator(UsersStore(str(path), clock=Clock()), clock=Clock(), address_limit=3, user_limit=6,
+                         verify=verify)
+    for h in (header, header, "basic " + header.split()[1]):
+        assert auth.check("10.0.0.1", h).user.name == name
+    assert len(verify.calls) == 1
+    # The next valid length (base64 comes in fours; MAX_TOKEN + 1 to + 3 are not base64 at all).
+    longer = "Basic " + base64.b64encode(b"a:" + b"b" * (3 * (MAX_TOKEN // 4 + 1) - 2)).decode()
+    assert len(longer) == MAX_HEADER + 4 and parse_basic(longer) is None

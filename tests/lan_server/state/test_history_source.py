@@ -519,6 +519,11 @@ def test_the_current_value_answer_is_one_object_until_the_reading_or_the_maxima_
     other = web_resources.espi(fed.r, path=path, params={}, subscription=SUB, base_url="https://other:8443",
                                time_zone=ZONE)
     assert other is not first and b"https://other:8443/" in other.body
+    # Another subscription's answer names that subscription only (its own path, its own answer).
+    theirs = web_resources.espi(fed.r, path=path.replace(SUB, "77aa00"), params={}, subscription="77aa00",
+                                base_url=BASE, time_zone=ZONE)
+    assert theirs.shared and b"77aa00" in theirs.body and SUB.encode() not in theirs.body
+    assert b"77aa00" not in espi(fed.r, path).body
     # A new reading inside the maxima (the store keeps the same maxima object): a new answer all the same.
     before = fed.store.maxima()
     fed.r.apply(reading(10**6, 10**6, fed.clock.advance(7.0), demand=1234, summation=1))
