@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from tests.support.channel_messages import reading, status  # noqa: E402
-from common import machine  # noqa: E402
+from common import FixedClock, machine, write_history  # noqa: E402
 from openseg.lan_server.espi import feed as espi_feed  # noqa: E402
 from openseg.lan_server.state import history_store as hs  # noqa: E402
 from openseg.lan_server.http import web_resources  # noqa: E402
@@ -51,31 +51,19 @@ SCALING = {"multiplier": 1, "divisor": 1000, "unit": 0, "summation_formatting": 
 POLL_S = 7.0
 
 
-class FixedClock:
-    def __init__(self, t):
-        self.t = t
-
-    def __call__(self):
-        return self.t
-
-
 def build_store(path: Path, days: int, now: float) -> tuple[Readings, hs.HistoryStore, dict]:
     clock = FixedClock(now - days * 86400)
     store = hs.HistoryStore(str(path), 35 if days <= 35 else days + 1, clock=lambda: now, log=lambda _: None)
-    r = Readings(30.0, clock=clock, history=store)
-    r.apply(status(0, clock(), poll_interval_s=POLL_S))
     n = int(days * 86400 / POLL_S)
-    raw = 12_345_678
+
+    def samples():
+        raw = 12_345_678
+        for k in range(n):
+            w = 150 + (k * 7919) % 2800
+            raw += int(w * POLL_S / 3600)
+            yield now - days * 86400 + k * POLL_S + 0.3, w, raw, None
     start = time.perf_counter()
-    for k in range(n):
-        t = now - days * 86400 + k * POLL_S + 0.3
-        clock.t = t
-        w = 150 + (k * 7919) % 2800
-        raw += int(w * POLL_S / 3600)
-        r.apply(reading(k + 1, k, t, summation=raw, demand=w, scaling=SCALING))
-        if k % 50 == 49:
-            store.flush()
-    store.flush()
+    _, r = write_history(store, clock, samples(), step=POLL_S, scaling=SCALING)
     took = time.perf_counter() - start
     clock.t = now
     store.writer.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

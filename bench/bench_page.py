@@ -45,7 +45,6 @@ from bench_history import build_store  # noqa: E402
 
 from openseg.lan_server.state import history_store as hs  # noqa: E402
 from openseg_emulator.devstack import LAN_ENVIRONMENT, command  # noqa: E402
-from openseg.shared_schema import config as config_schema  # noqa: E402
 
 HEADING = "## Memory, an open page, logins (issue 16)"
 
@@ -62,15 +61,13 @@ class PreloadedStack(BenchStack):
         super().__init__(**kw)
         self.days, self.lan_env = days, lan_env
 
-    def _init_gateway(self) -> None:
-        super()._init_gateway()
-        state = Path(config_schema.load(str(self.config_path)).lan["state_dir"])
-        path = state / hs.FILE_NAME
-        if self.days and not path.exists():
-            state.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _, store, info = build_store(path, self.days, time.time())
-            store.close()
-            log(f"history store: {info['rows']} rows in {info['write_s']:.1f} s")
+    def seed_history(self, path: str, retention_days: int) -> int:
+        if not self.days:
+            return 0
+        _, store, info = build_store(Path(path), self.days, time.time())
+        store.close()
+        log(f"history store: {info['rows']} rows in {info['write_s']:.1f} s")
+        return info["rows"]
 
     def start_lan(self) -> None:
         self.lan = self._spawn("lan", [command("openseg-lan"), "--config", str(self.config_path)],

@@ -87,6 +87,38 @@ def rss_kb(pid: int, field: str = "VmRSS") -> int | None:
     return None
 
 
+# ---- history for a store ---------------------------------------------------------------------------
+class FixedClock:
+    """A clock the code under test reads and the bench sets."""
+
+    def __init__(self, t: float):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def write_history(store, clock: FixedClock, samples, *, step: float, scaling: dict):
+    """Write `samples` ((time, demand W, summation, received or None) each, in time order) into `store`
+    through the LAN's own Readings, as its channel receiver would, with `clock` set to each sample's
+    time: the one way the benches fill a history store. Returns (rows written, the Readings, which
+    callers that answer from the store go on using)."""
+    from openseg.lan_server.state.readings import Readings
+    from tests.support.channel_messages import reading, status
+
+    readings = Readings(30.0, clock=clock, history=store)
+    readings.apply(status(0, clock(), poll_interval_s=step))
+    rows = 0
+    for k, (t, w, summation, received) in enumerate(samples):
+        clock.t = t
+        readings.apply(reading(k + 1, k, t, summation=summation, demand=w, received=received, scaling=scaling))
+        rows += 1
+        if k % 50 == 49:
+            store.flush()
+    store.flush()
+    return rows, readings
+
+
 # ---- the stack -------------------------------------------------------------------------------------
 class BenchStack(Stack):
     """devstack.Stack in a short /tmp folder; with relay=True the HAN sends through bench/relay.py."""
@@ -104,8 +136,14 @@ class BenchStack(Stack):
 
     def _init_gateway(self) -> None:
         super()._init_gateway()
-        if self.history_h:
-            self.seed_history(self.history_h)
+        from openseg.lan_server.state import history_store as hs
+        from openseg.shared_schema import config
+
+        lan = config.load(str(self.config_path)).lan
+        path = hs.store_path(lan["state_dir"])
+        if not os.path.exists(path):            # once per stack: a store already there is kept
+            os.makedirs(lan["state_dir"], mode=0o700, exist_ok=True)
+            self.seed_history(path, lan["history_retention_days"])
 
     # The emulator's meter as seed_history writes it: its defaults (divisor 1000, multiplier 1, kWh, so
     # one count a Wh; --start-kwh 12345.678; received register 0). A stack that changes any of these
@@ -115,49 +153,38 @@ class BenchStack(Stack):
                     "demand_formatting": 0x23}
     SEED_END_WH = 12_345_678 - 10       # just below the emulator's first answer: no register drop
 
-    def seed_history(self, hours: float) -> int:
-        """The LAN's history store as a gateway that has polled every `poll_interval_s` for `hours` has
+    def seed_history(self, path: str, retention_days: int) -> int:
+        """Fill the LAN's new history store at `path` before it starts (a subclass may fill it its own
+        way). This one: as a gateway that has polled every `poll_interval_s` for `history_h` hours has
         it, ending now, at the emulator's scaling and just below its register, so the first live
         reading continues it. The last hour's answer, which the memory bench asks for every minute, is
         then at its steady size from the first minute (from an empty store it grows all hour, and with
         it the high-water mark it leaves in the allocators, which is not growth of the gateway;
-        bench/RESULTS.md, issue 16); Download My Data holds its quarter hours. Once per stack: a
-        store already there is kept. Rows made."""
+        bench/RESULTS.md, issue 16); Download My Data holds its quarter hours. Rows made."""
+        if not self.history_h:
+            return 0
         from openseg.lan_server.state import history_store as hs
-        from openseg.lan_server.state.readings import Readings
-        from openseg.shared_schema import config
-        from tests.support.channel_messages import reading, status
 
         changed = [a for a in self.emulator_args if a.split("=")[0] in self.SEED_METER_FLAGS]
         if changed:
             raise ValueError(f"seed_history writes the emulator's default meter; this stack sets {changed}")
-        cfg = config.load(str(self.config_path))
-        path = hs.store_path(cfg.lan["state_dir"])
-        if os.path.exists(path):
-            return 0
-        os.makedirs(cfg.lan["state_dir"], mode=0o700, exist_ok=True)
         step = self.poll_interval_s
-        rows = int(hours * 3600 / step)
+        rows = int(self.history_h * 3600 / step)
         watts = [150 + (k * 7919) % 2800 for k in range(rows)]       # 150 to 2950 W, a household's range
         energy = sum(watts) * step / 3600                            # Wh over the seeded time
         now = time.time()
-        t = [now - rows * step]
-        store = hs.HistoryStore(path, cfg.lan["history_retention_days"], clock=lambda: t[0], log=lambda _: None)
-        try:
-            r = Readings(30.0, clock=lambda: t[0], history=store, poll_interval_s=step)
-            r.apply(status(0, t[0], started=t[0], poll_interval_s=step))
-            start_wh, so_far = self.SEED_END_WH - energy, 0.0
+        clock = FixedClock(now - rows * step)
+        store = hs.HistoryStore(path, retention_days, clock=clock, log=lambda _: None)
+
+        def samples():
+            so_far = 0.0
             for k, w in enumerate(watts):
-                t[0] = now - (rows - k) * step
                 so_far += w * step / 3600                  # exact running total, rounded once a reading
-                r.apply(reading(k + 1, k, t[0], summation=math.floor(start_wh + so_far), demand=w,
-                                received=0, scaling=self.SEED_SCALING))
-                if k % 500 == 499:
-                    store.flush()
-            store.flush()
+                yield now - (rows - k) * step, w, math.floor(self.SEED_END_WH - energy + so_far), 0
+        try:
+            return write_history(store, clock, samples(), step=step, scaling=self.SEED_SCALING)[0]
         finally:
             store.close()
-        return rows
 
     def __exit__(self, *exc) -> None:
         try:

@@ -568,10 +568,10 @@ def _updated(ctx: Context, window: Window, static: float | None = None) -> float
 @functools.lru_cache(maxsize=64)
 def current_value_document(subscription: str, base_url: str, query_string: str, mr: MeterReadingDef, latest: Sample,
                             p: int) -> bytes:
-    """The parameterless IntervalBlock answer of a register or demand MeterReading (1, 2 or 5). It depends on exactly these
-    arguments (nothing else reaches it: no snapshot, no store), so it is built once per reading and per
-    base URL instead of once per request: at load, building it with lxml among the server's threads was
-    half the LAN process's CPU (bench/RESULTS.md). Bounded: 64 small documents."""
+    """The parameterless IntervalBlock answer of a register or demand MeterReading (1, 2 or 5). It
+    depends on exactly these arguments (nothing else reaches it: no snapshot, no store), so it is built
+    once per reading and per base URL instead of once per request: at load, building it with lxml among
+    the server's threads was half the LAN process's CPU (bench/RESULTS.md). Bounded: 64 small documents."""
     ctx = Context(snap=None, base_url=base_url, subscription=subscription, time_zone="", source=None,
                   query_string=query_string)
     entry = interval_block_entry(ctx, mr, Block(CURRENT, (_latest_point(mr, latest, p),)))

@@ -141,8 +141,8 @@ def espi(readings: Readings, *, path: str, params: Mapping[str, str], subscripti
     (403), no such resource (404), bad parameter (400), no value yet for a current-value request
     (503), otherwise 200 with an Atom feed (collections) or entry (single resources), built by the
     resource's entry in ESPI_ANSWERS. One shortcut comes first: the parameterless IntervalBlock
-    collection of a register or demand MeterReading (1, 2 or 5), the most requested answer, is ESPI_ANSWERS' INTERVAL_BLOCKS
-    document served straight from the latest reading (`_current_value`)."""
+    collection of a register or demand MeterReading (1, 2 or 5), the most requested answer, is
+    ESPI_ANSWERS' INTERVAL_BLOCKS document served straight from the latest reading (`_current_value`)."""
     if not params:
         fast = _current_value(readings, path, subscription, base_url)
         if fast is not None:
@@ -288,10 +288,10 @@ _SHARED_HEADERS = types.MappingProxyType(dict(NO_STORE))    # read-only: one ans
 
 def _current_value(readings: Readings, path: str, subscription: str, base_url: str) -> Response | None:
     """ESPI_ANSWERS' INTERVAL_BLOCKS answer for the parameterless IntervalBlock collection of
-    a register or demand MeterReading (1, 2 or 5) with history on, straight from the latest reading: the same document
-    `_interval_blocks` would build (the same memoised builder), without routing, snapshot, query
-    parsing or Context, and the same Response object for every request until the reading or the
-    store's maxima change (`shared`: the app keeps its wire form too). None: take the table's path
+    a register or demand MeterReading (1, 2 or 5) with history on, straight from the latest reading:
+    the same document `_interval_blocks` would build (the same memoised builder), without routing,
+    snapshot, query parsing or Context, and the same Response object for every request until the
+    reading or the store's maxima change (`shared`: the app keeps its wire form too). None: take the table's path
     (another resource, history off, or no value yet: the 503 is `_interval_blocks`')."""
     mr = _current_value_paths(subscription).get(path.strip("/"))
     store = open_store(readings)
