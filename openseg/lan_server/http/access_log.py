@@ -6,8 +6,12 @@ under systemd), in the format every other log line has (main.OneLineFormatter):
 Every request makes one, so its cost is every request's cost, and issue 16 bounds the access log and
 the current-value answer together at about 0.11 ms of CPU. It therefore does not go through the logging
 module: a LogRecord, the logger's dispatch and the text stream's buffering cost 0.02 ms a line in the
-live server under load (bench/RESULTS.md, issue 16). A request thread formats its line (one f-string)
-and queues it; one writer thread writes what is queued.
+live server under load (bench/RESULTS.md, issue 16). A request thread only queues the line's fields,
+each cut to what the line shows of it; one writer thread formats and writes what is queued. Formatting
+there, many lines in a row, takes it off the request: measured in the loaded server, the line cost a
+worker 6.4 to 6.9 us of CPU when it was formatted there (escaping four fields, the f-string, encoding)
+and 1.8 us queued (the same probe around both; bench/RESULTS.md, issue 16), and every microsecond a
+request holds the interpreter lock costs it several.
 
 Why a writer thread: write(2) lets go of the interpreter lock, and under load another worker takes it,
 so each line written by the worker itself cost it a wait for the lock and more context switches (paired
@@ -20,9 +24,10 @@ that, a traceback made one line, may be written in pieces, and access lines can 
 While the writer keeps up, a line reaches the journal within FLUSH_EVERY_S of its request, and a crash
 or SIGKILL loses at most that last tenth of a second of lines; `close()` (at shutdown) writes what is
 queued. If standard error stops taking lines (a journal that hangs), at most MAX_QUEUED lines wait
-(about 1 MB of ordinary lines, 16 MB if every one were a 200-character path escaped whole); lines
-beyond them are counted, not kept, and a WARNING line in the same format says how many once writing
-works again. The writer never dies of an error: a batch it cannot write is counted the same way.
+(their fields: about 4 MB for IntervalBlock requests, 13 MB if every one had a 200-character path of
+four-byte characters); lines beyond them are counted, not kept, and a WARNING line in the same format
+says how many once writing works again. The writer never dies of an error: a batch it cannot write is
+counted the same way.
 
 Each part is made printable first (`printable`), so a client cannot start a line of its own.
 """
@@ -39,9 +44,10 @@ FLUSH_EVERY_S = 0.1
 MAX_QUEUED = 10_000                     # lines waiting for a standard error that does not take them
 CLOSE_TIMEOUT_S = 2.0
 PIPE_BUF = 4096                         # POSIX: a pipe write this size or less is never interleaved
+REMOTE_LIMIT, USER_LIMIT, METHOD_LIMIT, PATH_LIMIT = 64, 64, 16, 200    # characters a line shows of each
 
 
-def printable(text: str, limit: int = 200) -> str:
+def printable(text: str, limit: int = PATH_LIMIT) -> str:
     """For log lines: one line, bounded, no control characters from the client, and no quote or
     backslash of its own, so a path cannot close the quoted request and fake the fields after it, and
     an escape in the line is always one this made."""
@@ -59,8 +65,8 @@ class AccessLog:
         self.fd = fd
         self._clock = clock
         self._flush_every_s = flush_every_s
-        self._stamp = (-1, "")      # (second, its text): the same second for many lines, formatted once
-        self._queue: queue.SimpleQueue[bytes | threading.Event | None] = queue.SimpleQueue()
+        self._stamp = (-1, "")      # (second, its text), the writer's: many lines share a second
+        self._queue: queue.SimpleQueue[tuple | threading.Event | None] = queue.SimpleQueue()
         self._closed = False
         self.dropped = 0            # lines not queued because MAX_QUEUED were waiting
         self._dropped_lock = threading.Lock()
@@ -76,16 +82,22 @@ class AccessLog:
             with self._dropped_lock:
                 self.dropped += 1
             return
-        now = self._clock()
+        # The fields as `_format` shows them at most (printable cuts each as long first), so a queued
+        # line holds no more of a long path than its line will.
+        self._queue.put((self._clock(), remote[:REMOTE_LIMIT], user[:USER_LIMIT], method[:METHOD_LIMIT],
+                         path[:PATH_LIMIT], status, size, took_ms))
+
+    def _format(self, fields: tuple) -> bytes:
+        """One queued line's text (the writer thread's work: the time's text is kept for its second)."""
+        now, remote, user, method, path, status, size, took_ms = fields
         second = int(now)
         held, stamp = self._stamp
         if second != held:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
             self._stamp = (second, stamp)
-        self._queue.put(
-            f"{stamp},{int((now - second) * 1000):03d} INFO {LOGGER_NAME}: {printable(remote, 64)} "
-            f"{printable(user, 64)} \"{printable(method, 16)} {printable(path)}\" {status} {size} "
-            f"{took_ms:.1f}ms\n".encode("utf-8", "backslashreplace"))
+        return (f"{stamp},{int((now - second) * 1000):03d} INFO {LOGGER_NAME}: {printable(remote, REMOTE_LIMIT)} "
+                f"{printable(user, USER_LIMIT)} \"{printable(method, METHOD_LIMIT)} {printable(path, PATH_LIMIT)}\" "
+                f"{status} {size} {took_ms:.1f}ms\n").encode("utf-8", "backslashreplace")
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every line queued before this call is written (or counted as dropped). False:
@@ -114,23 +126,24 @@ class AccessLog:
     def _write_queued(self) -> None:
         while True:
             first = self._queue.get()               # waits without the interpreter lock
-            if isinstance(first, bytes):
+            if isinstance(first, tuple):
                 time.sleep(self._flush_every_s)     # what the next moment brings goes in the same writes
-            lines, markers, last = [], [], False
+            queued, markers, last = [], [], False
             item = first
             while True:
                 if item is None:
                     last = True
-                elif isinstance(item, bytes):
-                    lines.append(item)
+                elif isinstance(item, tuple):
+                    queued.append(item)
                 else:
                     markers.append(item)
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            batch, dropped = len(lines), 0
+            batch, dropped = len(queued), 0
             try:
+                lines = [self._format(fields) for fields in queued]
                 with self._dropped_lock:
                     dropped, self._reported = self.dropped - self._reported, self.dropped
                 if dropped:

@@ -248,3 +248,33 @@ def test_flush_after_close_and_close_of_a_blocked_log_return(tmp_path):
         log._writer.join(10)
         os.close(w)
     assert not log._writer.is_alive()
+
+
+def test_a_queued_line_holds_no_more_of_a_long_path_than_its_line_shows(log_file, monkeypatch):
+    """The queue holds a request's fields until the writer formats them: cut to what the line shows
+    (a request line may be far longer), so MAX_QUEUED waiting lines stay within the docstring's bound."""
+    import tracemalloc
+    fd, file = log_file
+    real, stalled = os.write, threading.Event()
+    monkeypatch.setattr(os, "write", lambda f, data: stalled.wait() and real(f, data))
+    with AccessLog(fd, flush_every_s=0.0) as log:
+        log.line("10.0.0.2", "alice", "GET", "/first", 200, 1, 0.1)
+        deadline = time.monotonic() + 10
+        while log._queue.qsize() and time.monotonic() < deadline:      # the writer holds /first
+            time.sleep(0.01)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(100):
+                long = f"/{i}" + "x" * 100_000                            # freed when the loop moves on
+                log.line("10.0.0.2" * 100, "alice" * 100, "GET" * 100, long, 200, 1, 0.1)
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert log._queue.qsize() == 100
+        assert held < 100 * 4096, held          # a cut line's fields (under 2 KB), not 100 KB each
+        stalled.set()
+    lines = file.read_text().splitlines()
+    assert len(lines) == 101
+    assert all(LINE.fullmatch(x + "\n").group(4).endswith("x" * 150) for x in lines[1:])
+    assert all(len(LINE.fullmatch(x + "\n").group(4)) == access_log.PATH_LIMIT for x in lines[1:])
