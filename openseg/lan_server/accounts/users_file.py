@@ -218,7 +218,8 @@ class UsersStore:
             _note_older_hashes(users)
 
     def get(self, name: str) -> User | None:
-        self._maybe_reload()
+        if self._clock() >= self._next_check:     # here, not in a call: every request asks
+            self._maybe_reload()
         return self._held.users.get(name)
 
     def __len__(self) -> int:

@@ -237,8 +237,9 @@ class LanApp:
     def _authorized(self, environ: dict, method: str, path: str, user: User) -> Response:
         if method not in ("GET", "HEAD"):
             return _text(405, "only GET and HEAD", {"Allow": "GET, HEAD"})
+        query = environ.get("QUERY_STRING")
         try:
-            params = parse_query(environ.get("QUERY_STRING", ""))
+            params = parse_query(query) if query else {}
         except BadRequest as exc:
             return _text(400, str(exc))
         handler, rest = self.EXACT_ROUTES.get(path), ""
@@ -275,7 +276,18 @@ class LanApp:
         return Response(200, "application/json", body, dict(NO_STORE))
 
     def _espi_route(self, req: Request) -> Response:
-        return self._espi(req.environ, req.rest, req.params, req.user.subscription)
+        params, subscription = req.params, req.user.subscription
+        # `download` is the page's "Download my data" switch, not an ESPI query parameter.
+        download = params.pop("download", "0")
+        if download not in ("0", "1"):
+            return _text(400, "download: must be 0 or 1")
+        reply = self.resources.espi(self.readings, path=req.rest, params=params, subscription=subscription,
+                                    base_url=self._base_url(req.environ), time_zone=self.time_zone,
+                                    **self.espi_options)
+        if download == "1" and reply.status == 200:
+            reply = Response(reply.status, reply.content_type, reply.body, {
+                **reply.headers, "Content-Disposition": f'attachment; filename="openseg-{subscription}.xml"'})
+        return reply
 
     # The HTTP answers, in one place: a path takes its exact route, else the first prefix route it starts
     # with (the handler gets the rest of the path), else 404. GET and HEAD only (405); a bad query is 400.
@@ -291,19 +303,6 @@ class LanApp:
         ("/static/", _static_file),
         (ESPI_PREFIX, _espi_route),
     )
-
-    def _espi(self, environ: dict, rest: str, params: dict[str, str], subscription: str) -> Response:
-        # `download` is the page's "Download my data" switch, not an ESPI query parameter.
-        download = params.pop("download", "0")
-        if download not in ("0", "1"):
-            return _text(400, "download: must be 0 or 1")
-        reply = self.resources.espi(self.readings, path=rest, params=params, subscription=subscription,
-                                    base_url=self._base_url(environ), time_zone=self.time_zone,
-                                    **self.espi_options)
-        if download == "1" and reply.status == 200:
-            reply = Response(reply.status, reply.content_type, reply.body, {
-                **reply.headers, "Content-Disposition": f'attachment; filename="openseg-{subscription}.xml"'})
-        return reply
 
     def _base_url(self, environ: dict) -> str:
         host = environ.get("HTTP_HOST", "")

@@ -28,6 +28,7 @@ import base64
 import binascii
 import collections
 import hashlib
+import itertools
 import ipaddress
 import logging
 import math
@@ -157,12 +158,12 @@ class Throttle:
 
 
 class _Verified:
-    """One verified Authorization header: who it logged in as, the hash it was checked against, and
-    until when it stands unless used again."""
-    __slots__ = ("name", "password_hash", "expires")
+    """One verified Authorization header: who it logged in as, the hash it was checked against, until
+    when it stands unless used again, and when it was last used (VerifiedCache's count of hits)."""
+    __slots__ = ("name", "password_hash", "expires", "used")
 
-    def __init__(self, name: str, password_hash: str, expires: float):
-        self.name, self.password_hash, self.expires = name, password_hash, expires
+    def __init__(self, name: str, password_hash: str, expires: float, used: int):
+        self.name, self.password_hash, self.expires, self.used = name, password_hash, expires, used
 
 
 class VerifiedCache:
@@ -186,15 +187,21 @@ class VerifiedCache:
     An entry lives while it is used: each hit moves its expiry to `ttl_s` after that use, so a page
     polling every few seconds never runs the KDF again (a fixed lifetime made every open page pay two
     scrypt runs every five minutes). The bound is on idleness (`ttl_s` without a hit) and on the
-    number of entries (`max_entries`, least recently used out first)."""
+    number of entries (`max_entries`, least recently used out first).
+
+    A hit takes no lock and moves nothing: it stamps its entry's expiry and the count of uses (each
+    one attribute store, whole under the interpreter lock), and `add`, after a KDF run, finds the
+    least recently used by that count. (A hit that races an eviction answers for an entry just dropped,
+    which was verified all the same; the caller checks its user against the users file either way.)"""
 
     def __init__(self, ttl_s: float, *, clock: Callable[[], float] = time.monotonic, max_entries: int = 256):
         self.ttl_s = ttl_s
         self._clock = clock
         self._max = max_entries
         self._keyed = hashlib.blake2b(key=secrets.token_bytes(32), digest_size=32)
-        self._lock = threading.Lock()
-        self._entries: collections.OrderedDict[bytes, _Verified] = collections.OrderedDict()
+        self._lock = threading.Lock()           # adds and evictions; hits go without it
+        self._entries: dict[bytes, _Verified] = {}
+        self._uses = itertools.count()          # next() is one step under the interpreter lock
 
     def mac(self, text: str) -> bytes:
         mac = self._keyed.copy()        # the key's block already hashed: a third less per request
@@ -208,17 +215,14 @@ class VerifiedCache:
     def hit(self, authorization: str) -> tuple[str, str] | None:
         """(user name, password hash) `authorization` was verified as, if it was used within `ttl_s`;
         the use keeps it another `ttl_s`. None: not verified (or no longer)."""
-        key = self.mac(authorization)
-        entry = self._entries.get(key)
+        entry = self._entries.get(self.mac(authorization))
         if entry is None:
             return None
         now = self._clock()
         if now >= entry.expires:
             return None
-        with self._lock:
-            if self._entries.get(key) is entry:             # not dropped or replaced meanwhile
-                entry.expires = now + self.ttl_s
-                self._entries.move_to_end(key)
+        entry.expires = now + self.ttl_s
+        entry.used = next(self._uses)
         return entry.name, entry.password_hash
 
     def add(self, authorization: str, user: User) -> None:
@@ -232,8 +236,9 @@ class VerifiedCache:
                 for old in [k for k, e in self._entries.items() if e.expires <= now]:
                     del self._entries[old]
                 while len(self._entries) >= self._max:
-                    self._entries.popitem(last=False)       # the least recently used
-            self._entries[key] = _Verified(user.name, user.password_hash, now + self.ttl_s)
+                    entries = self._entries
+                    del entries[min(entries, key=lambda k: entries[k].used)]    # the least recently used
+            self._entries[key] = _Verified(user.name, user.password_hash, now + self.ttl_s, next(self._uses))
 
     def __len__(self) -> int:
         return len(self._entries)

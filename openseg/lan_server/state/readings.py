@@ -387,14 +387,15 @@ class Readings:
         return Snapshot(**held, history=() if window is None else window.entries())
 
     def latest_of(self, quantity: str) -> Reading | None:
-        """Snapshot.latest_with without the cost of a Snapshot: the current-value answers' one read."""
-        with self._lock:
-            if quantity == "demand":
-                return self._latest_demand
-            if quantity == "summation":
-                return self._latest_summation
-            if quantity == "received":
-                return self._latest_received
+        """Snapshot.latest_with without the cost of a Snapshot: the current-value answers' one read.
+        Without the lock: it is one reference, read whole under the interpreter lock, and a reading
+        is never changed once made (the lock is for reads that must agree with each other)."""
+        if quantity == "demand":
+            return self._latest_demand
+        if quantity == "summation":
+            return self._latest_summation
+        if quantity == "received":
+            return self._latest_received
         raise KeyError(quantity)
 
     def __len__(self) -> int:
