@@ -63,8 +63,11 @@ class Durations:
         self.startup_runs = 3 if quick else 5
         self.idle_s = 60 if quick else 600
         self.loaded_s = 60 if quick else 600
-        self.tp_round_s = 3 if quick else 10
-        self.tp_rounds = 1 if quick else 2
+        # Many short rounds, each server's in turn and the order reversed every other round: the
+        # machine's own rate drifts by a third within minutes (bench/RESULTS.md, issue 16), and two
+        # rounds in one order gave a server's figure whatever the machine did while it ran.
+        self.tp_round_s = 3 if quick else 4
+        self.tp_rounds = 2 if quick else 6
         self.lat_s = 10 if quick else 60
         self.lat_new_s = 5 if quick else 30
         self.memory_s = 180 if quick else 3600
@@ -131,12 +134,14 @@ def bench_throughput(s: BenchStack, bare: BareServer, busy: BareServer, d: Durat
             servers["busy"] = (busy.proc.pid, busy.port)
         rounds: dict[str, list[dict]] = {k: [] for k in servers}
         cpu = {k: 0.0 for k in servers}
-        for _ in range(d.tp_rounds):
-            for k, (pid, port) in servers.items():
+        for i in range(d.tp_rounds):
+            for k, (pid, port) in (list(servers.items()) if i % 2 == 0 else list(servers.items())[::-1]):
                 c0 = cpu_s(pid)
                 rounds[k].append(closed_loop(port, s.cafile, ib, hdr, clients, d.tp_round_s, new))
                 cpu[k] += cpu_s(pid) - c0
         out[label] = {k: _merge(v) for k, v in rounds.items()}
+        # Each round's LAN against the bare server of the same round: the spread the figure comes from.
+        out[label]["round_ratios"] = [lan["rate"] / bare["rate"] for lan, bare in zip(rounds["lan"], rounds["bare"])]
         for k in servers:
             # The server process's CPU per answer (its reading, 1 s of idle work aside, is the
             # figure least moved by other load on the machine).
@@ -390,9 +395,11 @@ def details(r: dict) -> list[str]:
     out = ["Details:", ""]
     if "throughput" in r:
         for label, x in r["throughput"].items():
+            ratios = x["round_ratios"]
             out.append(f"- (1) {label}: LAN p50 {ms(x['lan']['p50'])}, p99 {ms(x['lan']['p99'])}; bare p50 "
                        f"{ms(x['bare']['p50'])}, p99 {ms(x['bare']['p99'])}; {x['lan']['requests']} and "
-                       f"{x['bare']['requests']} requests.")
+                       f"{x['bare']['requests']} requests; LAN / bare by round {', '.join(f'{q:.2f}' for q in ratios)} "
+                       f"(median {statistics.median(ratios):.2f}).")
     if "poll" in r:
         for name in ("idle", "loaded"):
             w = r["poll"][name]
