@@ -64,8 +64,9 @@ class Durations:
         self.idle_s = 60 if quick else 600
         self.loaded_s = 60 if quick else 600
         # Many short rounds, each server's in turn and the order reversed every other round: the
-        # machine's own rate drifts by a third within minutes (bench/RESULTS.md, issue 16), and two
-        # rounds in one order gave a server's figure whatever the machine did while it ran.
+        # machine's own rate moves by a third and more from one round to the next (one run's rounds gave
+        # the LAN 0.58 to 0.98 of the bare server beside it; bench/RESULTS.md, issue 16), and two
+        # rounds in one order gave each server whatever the machine did while it ran.
         self.tp_round_s = 3 if quick else 4
         self.tp_rounds = 2 if quick else 6
         self.lat_s = 10 if quick else 60
@@ -141,7 +142,8 @@ def bench_throughput(s: BenchStack, bare: BareServer, busy: BareServer, d: Durat
                 cpu[k] += cpu_s(pid) - c0
         out[label] = {k: _merge(v) for k, v in rounds.items()}
         # Each round's LAN against the bare server of the same round: the spread the figure comes from.
-        out[label]["round_ratios"] = [lan["rate"] / bare["rate"] for lan, bare in zip(rounds["lan"], rounds["bare"])]
+        out[label]["round_ratios"] = [lan["rate"] / bare["rate"] if bare["rate"] else float("nan")
+                                      for lan, bare in zip(rounds["lan"], rounds["bare"])]
         for k in servers:
             # The server process's CPU per answer (its reading, 1 s of idle work aside, is the
             # figure least moved by other load on the machine).

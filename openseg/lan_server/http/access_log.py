@@ -10,8 +10,8 @@ live server under load (bench/RESULTS.md, issue 16). A request thread only queue
 each cut to what the line shows of it; one writer thread formats and writes what is queued. Formatting
 there, many lines in a row, takes it off the request: measured in the loaded server, the line cost a
 worker 6.4 to 6.9 us of CPU when it was formatted there (escaping four fields, the f-string, encoding)
-and 1.8 us queued (the same probe around both; bench/RESULTS.md, issue 16), and every microsecond a
-request holds the interpreter lock costs it several.
+and 1.8 us queued (the same probe around both; bench/RESULTS.md, issue 16, notes of (1)), and every
+microsecond a request holds the interpreter lock costs it several.
 
 Why a writer thread: write(2) lets go of the interpreter lock, and under load another worker takes it,
 so each line written by the worker itself cost it a wait for the lock and more context switches (paired
@@ -23,21 +23,23 @@ another thread cuts one of them. (Other log lines go through sys.stderr's own bu
 that, a traceback made one line, may be written in pieces, and access lines can land between them.)
 While the writer keeps up, a line reaches the journal within FLUSH_EVERY_S of its request, and a crash
 or SIGKILL loses at most that last tenth of a second of lines; `close()` (at shutdown) writes what is
-queued. If standard error stops taking lines (a journal that hangs), at most MAX_QUEUED lines wait
-(their fields: about 4 MB for IntervalBlock requests, 13 MB if every one had a 200-character path of
-four-byte characters); lines beyond them are counted, not kept, and a WARNING line in the same format
-says how many once writing works again. The writer never dies of an error: a batch it cannot write is
-counted the same way.
+queued. If standard error stops taking lines (a journal that hangs), at most MAX_QUEUED lines wait,
+and the writer holds at most one batch of as many (their fields: about 4 MB each for IntervalBlock
+requests, about 6 MB if every line had the longest fields a line shows, cheroot giving the path as
+Latin-1 text); lines beyond them are counted, not kept, and a WARNING line in the same format says how
+many once writing works again. The writer never dies of an error: a batch it cannot write is counted
+the same way.
 
 Each part is made printable first (`printable`), so a client cannot start a line of its own.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 LOGGER_NAME = "openseg.lan.access"      # where the line says it comes from, as a logger's name would
 FLUSH_EVERY_S = 0.1
@@ -143,12 +145,10 @@ class AccessLog:
                     break
             batch, dropped = len(queued), 0
             try:
-                lines = [self._format(fields) for fields in queued]
                 with self._dropped_lock:
                     dropped, self._reported = self.dropped - self._reported, self.dropped
-                if dropped:
-                    lines.append(self._dropped_line(dropped))
-                self._write_lines(lines)
+                told = [self._dropped_line(dropped)] if dropped else []
+                self._write_lines(itertools.chain(self._formatted(queued), told))
             except Exception:       # the writer outlives any one batch: counted, told of next time
                 with self._dropped_lock:
                     self.dropped += batch
@@ -159,13 +159,30 @@ class AccessLog:
             if last:
                 return
 
+    def _formatted(self, queued: list[tuple]) -> Iterator[bytes]:
+        """The batch's lines, oldest first, each made as its write is gathered and its fields let go
+        then: a writer that standard error holds up keeps the rest of its batch's fields and one
+        write's bytes, not the whole batch twice. A line that cannot be made (a field that is not
+        text: a caller's bug) is counted as dropped, and the batch goes on."""
+        queued.reverse()
+        while queued:
+            fields = queued.pop()
+            try:
+                line = self._format(fields)
+            except Exception:
+                with self._dropped_lock:
+                    self.dropped += 1
+                continue
+            yield line
+
     def _dropped_line(self, dropped: int) -> bytes:
         now = self._clock()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(now)))
         return (f"{stamp},{int((now - int(now)) * 1000):03d} WARNING {LOGGER_NAME}: {dropped} access "
-                f"line(s) dropped: standard error did not take them as fast as they came\n").encode()
+                f"line(s) dropped: standard error did not take them as fast as they came, or a line "
+                f"could not be made\n").encode()
 
-    def _write_lines(self, lines: list[bytes]) -> None:
+    def _write_lines(self, lines: Iterable[bytes]) -> None:
         chunk: list[bytes] = []
         size = 0
         for line in lines:

@@ -28,8 +28,8 @@ import base64
 import binascii
 import collections
 import hashlib
-import itertools
 import ipaddress
+import itertools
 import logging
 import math
 import secrets

@@ -11,7 +11,7 @@ identity in a status report, is counted and kept as the last meter event for the
 One lock guards everything here. Writers hold it for a few attribute updates; readers hold it only
 to copy references into an immutable `Snapshot` (the recent window's columns are copied at C level,
 and turned into entries after the lock is released), and build their answers after releasing it, so a
-slow client never delays the receiver.
+slow client never delays the receiver. `latest_of`, one reference, reads without it.
 """
 from __future__ import annotations
 

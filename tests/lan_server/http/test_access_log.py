@@ -17,7 +17,7 @@ from openseg.lan_server.http.access_log import AccessLog
 from openseg.lan_server.main import OneLineFormatter
 
 WARNING = (r"\S+ \S+ WARNING openseg\.lan\.access: {} access line\(s\) dropped: standard error did not "
-           r"take them as fast as they came\n")
+           r"take them as fast as they came, or a line could not be made\n")
 LINE = re.compile(r'\S+ \S+ INFO openseg\.lan\.access: (\S+) (\S+) "(\S+) ([^"]*)" (\d+) (\d+) ([\d.]+)ms\n')
 
 
@@ -250,31 +250,59 @@ def test_flush_after_close_and_close_of_a_blocked_log_return(tmp_path):
     assert not log._writer.is_alive()
 
 
-def test_a_queued_line_holds_no_more_of_a_long_path_than_its_line_shows(log_file, monkeypatch):
-    """The queue holds a request's fields until the writer formats them: cut to what the line shows
-    (a request line may be far longer), so MAX_QUEUED waiting lines stay within the docstring's bound."""
+def test_a_queued_line_holds_no_more_of_its_fields_than_its_line_shows(log_file, monkeypatch):
+    """The queue holds a request's fields until the writer formats them: each cut to what the line
+    shows (a request line may be far longer), so MAX_QUEUED waiting lines stay within the docstring's
+    bound."""
     import tracemalloc
     fd, file = log_file
-    real, stalled = os.write, threading.Event()
-    monkeypatch.setattr(os, "write", lambda f, data: stalled.wait() and real(f, data))
+    real, entered, stalled = os.write, threading.Event(), threading.Event()
+
+    def stalling(f, data):
+        entered.set()
+        stalled.wait()
+        return real(f, data)
+    monkeypatch.setattr(os, "write", stalling)
     with AccessLog(fd, flush_every_s=0.0) as log:
-        log.line("10.0.0.2", "alice", "GET", "/first", 200, 1, 0.1)
-        deadline = time.monotonic() + 10
-        while log._queue.qsize() and time.monotonic() < deadline:      # the writer holds /first
-            time.sleep(0.01)
-        tracemalloc.start()
         try:
-            before = tracemalloc.get_traced_memory()[0]
-            for i in range(100):
-                long = f"/{i}" + "x" * 100_000                            # freed when the loop moves on
-                log.line("10.0.0.2" * 100, "alice" * 100, "GET" * 100, long, 200, 1, 0.1)
-            held = tracemalloc.get_traced_memory()[0] - before
+            log.line("10.0.0.2", "alice", "GET", "/first", 200, 1, 0.1)
+            assert entered.wait(10)                                     # the writer holds /first
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                for i in range(100):
+                    # Made here, each its own object, freed when the loop moves on: only cut copies stay.
+                    n = str(i)
+                    log.line(n + "a" * 20_000, n + "u" * 20_000, n + "M" * 20_000, n + "x" * 100_000,
+                             200, 1, 0.1)
+                held = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+            assert log._queue.qsize() == 100
+            assert held < 100 * 4096 + 200_000, held    # cut fields (under 2 KB a line) and the last strings
         finally:
-            tracemalloc.stop()
-        assert log._queue.qsize() == 100
-        assert held < 100 * 4096, held          # a cut line's fields (under 2 KB), not 100 KB each
-        stalled.set()
+            stalled.set()
     lines = file.read_text().splitlines()
     assert len(lines) == 101
-    assert all(LINE.fullmatch(x + "\n").group(4).endswith("x" * 150) for x in lines[1:])
-    assert all(len(LINE.fullmatch(x + "\n").group(4)) == access_log.PATH_LIMIT for x in lines[1:])
+    for i, text in enumerate(lines[1:]):
+        remote, user, method, path = LINE.fullmatch(text + "\n").group(1, 2, 3, 4)
+        assert (remote, user, method) == (str(i) + "a" * (64 - len(str(i))), str(i) + "u" * (64 - len(str(i))),
+                                          str(i) + "M" * (16 - len(str(i))))
+        assert path == str(i) + "x" * (access_log.PATH_LIMIT - len(str(i)))
+
+
+def test_a_line_that_cannot_be_made_is_counted_and_the_others_are_written(log_file):
+    """A field that is not text (a caller's bug) costs its own line, counted and told of, not the
+    lines queued with it."""
+    fd, file = log_file
+    with AccessLog(fd, flush_every_s=0.5) as log:
+        log.line("10.0.0.2", "alice", "GET", "/before", 200, 1, 0.1)
+        log.line("10.0.0.2", "alice", "GET", b"/bytes", 200, 1, 0.1)      # type: ignore[arg-type]
+        log.line("10.0.0.2", "alice", "GET", "/after", 200, 1, 0.1)
+        assert log.flush(timeout=10)
+        assert log.dropped == 1
+        log.line("10.0.0.2", "alice", "GET", "/next", 200, 1, 0.1)
+        assert log.flush(timeout=10)
+    lines = file.read_text().splitlines(keepends=True)
+    assert [LINE.fullmatch(x).group(4) for x in lines if "INFO" in x] == ["/before", "/after", "/next"]
+    assert [re.fullmatch(WARNING.format(1), x) is not None for x in lines if "WARNING" in x] == [True]
