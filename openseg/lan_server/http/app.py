@@ -4,7 +4,8 @@ CherryPy serves it (main.py grafts it onto cherrypy.tree), but it deliberately d
 CherryPy's handler machinery: every response, including 401/404/500, is built here, so no framework
 error page can leak a version or a traceback, and one function shows the whole request path:
 
-    auth (401/429)  ->  method (405)  ->  query (400)  ->  route (404)  ->  resource (web_resources)  ->  headers
+    auth (401/429)  ->  method (405)  ->  [an answer that still stands]  ->  query (400)  ->  route (404)
+                    ->  resource (web_resources)  ->  headers
 
 The routes are one table, LanApp.EXACT_ROUTES and PREFIX_ROUTES.
 
@@ -67,6 +68,7 @@ _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-
 MAX_QUERY_FIELDS = 32
 BASE_URL_CACHE = 64
 PREPARED_ANSWERS = 64
+STANDING_ANSWERS = 64
 PROBE_HEADER = "X-OpenSEG-Probe"
 _PROBE_KEY = "HTTP_" + PROBE_HEADER.upper().replace("-", "_")      # its WSGI environ key
 # gzip where it pays: the page's JSON and its own files, from 1 KiB up (a day of chart data, 170 KB,
@@ -165,6 +167,9 @@ class LanApp:
         # time was a twentieth of a request's cost. Bounded: emptied when full (any client can send
         # any Host).
         self._base_urls: dict[str, str] = {}
+        # (path, subscription, Host) -> the answer that stood for it: see _authorized. Bounded:
+        # emptied when full.
+        self._standing: dict[tuple[str, str, str], Response] = {}
         # id(answer) -> (answer, status line, headers): see _prepared.
         self._wire: dict[int, tuple[Response, str, list[tuple[str, str]]]] = {}
 
@@ -202,8 +207,8 @@ class LanApp:
         return [] if method == "HEAD" else [reply.body]
 
     def _prepared(self, reply: Response) -> tuple[str, list[tuple[str, str]]]:
-        """The status line and header list for `reply`. Kept for a shared (memoised) answer (a current
-        value: the same Response for every request until the next reading), so the hottest
+        """The status line and header list for `reply`. Kept for an answer that stands (Response.stands:
+        a current value, the same Response for every request until the next reading), so the hottest
         answer is not re-assembled each request: every microsecond held under the interpreter lock
         costs several in a loaded server (bench/RESULTS.md, issue 16). Keyed by identity; the entry
         holds the answer, so its id cannot be reused while it is kept. Bounded: emptied when full."""
@@ -212,7 +217,7 @@ class LanApp:
             return held[1], held[2]
         status = _STATUS_LINES.get(reply.status) or f"{reply.status} {http.HTTPStatus(reply.status).phrase}"
         headers = self._headers(reply)
-        if not reply.shared:
+        if reply.stands is None:
             return status, headers
         if len(self._wire) >= PREPARED_ANSWERS:
             self._wire.clear()
@@ -238,6 +243,16 @@ class LanApp:
         if method not in ("GET", "HEAD"):
             return _text(405, "only GET and HEAD", {"Allow": "GET, HEAD"})
         query = environ.get("QUERY_STRING")
+        standing = None
+        if not query:
+            # An answer that stands (Response.stands: a current value until the next reading) is
+            # the answer to the same path, subscription and Host until it no longer stands, so it
+            # is handed out again without routing or building: the most requested answer's whole
+            # cost, after authentication, is this lookup and its check (bench/RESULTS.md, issue 16).
+            standing = (path, user.subscription, environ.get("HTTP_HOST", ""))
+            held = self._standing.get(standing)
+            if held is not None and held.stands():
+                return held
         try:
             params = parse_query(query) if query else {}
         except BadRequest as exc:
@@ -250,7 +265,12 @@ class LanApp:
                     break
             else:
                 return _text(404, "no such resource")
-        return handler(self, Request(environ, rest, params, user))
+        reply = handler(self, Request(environ, rest, params, user))
+        if reply.stands is not None and standing is not None:
+            if len(self._standing) >= STANDING_ANSWERS:
+                self._standing.clear()
+            self._standing[standing] = reply
+        return reply
 
     def _page(self, req: Request) -> Response:
         return self._static("index.html")

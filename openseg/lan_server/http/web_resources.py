@@ -31,12 +31,18 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 @dataclass(frozen=True, eq=False)
 class Response:
-    """An answer. Frozen, and compared by identity: a memoised one is shared by every request it answers."""
+    """An answer. Frozen, and compared by identity: a memoised one is shared by every request it answers.
+
+    `stands`, set on a memoised answer only: while it returns True, this same object is the answer to
+    a GET or HEAD of the same path, without a query, by a user of the same subscription, naming the
+    same Host; so the app keeps it for those requests and its wire form (app.LanApp._authorized,
+    _prepared). An answer may have it only if it depends on nothing else of the request, and
+    `stands` must check everything else it was built from."""
     status: int
     content_type: str
     body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
-    shared: bool = False    # memoised: this same object answers many requests (the app keeps its wire form)
+    stands: Callable[[], bool] | None = None
 
 
 def _text(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -291,7 +297,7 @@ def _current_value(readings: Readings, path: str, subscription: str, base_url: s
     a register or demand MeterReading (1, 2 or 5) with history on, straight from the latest reading:
     the same document `_interval_blocks` would build (the same memoised builder), without routing,
     snapshot, query parsing or Context, and the same Response object for every request until the
-    reading or the store's maxima change (`shared`: the app keeps its wire form too). None: take the table's path
+    reading or the store's maxima change (`stands` says whether it does: the app keeps it too). None: take the table's path
     (another resource, history off, or no value yet: the 503 is `_interval_blocks`')."""
     mr = _current_value_paths(subscription).get(path.strip("/"))
     store = open_store(readings)
@@ -307,7 +313,12 @@ def _current_value(readings: Readings, path: str, subscription: str, base_url: s
         return held[2]
     body = ef.current_value_document(subscription, base_url, "", mr, latest,
                                      store_exponent(store, mr.register, latest))
-    reply = Response(200, ATOM_TYPE, body, _SHARED_HEADERS, shared=True)
+
+    def stands() -> bool:
+        """What this answer was built from, besides the request, is all still current."""
+        return open_store(readings) is store and readings.latest_of(mr.quantity) is latest and store.maxima() is maxima
+
+    reply = Response(200, ATOM_TYPE, body, _SHARED_HEADERS, stands=stands)
     if len(_current_answers) >= CURRENT_ANSWERS:
         _current_answers.clear()
     _current_answers[key] = (latest, maxima, reply)

@@ -318,8 +318,60 @@ def test_json_and_page_files_are_gzipped_when_asked_and_large(app, accept, gzipp
                                           headers=headers)[1]
 
 
+def test_an_answer_that_stands_is_handed_out_again_for_its_path_subscription_and_host_only(app):
+    """LanApp._authorized: an answer with `stands` (a current value) answers the next GET or HEAD of the
+    same path, without a query, by a user of the same subscription, naming the same Host, without the
+    resources being asked, while stands() is true. Anything else is asked for afresh; authentication
+    and the method come first; answers without `stands` are never held; held ones are bounded."""
+    from openseg.lan_server.http.app import STANDING_ANSWERS
+    standing = [True]
+    app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed>1</feed>", {"Cache-Control": "no-store"},
+                                     stands=lambda: standing[0])
+
+    def get(user="alice", path="/espi/1_1/resource/x", query="", host="gw.local:8443", method="GET",
+            password=None):
+        credentials = f"{user}:{password or user + '-password'}".encode()
+        env = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "REMOTE_ADDR": "10.0.0.1",
+               "HTTP_HOST": host, "HTTP_AUTHORIZATION": "Basic " + base64.b64encode(credentials).decode()}
+        got = []
+        body = b"".join(app(env, lambda status, headers, exc_info=None: got.append(status)))
+        return got[0], body
+
+    def asked():
+        return sum(1 for call in app.resources.calls if call[0] == "espi")
+
+    assert get() == ("200 OK", b"<feed>1</feed>") and asked() == 1
+    assert get() == ("200 OK", b"<feed>1</feed>") and get(method="HEAD") == ("200 OK", b"") and asked() == 1
+    # What is held apart: another subscription (bob's), another Host, another path, any query.
+    for other in ({"user": "bob"}, {"host": "gateway.lan"}, {"path": "/espi/1_1/resource/y"}, {"query": "a=1"},
+                  {"query": "a=1"}):
+        before = asked()
+        assert get(**other)[0] == "200 OK" and asked() == before + 1, other
+    before = asked()
+    assert get(user="bob")[0] == "200 OK" and get(host="gateway.lan")[0] == "200 OK" and asked() == before
+    # Authentication and the method first, for a held path too.
+    assert get(password="wrong")[0].startswith("401 ") and get(method="POST")[0].startswith("405 ")
+    assert asked() == before
+    # No longer standing: asked again, and the new answer held in its place.
+    standing[0] = False
+    app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed>2</feed>", {}, stands=lambda: True)
+    assert get() == ("200 OK", b"<feed>2</feed>") and asked() == before + 1
+    assert get() == ("200 OK", b"<feed>2</feed>") and asked() == before + 1
+    # Without `stands`: asked every time.
+    app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed>3</feed>", {})
+    assert get(path="/espi/1_1/resource/z") == get(path="/espi/1_1/resource/z") == ("200 OK", b"<feed>3</feed>")
+    assert asked() == before + 3
+    # Bounded: STANDING_ANSWERS more (a client may name any Host) and the first is let go.
+    app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed>4</feed>", {}, stands=lambda: True)
+    for i in range(STANDING_ANSWERS):
+        get(host=f"h{i}.example")
+    assert len(app._standing) <= STANDING_ANSWERS
+    before = asked()
+    assert get() == ("200 OK", b"<feed>4</feed>") and asked() == before + 1
+
+
 def test_a_shared_answers_headers_are_prepared_once_and_nothing_else_is_kept(app):
-    """LanApp._prepared: the status line and headers of a `shared` answer (a memoised current value) are
+    """LanApp._prepared: the status line and headers of an answer that stands (a memoised current value) are
     assembled once and handed out again while that answer stands, with every security header; an
     answer that is not shared is assembled per request and not held (Download My Data is megabytes);
     held answers are bounded, so an old one is let go."""
@@ -337,7 +389,8 @@ def test_a_shared_answers_headers_are_prepared_once_and_nothing_else_is_kept(app
             app(dict(env), lambda status, headers, exc_info=None: got.append((status, headers)))
         return got
 
-    shared = Reply(200, "application/atom+xml", b"<feed>1</feed>", {"Cache-Control": "no-store"}, shared=True)
+    shared = Reply(200, "application/atom+xml", b"<feed>1</feed>", {"Cache-Control": "no-store"},
+                   stands=lambda: False)       # (not handed out again: each request asks the resources)
     (s1, h1), (s2, h2) = lists(shared)
     assert app._prepared(shared)[1] is app._prepared(shared)[1]         # assembled once
     assert h1 == h2 and s1 == s2 == "200 OK"
@@ -348,7 +401,7 @@ def test_a_shared_answers_headers_are_prepared_once_and_nothing_else_is_kept(app
     assert h3 == h2
     names = {k.lower() for k, _ in h1}
     assert SECURITY <= names and dict(h2)["Content-Length"] == "14"
-    # Not shared: the same headers, a list of their own each time, and the answer is not held.
+    # Without `stands`: the same headers, a list of their own each time, and the answer is not held.
     single = Reply(200, "application/atom+xml", b"<feed>1</feed>", {"Cache-Control": "no-store"})
     (_, g1), (_, g2) = lists(single)
     assert g1 == g2 == h2 and g1 is not g2
@@ -360,7 +413,7 @@ def test_a_shared_answers_headers_are_prepared_once_and_nothing_else_is_kept(app
     first = weakref.ref(shared)
     shared = None
     for i in range(PREPARED_ANSWERS):
-        lists(Reply(200, "application/atom+xml", f"<feed>{i}</feed>".encode(), {}, shared=True), n=1)
+        lists(Reply(200, "application/atom+xml", f"<feed>{i}</feed>".encode(), {}, stands=lambda: False), n=1)
     app.resources.espi_reply = None
     gc.collect()
     assert first() is None

@@ -490,7 +490,7 @@ def test_the_current_value_shortcut_answers_what_the_general_path_does(fed, monk
     fed.r.apply(reading(10**6 + 1, 10**6 + 1, fed.clock.advance(7.0), received=4_321_000,
                         scaling=SCALING_3_10000))
     fed.store.flush()
-    assert espi(fed.r, f"{MR}/5/IntervalBlock").shared          # the shortcut answered it
+    assert espi(fed.r, f"{MR}/5/IntervalBlock").stands is not None      # the shortcut answered it
     (value,) = [v for _, _, v, _ in values(both("5"))]
     assert value > 0
     fed.r.apply(reading(10**6 + 2, 10**6 + 2, fed.clock.advance(7.0), scaling=SCALING_3_10000))
@@ -505,13 +505,13 @@ def test_the_current_value_shortcut_answers_what_the_general_path_does(fed, monk
 
 
 def test_the_current_value_answer_is_one_object_until_the_reading_or_the_maxima_change(fed):
-    """The shortcut's answer is shared by every request while it stands (LanApp keeps its wire form by
-    identity), so it must be replaced whenever what it says could change: a new reading, new maxima
-    (a larger value changes the exponent), another base URL or subscription; and no request can change
-    it (frozen, read-only headers)."""
+    """The shortcut's answer is shared by every request while it stands (LanApp keeps it and its wire
+    form), so it must be replaced, and its `stands()` turn false, whenever what it says could change: a
+    new reading, new maxima (a larger value changes the exponent); another base URL or subscription has
+    its own; and no request can change it (frozen, read-only headers)."""
     path = f"{MR}/1/IntervalBlock"
     first = espi(fed.r, path)
-    assert first.shared and espi(fed.r, path) is first and espi(fed.r, "/" + path + "/") is first
+    assert first.stands() and espi(fed.r, path) is first and espi(fed.r, "/" + path + "/") is first
     with pytest.raises(TypeError):
         first.headers["Cache-Control"] = "public"
     with pytest.raises(AttributeError):
@@ -522,28 +522,31 @@ def test_the_current_value_answer_is_one_object_until_the_reading_or_the_maxima_
     # Another subscription's answer names that subscription only (its own path, its own answer).
     theirs = web_resources.espi(fed.r, path=path.replace(SUB, "77aa00"), params={}, subscription="77aa00",
                                 base_url=BASE, time_zone=ZONE)
-    assert theirs.shared and b"77aa00" in theirs.body and SUB.encode() not in theirs.body
+    assert theirs.stands() and b"77aa00" in theirs.body and SUB.encode() not in theirs.body
     assert b"77aa00" not in espi(fed.r, path).body
     # A new reading inside the maxima (the store keeps the same maxima object): a new answer all the same.
     before = fed.store.maxima()
     fed.r.apply(reading(10**6, 10**6, fed.clock.advance(7.0), demand=1234, summation=1))
     fed.store.flush()
     assert fed.store.maxima() is before
+    assert not first.stands() and not theirs.stands() and not other.stands()
     second = espi(fed.r, path)
     assert second is not first and second.body != first.body and espi(fed.r, path) is second
+    assert second.stands()
     # New maxima alone: a demand-only reading past them leaves the latest summation the same object,
     # yet MeterReading 2's answer is worked out again (its exponent comes from the maxima): the same
     # document, in a new answer.
     energy = f"{MR}/2/IntervalBlock"
     third, before = espi(fed.r, energy), fed.store.maxima()
+    assert third.stands()
     fed.r.apply(reading(10**6 + 1, 10**6 + 1, fed.clock.advance(7.0), demand=9_000_000, summation=None))
     fed.store.flush()
-    assert fed.store.maxima() is not before
+    assert fed.store.maxima() is not before and not third.stands()
     fourth = espi(fed.r, energy)
     assert fourth is not third and fourth.body == third.body and espi(fed.r, energy) is fourth
     assert espi(fed.r, path) is not second
     # Not shared: answers built per request.
-    assert not espi(fed.r, f"{MR}/3/IntervalBlock").shared
+    assert espi(fed.r, f"{MR}/3/IntervalBlock").stands is None
     # Held answers are bounded (a client can vary the Host, so the base URL): after CURRENT_ANSWERS
     # others, one is let go.
     import gc
@@ -552,7 +555,7 @@ def test_the_current_value_answer_is_one_object_until_the_reading_or_the_maxima_
     second = third = fourth = None
     for i in range(web_resources.CURRENT_ANSWERS):
         assert web_resources.espi(fed.r, path=path, params={}, subscription=SUB, base_url=f"https://h{i}:8443",
-                                  time_zone=ZONE).shared
+                                  time_zone=ZONE).stands()
     gc.collect()
     assert held() is None
 
