@@ -1,6 +1,6 @@
 """The LAN web application: authenticate, dispatch, add the security headers. A plain WSGI callable.
 
-CherryPy's server (cheroot) calls it directly (main.configure_http), and it deliberately does not use
+CherryPy serves it (main.py grafts it onto cherrypy.tree), but it deliberately does not use
 CherryPy's handler machinery: every response, including 401/404/500, is built here, so no framework
 error page can leak a version or a traceback, and one function shows the whole request path:
 
