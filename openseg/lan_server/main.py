@@ -211,15 +211,12 @@ def configure_http(app: LanApp, lan: dict, context) -> None:
         "server.ssl_certificate": lan["certificate"],
         "server.ssl_private_key": lan["private_key"],
     })
+    cherrypy.tree.graft(app, "")
     # The server made now rather than at engine start, to give it the worker pool that hands work to
     # the last idle worker (http/worker_pool.py says why); CherryPy keeps a server it is given.
     server = cherrypy.server
     server.httpserver, server.bind_addr = server.httpserver_from_self()
     server.httpserver.requests = LastIdleFirstPool(server.httpserver, THREAD_POOL)
-    # The app answers every path itself, so cheroot calls it directly, not through cherrypy.tree:
-    # the tree's dispatch (finding the mount point one path segment at a time, copying the environ)
-    # was CPU on every request spent on nothing.
-    server.httpserver.wsgi_app = app
 
 
 def run(config_path: str) -> int:
