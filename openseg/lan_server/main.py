@@ -211,6 +211,8 @@ def configure_http(app: LanApp, lan: dict, context) -> None:
         "server.ssl_certificate": lan["certificate"],
         "server.ssl_private_key": lan["private_key"],
     })
+    # Through cherrypy.tree, though the app answers every path itself: the tree joins the path with
+    # httputil.urljoin, collapsing '//', and the app's routes and ESPI's path segments rely on that.
     cherrypy.tree.graft(app, "")
     # The server made now rather than at engine start, to give it the worker pool that hands work to
     # the last idle worker (http/worker_pool.py says why); CherryPy keeps a server it is given.

@@ -101,6 +101,18 @@ def test_subscriptions_are_separate_and_new_users_need_no_restart(lan):
     assert lan.request("/espi/1_1/resource/NoSuchThing/1")[0] == 404
 
 
+def test_a_doubled_slash_inside_a_path_is_the_same_path(lan):
+    """CherryPy's tree joins the path with httputil.urljoin, which collapses '//' (main.configure_http
+    keeps the tree for that): a client that doubles a slash gets the answer to the path with one, not a
+    404, and not a 403 for its own subscription."""
+    for path, doubled in (("/api/v1/whoami", "/api//v1/whoami"),
+                          (f"/espi/1_1/resource/Subscription/{lan.subscription}/UsagePoint",
+                           f"/espi/1_1/resource/Subscription//{lan.subscription}/UsagePoint")):
+        status, _, body = lan.request(path)
+        assert status == 200
+        assert lan.request(doubled)[::2] == (200, body), doubled
+
+
 def test_password_change_and_removal_take_effect_without_restart(lan):
     user = lan.add_user("carol-tmp")
     old = (user["username"], user["password"])
