@@ -361,19 +361,55 @@ def test_an_answer_that_stands_is_handed_out_again_for_its_path_subscription_and
     app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed>3</feed>", {})
     assert get(path="/espi/1_1/resource/z") == get(path="/espi/1_1/resource/z") == ("200 OK", b"<feed>3</feed>")
     assert asked() == before + 3
-    # Bounded: STANDING_ANSWERS more (a client may name any Host) and the first is let go.
+    # Bounded (a client may name any Host): emptied when STANDING_ANSWERS are held and another comes.
     app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed>4</feed>", {}, stands=lambda: True)
+    app._standing.clear()
     for i in range(STANDING_ANSWERS):
         get(host=f"h{i}.example")
-    assert len(app._standing) <= STANDING_ANSWERS
     before = asked()
-    assert get() == ("200 OK", b"<feed>4</feed>") and asked() == before + 1
+    assert get(host="h0.example") == ("200 OK", b"<feed>4</feed>") and asked() == before     # still held
+    get(host="one-more.example")
+    assert get(host="h0.example") == ("200 OK", b"<feed>4</feed>") and asked() == before + 2  # let go
 
 
-def test_a_shared_answers_headers_are_prepared_once_and_nothing_else_is_kept(app):
+def test_a_held_answer_follows_the_users_file_when_it_moves_a_user_to_another_subscription(tmp_path):
+    """The held answer's key has the subscription the users file gives the user now, not the user's
+    name: moved to another subscription, alice is answered for that one, not from what was held."""
+    path = tmp_path / "users.toml"
+
+    def write(subscription):
+        hashed = passwords.hash_password("alice-password", ln=10, r=8, p=1)
+        path.write_text(users_file.render({"alice": User("alice", subscription, hashed)}))
+        os.utime(path, ns=(len(subscription), len(subscription)))      # a stamp of its own each time
+
+    class BySubscription(FakeResources):
+        def espi(self, readings, **kw):
+            self.calls.append(("espi", kw))
+            return Reply(200, "application/atom+xml", f"<feed>{kw['subscription']}</feed>".encode(), {},
+                         stands=lambda: True)
+
+    write("sub-a")
+    fd = os.open(tmp_path / "access.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        with AccessLog(fd) as access_log:
+            app = LanApp(authenticator=Authenticator(UsersStore(str(path), check_interval_s=0)), readings=object(),
+                         channel_counters=dict, lan_started=0.0, time_zone="UTC",
+                         default_base_url="https://gw.local:8443", resources=BySubscription(), access_log=access_log)
+            env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/espi/1_1/resource/x", "QUERY_STRING": "",
+                   "REMOTE_ADDR": "10.0.0.1", "HTTP_HOST": "gw.local:8443",
+                   "HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"alice:alice-password").decode()}
+            ask = lambda: b"".join(app(dict(env), lambda status, headers, exc_info=None: None))  # noqa: E731
+            assert ask() == ask() == b"<feed>sub-a</feed>" and len(app.resources.calls) == 1
+            write("sub-bb")
+            assert ask() == b"<feed>sub-bb</feed>" and len(app.resources.calls) == 2
+    finally:
+        os.close(fd)
+
+
+def test_the_headers_of_an_answer_that_stands_are_prepared_once_and_nothing_else_is_kept(app):
     """LanApp._prepared: the status line and headers of an answer that stands (a memoised current value) are
     assembled once and handed out again while that answer stands, with every security header; an
-    answer that is not shared is assembled per request and not held (Download My Data is megabytes);
+    answer without `stands` is assembled per request and not held (Download My Data is megabytes);
     held answers are bounded, so an old one is let go."""
     import gc
     import weakref

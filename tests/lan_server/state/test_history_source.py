@@ -1,5 +1,6 @@
 """ESPI and JSON answers from the history store: the third MeterReading (15-minute energy), range
 queries by data time, paging, the Batch, and the page's 24-hour JSON; every document against usage.xsd."""
+import copy
 import json
 from fractions import Fraction
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -545,7 +546,27 @@ def test_the_current_value_answer_is_one_object_until_the_reading_or_the_maxima_
     fourth = espi(fed.r, energy)
     assert fourth is not third and fourth.body == third.body and espi(fed.r, energy) is fourth
     assert espi(fed.r, path) is not second
-    # Not shared: answers built per request.
+    # The store gone (HistoryKeeper closes a damaged one; answers then come from memory, with an
+    # exponent of their own) or another store in its place: no longer the answer.
+    held, store = espi(fed.r, energy), fed.r.history
+    assert held.stands()
+
+    class Gone:
+        def open_store(self):
+            return None
+
+    class Other:
+        def open_store(self):
+            return copy.copy(store)
+
+    for history in (Gone(), Other()):
+        fed.r.history = history
+        try:
+            assert not held.stands(), history
+        finally:
+            fed.r.history = store
+    assert held.stands()
+    # Without `stands`: answers built per request.
     assert espi(fed.r, f"{MR}/3/IntervalBlock").stands is None
     # Held answers are bounded (a client can vary the Host, so the base URL): after CURRENT_ANSWERS
     # others, one is let go.
