@@ -89,15 +89,20 @@ class AccessLog:
         self._queue.put((self._clock(), remote[:REMOTE_LIMIT], user[:USER_LIMIT], method[:METHOD_LIMIT],
                          path[:PATH_LIMIT], status, size, took_ms))
 
-    def _format(self, fields: tuple) -> bytes:
-        """One queued line's text (the writer thread's work: the time's text is kept for its second)."""
-        now, remote, user, method, path, status, size, took_ms = fields
+    def _time_text(self, now: float) -> str:
+        """`now` as every log line gives it (the writer thread's: the second's text is kept, many lines
+        share a second)."""
         second = int(now)
         held, stamp = self._stamp
         if second != held:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
             self._stamp = (second, stamp)
-        return (f"{stamp},{int((now - second) * 1000):03d} INFO {LOGGER_NAME}: {printable(remote, REMOTE_LIMIT)} "
+        return f"{stamp},{int((now - second) * 1000):03d}"
+
+    def _format(self, fields: tuple) -> bytes:
+        """One queued line's text (the writer thread's work)."""
+        now, remote, user, method, path, status, size, took_ms = fields
+        return (f"{self._time_text(now)} INFO {LOGGER_NAME}: {printable(remote, REMOTE_LIMIT)} "
                 f"{printable(user, USER_LIMIT)} \"{printable(method, METHOD_LIMIT)} {printable(path, PATH_LIMIT)}\" "
                 f"{status} {size} {took_ms:.1f}ms\n").encode("utf-8", "backslashreplace")
 
@@ -176,9 +181,7 @@ class AccessLog:
             yield line
 
     def _dropped_line(self, dropped: int) -> bytes:
-        now = self._clock()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(now)))
-        return (f"{stamp},{int((now - int(now)) * 1000):03d} WARNING {LOGGER_NAME}: {dropped} access "
+        return (f"{self._time_text(self._clock())} WARNING {LOGGER_NAME}: {dropped} access "
                 f"line(s) dropped: standard error did not take them as fast as they came, or a line "
                 f"could not be made\n").encode()
 
