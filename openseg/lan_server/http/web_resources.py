@@ -286,7 +286,7 @@ def _current_value_paths(subscription: str) -> dict[str, ef.MeterReadingDef]:
 # answer stands while both are the same objects (each new reading is a new object, and the maxima are
 # replaced when a value outgrows them), so the request that hits it builds and allocates nothing; its
 # `stands` also checks that the store is the same (answers come from memory, with an exponent of their
-# own, once a damaged store is closed), and so holds the store until then. Holding them keeps their
+# own, once a damaged store is closed), and so holds the store while the entry is kept. Holding them keeps their
 # ids from being reused. Bounded: emptied when full (the base URL follows the Host a client names).
 CURRENT_ANSWERS = 64
 _current_answers: dict[tuple[str, str, str], tuple[Reading, object, Response]] = {}

@@ -372,6 +372,27 @@ def test_an_answer_that_stands_is_handed_out_again_for_its_path_subscription_and
     assert get(host="h0.example") == ("200 OK", b"<feed>4</feed>") and asked() == before + 2  # let go
 
 
+def test_an_answer_to_a_query_is_never_handed_to_a_request_without_one(app):
+    """Download My Data (`download=1`, the same answer with Content-Disposition) and any other query are
+    answered afresh and not held: the plain request after them is asked for again and gets the plain
+    answer, even when the answer to the query says it stands."""
+    app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed/>", {}, stands=lambda: True)
+    auth = "Basic " + base64.b64encode(b"alice:alice-password").decode()
+
+    def get(query):
+        env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/espi/1_1/resource/x", "QUERY_STRING": query,
+               "REMOTE_ADDR": "10.0.0.1", "HTTP_HOST": "gw.local:8443", "HTTP_AUTHORIZATION": auth}
+        got = []
+        app(env, lambda status, headers, exc_info=None: got.append(dict(headers)))
+        return got[0]
+
+    for query in ("download=1", "a=1"):
+        app._standing.clear()
+        assert ("Content-Disposition" in get(query)) == (query == "download=1")
+        before = len(app.resources.calls)
+        assert "Content-Disposition" not in get("") and len(app.resources.calls) == before + 1, query
+
+
 def test_a_held_answer_follows_the_users_file_when_it_moves_a_user_to_another_subscription(tmp_path):
     """The held answer's key has the subscription the users file gives the user now, not the user's
     name: moved to another subscription, alice is answered for that one, not from what was held."""
