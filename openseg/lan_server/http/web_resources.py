@@ -286,8 +286,11 @@ def _current_value_paths(subscription: str) -> dict[str, ef.MeterReadingDef]:
 # answer stands while both are the same objects (each new reading is a new object, and the maxima are
 # replaced when a value outgrows them), so the request that hits it builds and allocates nothing; its
 # `stands` also checks that the store is the same (answers come from memory, with an exponent of their
-# own, once a damaged store is closed), and so holds the store while the entry is kept. Holding them keeps their
-# ids from being reused. Bounded: emptied when full (the base URL follows the Host a client names).
+# own, once a damaged store is closed), and so holds the store while the entry is kept. The hit is
+# checked against the caller's reading and maxima, not by `stands`, which checks the Readings the
+# answer was built from: the key does not name the Readings (one in the LAN process, one per test).
+# Holding them keeps their ids from being reused. Bounded: emptied when full (the base URL follows the
+# Host a client names).
 CURRENT_ANSWERS = 64
 _current_answers: dict[tuple[str, str, str], tuple[Reading, object, Response]] = {}
 _SHARED_HEADERS = types.MappingProxyType(dict(NO_STORE))    # read-only: one answer serves every request
@@ -298,8 +301,9 @@ def _current_value(readings: Readings, path: str, subscription: str, base_url: s
     a register or demand MeterReading (1, 2 or 5) with history on, straight from the latest reading:
     the same document `_interval_blocks` would build (the same memoised builder), without routing,
     snapshot, query parsing or Context, and the same Response object for every request until the
-    reading or the store's maxima change (`stands` says whether it does: the app keeps it too). None: take the table's path
-    (another resource, history off, or no value yet: the 503 is `_interval_blocks`')."""
+    reading or the store's maxima change (`stands` says whether it does: the app keeps it too). None:
+    take the table's path (another resource, history off, or no value yet: the 503 is
+    `_interval_blocks`')."""
     mr = _current_value_paths(subscription).get(path.strip("/"))
     store = open_store(readings)
     if mr is None or store is None:
@@ -317,7 +321,8 @@ def _current_value(readings: Readings, path: str, subscription: str, base_url: s
 
     def stands() -> bool:
         """What this answer was built from, besides the request, is all still current."""
-        return open_store(readings) is store and readings.latest_of(mr.quantity) is latest and store.maxima() is maxima
+        return (open_store(readings) is store and readings.latest_of(mr.quantity) is latest
+                and store.maxima() is maxima)
 
     reply = Response(200, ATOM_TYPE, body, _SHARED_HEADERS, stands=stands)
     if len(_current_answers) >= CURRENT_ANSWERS:
