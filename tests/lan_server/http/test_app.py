@@ -328,38 +328,34 @@ def test_an_answer_that_stands_is_handed_out_again_for_its_path_subscription_and
     app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed>1</feed>", {"Cache-Control": "no-store"},
                                      stands=lambda: standing[0])
 
-    def get(user="alice", path="/espi/1_1/resource/x", query="", host="gw.local:8443", method="GET",
-            password=None):
-        credentials = f"{user}:{password or user + '-password'}".encode()
-        env = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "REMOTE_ADDR": "10.0.0.1",
-               "HTTP_HOST": host, "HTTP_AUTHORIZATION": "Basic " + base64.b64encode(credentials).decode()}
-        got = []
-        body = b"".join(app(env, lambda status, headers, exc_info=None: got.append(status)))
-        return got[0], body
+    def get(path="/espi/1_1/resource/x", **kw):
+        status, _, body = call(app, path, **kw)      # the file's helper: alice's right password by default
+        return status, body
 
     def asked():
         return sum(1 for call in app.resources.calls if call[0] == "espi")
 
-    assert get() == ("200 OK", b"<feed>1</feed>") and asked() == 1
-    assert get() == ("200 OK", b"<feed>1</feed>") and get(method="HEAD") == ("200 OK", b"") and asked() == 1
+    assert get() == (200, b"<feed>1</feed>") and asked() == 1
+    assert get() == (200, b"<feed>1</feed>") and get(method="HEAD") == (200, b"") and asked() == 1
     # What is held apart: another subscription (bob's), another Host, another path, any query.
     for other in ({"user": "bob"}, {"host": "gateway.lan"}, {"path": "/espi/1_1/resource/y"}, {"query": "a=1"},
                   {"query": "a=1"}):
         before = asked()
-        assert get(**other)[0] == "200 OK" and asked() == before + 1, other
+        assert get(**other)[0] == 200 and asked() == before + 1, other
     before = asked()
-    assert get(user="bob")[0] == "200 OK" and get(host="gateway.lan")[0] == "200 OK" and asked() == before
+    assert get(user="bob")[0] == 200 and get(host="gateway.lan")[0] == 200 and asked() == before
     # Authentication and the method first, for a held path too.
-    assert get(password="wrong")[0].startswith("401 ") and get(method="POST")[0].startswith("405 ")
+    wrong = {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"alice:wrong").decode()}
+    assert get(headers=wrong)[0] == 401 and get(method="POST")[0] == 405
     assert asked() == before
     # No longer standing: asked again, and the new answer held in its place.
     standing[0] = False
     app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed>2</feed>", {}, stands=lambda: True)
-    assert get() == ("200 OK", b"<feed>2</feed>") and asked() == before + 1
-    assert get() == ("200 OK", b"<feed>2</feed>") and asked() == before + 1
+    assert get() == (200, b"<feed>2</feed>") and asked() == before + 1
+    assert get() == (200, b"<feed>2</feed>") and asked() == before + 1
     # Without `stands`: asked every time.
     app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed>3</feed>", {})
-    assert get(path="/espi/1_1/resource/z") == get(path="/espi/1_1/resource/z") == ("200 OK", b"<feed>3</feed>")
+    assert get(path="/espi/1_1/resource/z") == get(path="/espi/1_1/resource/z") == (200, b"<feed>3</feed>")
     assert asked() == before + 3
     # Bounded (a client may name any Host): emptied when STANDING_ANSWERS are held and another comes.
     app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed>4</feed>", {}, stands=lambda: True)
@@ -367,9 +363,9 @@ def test_an_answer_that_stands_is_handed_out_again_for_its_path_subscription_and
     for i in range(STANDING_ANSWERS):
         get(host=f"h{i}.example")
     before = asked()
-    assert get(host="h0.example") == ("200 OK", b"<feed>4</feed>") and asked() == before     # still held
+    assert get(host="h0.example") == (200, b"<feed>4</feed>") and asked() == before     # still held
     get(host="one-more.example")
-    assert get(host="h0.example") == ("200 OK", b"<feed>4</feed>") and asked() == before + 2  # let go
+    assert get(host="h0.example") == (200, b"<feed>4</feed>") and asked() == before + 2  # let go
 
 
 def test_an_answer_to_a_query_is_never_handed_to_a_request_without_one(app):
@@ -377,20 +373,15 @@ def test_an_answer_to_a_query_is_never_handed_to_a_request_without_one(app):
     answered afresh and not held: the plain request after them is asked for again and gets the plain
     answer, even when the answer to the query says it stands."""
     app.resources.espi_reply = Reply(200, "application/atom+xml", b"<feed/>", {}, stands=lambda: True)
-    auth = "Basic " + base64.b64encode(b"alice:alice-password").decode()
 
-    def get(query):
-        env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/espi/1_1/resource/x", "QUERY_STRING": query,
-               "REMOTE_ADDR": "10.0.0.1", "HTTP_HOST": "gw.local:8443", "HTTP_AUTHORIZATION": auth}
-        got = []
-        app(env, lambda status, headers, exc_info=None: got.append(dict(headers)))
-        return got[0]
+    def headers(query):
+        return call(app, "/espi/1_1/resource/x", query=query)[1]
 
     for query in ("download=1", "a=1"):
         app._standing.clear()
-        assert ("Content-Disposition" in get(query)) == (query == "download=1")
+        assert ("content-disposition" in headers(query)) == (query == "download=1")
         before = len(app.resources.calls)
-        assert "Content-Disposition" not in get("") and len(app.resources.calls) == before + 1, query
+        assert "content-disposition" not in headers("") and len(app.resources.calls) == before + 1, query
 
 
 def test_a_held_answer_follows_the_users_file_when_it_moves_a_user_to_another_subscription(tmp_path):
@@ -416,10 +407,7 @@ def test_a_held_answer_follows_the_users_file_when_it_moves_a_user_to_another_su
             app = LanApp(authenticator=Authenticator(UsersStore(str(path), check_interval_s=0)), readings=object(),
                          channel_counters=dict, lan_started=0.0, time_zone="UTC",
                          default_base_url="https://gw.local:8443", resources=BySubscription(), access_log=access_log)
-            env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/espi/1_1/resource/x", "QUERY_STRING": "",
-                   "REMOTE_ADDR": "10.0.0.1", "HTTP_HOST": "gw.local:8443",
-                   "HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"alice:alice-password").decode()}
-            ask = lambda: b"".join(app(dict(env), lambda status, headers, exc_info=None: None))  # noqa: E731
+            ask = lambda: call(app, "/espi/1_1/resource/x")[2]       # noqa: E731
             assert ask() == ask() == b"<feed>sub-a</feed>" and len(app.resources.calls) == 1
             write("sub-bb")
             assert ask() == b"<feed>sub-bb</feed>" and len(app.resources.calls) == 2
